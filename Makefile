@@ -1,0 +1,29 @@
+# The README's two commands: `make run` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: run test lint install clean-state
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## the whole pipeline on the embedded default (offline, CPU); extra overrides: make run ARGS="training.method=orpo"
+	$(BIN)/alignflow run --config conf/pipeline.yaml $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check conf flows tasks tests bench
+	$(BIN)/ruff format --check conf flows tasks tests bench
+
+clean-state:  ## forget every run: MLflow registry, datasets, models, checkpoints
+	rm -rf .alignflow

@@ -1,0 +1,110 @@
+"""Stage 4, evaluate: held-out preference metrics for the candidate, the base model and the champion.
+
+For a model pi and the base model pi_ref, the implicit DPO reward of a response y is
+beta * (log pi(y|x) - log pi_ref(y|x)). On each held-out pair:
+
+    preference_accuracy  share of pairs whose chosen reward exceeds the rejected one
+    reward_margin        mean (reward(chosen) - reward(rejected))
+    logp_accuracy        share of pairs where the model gives chosen a higher mean
+                         per-token log-prob than rejected (meaningful for the base model too)
+    chosen_nll           mean per-token negative log-likelihood of the chosen responses
+
+The base model is its own reference, so its preference_accuracy is 0 and its margin 0:
+that is the bar a trained model must clear.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "chosen_nll")
+
+
+def load_causal_lm(path: str | Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+def response_logps(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16):
+    """(sum of log-probs of each response's tokens given its prompt, number of response tokens)."""
+    import torch
+
+    sums, counts = [], []
+    eos = tokenizer.eos_token or ""
+    for start in range(0, len(prompts), batch_size):
+        sequences, n_prompt = [], []
+        for prompt, response in zip(prompts[start : start + batch_size], responses[start : start + batch_size], strict=True):
+            head = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            p_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+            r_ids = tokenizer(response + eos, add_special_tokens=False)["input_ids"]
+            sequences.append(p_ids + r_ids)
+            n_prompt.append(len(p_ids))
+        width = max(map(len, sequences))
+        ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        labels = torch.zeros_like(ids, dtype=torch.bool)
+        for row, (seq, n) in enumerate(zip(sequences, n_prompt, strict=True)):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+            labels[row, n : len(seq)] = True
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        scored = labels[:, 1:]
+        sums.extend((token_logps * scored).sum(-1).tolist())
+        counts.extend(scored.sum(-1).tolist())
+    return sums, counts
+
+
+def score_model(model, tokenizer, pairs: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    prompts = pairs["prompt"].tolist()
+    chosen, n_c = response_logps(model, tokenizer, prompts, pairs["chosen"].tolist(), batch_size)
+    rejected, n_r = response_logps(model, tokenizer, prompts, pairs["rejected"].tolist(), batch_size)
+    return pd.DataFrame({"chosen": chosen, "rejected": rejected, "n_chosen": n_c, "n_rejected": n_r})
+
+
+def preference_metrics(policy: pd.DataFrame, reference: pd.DataFrame, beta: float) -> dict[str, float]:
+    margin = beta * ((policy["chosen"] - reference["chosen"]) - (policy["rejected"] - reference["rejected"]))
+    per_token_c = policy["chosen"] / policy["n_chosen"].clip(lower=1)
+    per_token_r = policy["rejected"] / policy["n_rejected"].clip(lower=1)
+    return {
+        "preference_accuracy": round(float((margin > 0).mean()), 4),
+        "reward_margin": round(float(margin.mean()), 4),
+        "logp_accuracy": round(float((per_token_c > per_token_r).mean()), 4),
+        "chosen_nll": round(float(-per_token_c.mean()), 4),
+    }
+
+
+def evaluate_models(
+    candidate: str | Path,
+    base: str | Path,
+    test_path: str | Path,
+    beta: float,
+    batch_size: int = 16,
+    max_pairs: int | None = None,
+    champion: str | Path | None = None,
+) -> dict[str, dict[str, float] | int]:
+    """Metrics per model on the same held-out pairs: {"pairs": n, "candidate": {...}, "base": {...}, "champion": {...}}."""
+    pairs = pd.read_parquet(test_path)
+    if max_pairs:
+        pairs = pairs.head(max_pairs)
+    if pairs.empty:
+        raise ValueError(f"{test_path}: no held-out pairs to evaluate (raise validation.test_size)")
+    base_scores = score_model(*load_causal_lm(base), pairs, batch_size)
+    results: dict[str, dict[str, float] | int] = {"pairs": len(pairs)}
+    results["base"] = preference_metrics(base_scores, base_scores, beta)
+    results["candidate"] = preference_metrics(score_model(*load_causal_lm(candidate), pairs, batch_size), base_scores, beta)
+    if champion is not None:
+        results["champion"] = preference_metrics(score_model(*load_causal_lm(champion), pairs, batch_size), base_scores, beta)
+    return results

@@ -1,0 +1,83 @@
+"""The offline judge: a deterministic scorer of a response against a reference answer.
+
+It stands in for an LLM judge where none can be reached (the embedded default, CI). It is
+real scoring, never random: the same (prompt, reference, response) always gets the same
+score. A score in [0, 1] is a weighted sum of four signals, times a repetition factor:
+
+    0.45 * unigram F1 with the reference   (content words the answer should contain)
+    0.20 * bigram F1 with the reference    (phrasing and word order)
+    0.15 * prompt relevance                 (share of the prompt's content words echoed)
+    0.20 * length fit                       (sqrt of the shorter/longer length ratio)
+    x  repetition factor                    (distinct bigrams / bigrams: loops score low)
+
+Without a reference (a user's prompt set), the weights of the two F1 terms move to
+relevance and length fit against a 40-word target. An empty response scores 0.
+`rating` maps the score to UltraFeedback's 1-5 scale for people reading the data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+STOPWORDS = frozenset(
+    ["a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "there", "here", "what", "which", "who", "whom", "how", "why", "when", "where", "do", "does", "did", "can", "could", "should", "would", "will", "shall", "may", "might", "must", "i", "you", "he", "she", "we", "they", "me", "him", "her", "us", "them", "my", "your", "his", "our", "their", "not", "no", "so", "than", "then", "too", "very", "just", "also", "into", "about", "over", "under", "up", "down", "out", "more", "most", "some", "any", "each", "other", "such", "only", "own", "same", "s", "t"]
+)
+_WORD = re.compile(r"[a-z0-9]+")
+TARGET_WORDS_WITHOUT_REFERENCE = 40
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _content(tokens: list[str]) -> list[str]:
+    return [t for t in tokens if t not in STOPWORDS]
+
+
+def _f1(candidate: Counter, reference: Counter) -> float:
+    overlap = sum((candidate & reference).values())
+    if not overlap:
+        return 0.0
+    precision = overlap / sum(candidate.values())
+    recall = overlap / sum(reference.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def _bigrams(tokens: list[str]) -> Counter:
+    return Counter(zip(tokens, tokens[1:]))
+
+
+def _length_fit(n: int, target: int) -> float:
+    if n == 0 or target == 0:
+        return 0.0
+    return math.sqrt(min(n, target) / max(n, target))
+
+
+def _repetition_factor(tokens: list[str]) -> float:
+    pairs = list(zip(tokens, tokens[1:]))
+    return len(set(pairs)) / len(pairs) if pairs else 1.0
+
+
+def score(prompt: str, response: str, reference: str = "") -> float:
+    tokens = words(response)
+    if not tokens:
+        return 0.0
+    prompt_terms = set(_content(words(prompt)))
+    relevance = len(prompt_terms & set(tokens)) / len(prompt_terms) if prompt_terms else 0.0
+    ref_tokens = words(reference)
+    if ref_tokens:
+        unigram = _f1(Counter(_content(tokens)), Counter(_content(ref_tokens)))
+        bigram = _f1(_bigrams(tokens), _bigrams(ref_tokens))
+        length = _length_fit(len(tokens), len(ref_tokens))
+        raw = 0.45 * unigram + 0.20 * bigram + 0.15 * relevance + 0.20 * length
+    else:
+        length = _length_fit(len(tokens), TARGET_WORDS_WITHOUT_REFERENCE)
+        raw = 0.5 * relevance + 0.5 * length
+    return round(raw * _repetition_factor(tokens), 6)
+
+
+def rating(value: float) -> int:
+    """UltraFeedback-style 1-5 rating of a score in [0, 1]."""
+    return 1 + min(4, int(value * 5))

@@ -1,0 +1,105 @@
+"""The state directory and the references stages hand each other.
+
+Everything a run writes lives under one directory (`.alignflow/` or $ALIGNFLOW_HOME):
+MLflow's database and artifacts, Ray storage, datasets, models, Prefect's results.
+Stages pass `Ref`s (URI + content hash), never large objects, so any stage can run on
+another machine that sees the same storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import fsspec
+from pydantic import BaseModel
+
+from conf.schema import PipelineConfig
+
+
+class Ref(BaseModel):
+    """A stage output: where it is and what it holds."""
+
+    uri: str
+    sha256: str
+
+    @property
+    def path(self) -> Path:
+        """Local path of a `file://` or plain URI (the embedded default's storage)."""
+        return Path(self.uri.removeprefix("file://"))
+
+
+def home(config: PipelineConfig | None = None) -> Path:
+    configured = config.runtime.home if config else None
+    root = configured or os.environ.get("ALIGNFLOW_HOME") or ".alignflow"
+    return Path(root).expanduser().resolve()
+
+
+def tracking_uri(config: PipelineConfig) -> str:
+    return config.runtime.tracking_uri or f"sqlite:///{home(config) / 'mlflow.db'}"
+
+
+def artifact_root(config: PipelineConfig) -> str:
+    return (home(config) / "mlartifacts").as_uri()
+
+
+def configure_environment(config: PipelineConfig) -> Path:
+    """Point every library's caches and stores into the state directory.
+
+    Must run before prefect, mlflow, datasets or transformers are imported: several read
+    these variables at import time.
+    """
+    root = home(config)
+    root.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "ALIGNFLOW_HOME": str(root),
+        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(root / "prefect" / "storage"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_TRACKING_URI": tracking_uri(config),
+        "HF_HOME": str(root / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "DISTILABEL_CACHE_DIR": str(root / "distilabel"),
+        "DISTILABEL_LOG_LEVEL": "WARNING",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_TRAIN_V2_ENABLED": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    return root
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with fsspec.open(str(path), "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: str | Path) -> str:
+    """Hash of a directory's files (names and contents), order-independent of the walk."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def sha256_text(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
