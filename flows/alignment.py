@@ -8,7 +8,10 @@ in a later stage, reuses the generated data instead of generating it again.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -96,7 +99,10 @@ def export_champion(tracking: str, name: str, dest: Path) -> Path | None:
 def register(config: PipelineConfig, tracking: str, run_id: str, model: Ref, tags: dict[str, str],
              metrics: dict) -> dict:
     gate = config.registry.gate
-    promote, reason = register_mod.decide(metrics["candidate"], metrics.get("champion"), gate)
+    name = config.registry.model_name
+    has_champion = register_mod.current_champion(tracking, name) is not None
+    champion = metrics.get("champion") or register_mod.recorded_champion_metrics(tracking, name)
+    promote, reason = register_mod.decide(metrics["candidate"], champion, gate, has_champion)
     version = register_mod.log_model_version(tracking, run_id, config.registry.model_name, model.path)
     register_mod.tag_and_alias(
         tracking, config.registry.model_name, version,
@@ -130,6 +136,14 @@ def _evaluation_artifact(metrics: dict, outcome: dict, run_id: str) -> None:
     )
 
 
+def _timed(seconds: dict[str, float], stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+    started = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - started, 1)
+
+
 @flow(name="alignment", description="Generate, validate, train (DPO/ORPO on Ray), evaluate and register a model.")
 def alignment(config: PipelineConfig) -> dict:
     """One alignment run, from prompts to a registered model version."""
@@ -139,7 +153,8 @@ def alignment(config: PipelineConfig) -> dict:
     run_key = (flow_run.id or "local")[:8]
     run_name = f"{config.name}-{flow_run.name or run_key}"
 
-    base = base_model(config.training.model_name_or_path, config.training, root / "models")
+    seconds: dict[str, float] = {}
+    base = _timed(seconds, "base_model", base_model, config.training.model_name_or_path, config.training, root / "models")
     generator_models = [
         base if g.model == config.training.model_name_or_path
         else base_model(g.model, config.training, root / "models")
@@ -147,11 +162,13 @@ def alignment(config: PipelineConfig) -> dict:
     ]
     prompts_file = prompts_path(config.generation.prompts)
     prompts = Ref(uri=prompts_file.resolve().as_uri(), sha256=sha256_file(prompts_file))
-    data_key = sha256_text(config.generation.model_dump_json(), prompts.sha256, *(m.sha256 for m in generator_models))
-    pairs, gen_report = generate(config.generation, prompts, generator_models,
-                                 root / "datasets" / data_key[:16], config.runtime.seed)
+    # The dataset's key is the content of everything that shapes it; `generate` is cached on it.
+    data_key = sha256_text(config.generation.model_dump_json(), prompts.sha256, generate_mod.code_version(),
+                           str(config.runtime.seed), *(m.sha256 for m in generator_models))[:16]
+    pairs, gen_report = _timed(seconds, "generate", generate, config.generation, prompts, generator_models,
+                               root / "datasets" / data_key, config.runtime.seed)
 
-    report = validate(pairs, config.validation, base, root / "datasets" / data_key[:16] / "validation" /
+    report = _timed(seconds, "validate", validate, pairs, config.validation, base, root / "datasets" / data_key / "validation" /
                       sha256_text(config.validation.model_dump_json(), pairs.sha256)[:12])
     _validation_artifact(report)
     if not report["gate"]["passed"]:
@@ -176,24 +193,25 @@ def alignment(config: PipelineConfig) -> dict:
             "generate": pairs.path.parent / "report.json", "generate/pipeline": pairs.path.parent / "pipeline.yaml",
             "validate": Path(report["files"]["report"]), "validate/quarantine": Path(report["files"]["quarantine"]),
         })
-        model, train_summary = train(config.training, base, train_ref, root / "ray", run_name, tracking, run_id,
+        model, train_summary = _timed(seconds, "train", train, config.training, base, train_ref, root / "ray", run_name, tracking, run_id,
                                      config.runtime.ray_address)
         logger.info("trained %s steps in %ss on %s workers", train_summary["steps"], train_summary["wall_s"],
                     train_summary["num_workers"])
         register_mod.log_metrics(tracking, run_id, {"train/wall_s": train_summary["wall_s"],
                                                     "train/steps": train_summary["steps"]})
 
-        champion_dir = export_champion(tracking, config.registry.model_name, root / "champions" / run_key)
-        metrics = evaluate(config, model, base, test_ref, champion_dir)
+        champion_dir = _timed(seconds, "evaluate", export_champion, tracking, config.registry.model_name, root / "champions" / run_key)
+        metrics = _timed(seconds, "evaluate", evaluate, config, model, base, test_ref, champion_dir)
         register_mod.log_metrics(tracking, run_id, {f"eval/{who}/{k}": v for who in ("candidate", "base", "champion")
                                                     for k, v in metrics.get(who, {}).items()})
         register_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
-        outcome = register(config, tracking, run_id, model, tags, metrics)
+        outcome = _timed(seconds, "register", register, config, tracking, run_id, model, tags, metrics)
         _evaluation_artifact(metrics, outcome, run_id)
+        register_mod.log_metrics(tracking, run_id, {f"seconds/{k}": v for k, v in seconds.items()})
     except BaseException:
         register_mod.end_run(tracking, run_id, "FAILED")
         raise
     register_mod.end_run(tracking, run_id)
     return {"mlflow_run_id": run_id, "flow_run_id": str(flow_run.id), "dataset": pairs.model_dump(),
             "generation": gen_report, "validation": {k: report[k] for k in ("rows", "valid", "quarantined")},
-            "training": train_summary, "evaluation": metrics, "registry": outcome}
+            "training": train_summary, "evaluation": metrics, "registry": outcome, "seconds": seconds}

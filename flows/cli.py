@@ -78,7 +78,8 @@ def _print_summary(result: dict, wall: float, root: Path) -> None:
     console.print(table)
     verdict = "[green]promoted to champion[/green]" if reg["promoted"] else "[yellow]not promoted[/yellow]"
     console.print(f"{reg['model']} version {reg['version']}: {verdict} ({reg['reason']})")
-    console.print(f"done in {wall:.0f}s. MLflow run {result['mlflow_run_id']}; look at it with:\n"
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in result["seconds"].items())
+    console.print(f"done in {wall:.0f}s ({stages}). MLflow run {result['mlflow_run_id']}; look at it with:\n"
                   f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}")
 
 

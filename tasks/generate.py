@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from conf.schema import GenerationConfig, GeneratorConfig
-from tasks.state import Ref, sha256_file
+from tasks.state import Ref, sha256_file, sha256_text
 
 PAIR_COLUMNS = [
     "prompt_id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected",
@@ -82,6 +82,13 @@ def generator_labels(generation: GenerationConfig) -> list[str]:
         for i, g in enumerate(generation.generators)
         for _ in range(g.num_generations)
     ]
+
+
+def code_version() -> str:
+    """Hash of the code that shapes generated data, so a judge or binarization change is a cache miss."""
+    from tasks import distilabel_steps, judge
+
+    return sha256_text(*(Path(m.__file__).read_text() for m in (judge, distilabel_steps)), Path(__file__).read_text())
 
 
 def _normalize(text: str) -> str:

@@ -8,7 +8,9 @@ score. A score in [0, 1] is a weighted sum of four signals, times a repetition f
     0.20 * bigram F1 with the reference    (phrasing and word order)
     0.15 * prompt relevance                 (share of the prompt's content words echoed)
     0.20 * length fit                       (sqrt of the shorter/longer length ratio)
-    x  repetition factor                    (distinct bigrams / bigrams: loops score low)
+    x  repetition factor                    (distinct bigrams / bigrams: loops score low),
+                                            relative to the reference's own ratio, so that
+                                            phrasing the reference itself repeats costs nothing
 
 Without a reference (a user's prompt set), the weights of the two F1 terms move to
 relevance and length fit against a 40-word target. An empty response scores 0.
@@ -72,10 +74,12 @@ def score(prompt: str, response: str, reference: str = "") -> float:
         bigram = _f1(_bigrams(tokens), _bigrams(ref_tokens))
         length = _length_fit(len(tokens), len(ref_tokens))
         raw = 0.45 * unigram + 0.20 * bigram + 0.15 * relevance + 0.20 * length
+        repetition = min(1.0, _repetition_factor(tokens) / _repetition_factor(ref_tokens))
     else:
         length = _length_fit(len(tokens), TARGET_WORDS_WITHOUT_REFERENCE)
         raw = 0.5 * relevance + 0.5 * length
-    return round(raw * _repetition_factor(tokens), 6)
+        repetition = _repetition_factor(tokens)
+    return round(raw * repetition, 6)
 
 
 def rating(value: float) -> int:

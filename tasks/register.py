@@ -84,22 +84,47 @@ def current_champion(tracking_uri: str, name: str):
 
 
 def export_champion(tracking_uri: str, name: str, dest: Path) -> Path | None:
-    """Save the champion's weights and tokenizer as a plain HF folder (for evaluation), or None."""
+    """Save the champion's weights and tokenizer as a plain HF folder (for evaluation).
+
+    None when there is no champion, or when its artifacts cannot be loaded (then the gate
+    falls back to the metrics recorded when the champion was registered).
+    """
+    import logging
+
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     if current_champion(tracking_uri, name) is None:
         return None
     mlflow.set_tracking_uri(tracking_uri)
-    parts = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
+    try:
+        parts = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
+    except (MlflowException, OSError) as exc:
+        logging.getLogger(__name__).warning("champion of %s could not be loaded (%s); the gate uses its recorded metrics", name, exc)
+        return None
     parts["model"].save_pretrained(dest)
     parts["tokenizer"].save_pretrained(dest)
     return dest
 
 
-def decide(candidate: dict[str, float], champion: dict[str, float] | None, gate: GateConfig) -> tuple[bool, str]:
+def recorded_champion_metrics(tracking_uri: str, name: str) -> dict[str, float] | None:
+    """The champion's held-out metrics as logged by the run that registered it."""
+    from mlflow import MlflowClient
+
+    champion = current_champion(tracking_uri, name)
+    if champion is None or not champion.run_id:
+        return None
+    logged = MlflowClient(tracking_uri).get_run(champion.run_id).data.metrics
+    return {k.removeprefix("eval/"): v for k, v in logged.items() if k.startswith("eval/") and k.count("/") == 1}
+
+
+def decide(candidate: dict[str, float], champion: dict[str, float] | None, gate: GateConfig,
+           has_champion: bool | None = None) -> tuple[bool, str]:
     """Promote or not, and why, in words a person reads on the model version."""
     value = candidate[gate.metric]
-    if champion is None:
+    if champion is None or gate.metric not in champion:
+        if has_champion:
+            return False, f"the champion's {gate.metric} is unknown (not loadable, none recorded); promote by hand"
         return True, f"first model: no champion yet ({gate.metric}={value:.4f})"
     best = champion[gate.metric]
     if value > best + gate.min_improvement:
@@ -109,9 +134,13 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, gate:
 
 def log_model_version(tracking_uri: str, run_id: str, name: str, model_dir: Path) -> str:
     """Log the model as a transformers text-generation pipeline and register it; the new version."""
+    import logging
+
     import mlflow
     import transformers
 
+    # It looks for a model card and licence on the hub, which a local model has not.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     mlflow.set_tracking_uri(tracking_uri)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir))
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))

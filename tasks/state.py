@@ -72,6 +72,9 @@ def configure_environment(config: PipelineConfig) -> Path:
         "RAY_TRAIN_V2_ENABLED": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "disabled",
+        # Ray Train routes print() to a logger; dill (datasets' hashing) then leaks
+        # disassembly it meant to capture from stdout into the console.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     for key, value in defaults.items():

@@ -121,6 +121,7 @@ def train_loop(loop: dict) -> None:
 
     training = TrainingConfig.model_validate(loop["training"])
     rank = ray.train.get_context().get_world_rank()
+    quiet_ray_logs()
     config_class, trainer_class = trl_classes(training.method)
 
     tokenizer = AutoTokenizer.from_pretrained(loop["model_path"])
@@ -164,6 +165,22 @@ def train_loop(loop: dict) -> None:
         ray.train.report(metrics)
 
 
+def quiet_ray_logs() -> None:
+    """Ray worker setup hook: keep the trainer's progress bars, drop Ray Train's chatter.
+
+    Without the dashboard (not started locally: it costs start-up time) the placement-group
+    cleaner warns every few seconds that the state API is unavailable; that is expected here.
+    Ray Train's per-report line comes from a logger named after its file, which the
+    RunConfig log level does not reach.
+    """
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def ensure_ray(address: str | None, env_vars: dict[str, str]) -> None:
     import ray
 
@@ -173,9 +190,9 @@ def ensure_ray(address: str | None, env_vars: dict[str, str]) -> None:
         address=address,
         include_dashboard=False,
         log_to_driver=True,
-        configure_logging=True,
         logging_level="WARNING",
-        runtime_env={"env_vars": env_vars},
+        logging_config=ray.LoggingConfig(log_level="WARNING"),
+        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "tasks.train.quiet_ray_logs"},
     )
 
 
@@ -190,11 +207,13 @@ def train_model(
     ray_address: str | None = None,
 ) -> tuple[Ref, dict]:
     """Run TorchTrainer; the final model's Ref (in Ray storage) and the run's summary."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     forwarded = ("ALIGNFLOW_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
-                 "TRL_EXPERIMENTAL_SILENCE", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_URI")
+                 "TRL_EXPERIMENTAL_SILENCE", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_URI",
+                 "RAY_TRAIN_ENABLE_PRINT_PATCH")
     ensure_ray(ray_address, {k: os.environ[k] for k in forwarded if k in os.environ})
 
     scaling = training.scaling
@@ -218,6 +237,7 @@ def train_model(
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=training.max_failures),
+            logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
     )
     started = time.perf_counter()

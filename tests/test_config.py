@@ -1,0 +1,237 @@
+"""conf.loader: the embedded profile, key.path=value overrides, errors that name the key, and the CLI's exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, config_hash, flatten, load_config
+from conf.schema import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, PipelineConfig
+
+REPO = Path(__file__).resolve().parents[1]
+ALIGNFLOW = REPO / ".venv" / "bin" / "alignflow"
+
+
+def test_embedded_default_loads_with_defaults():
+    cfg = load_config()
+    assert isinstance(cfg, PipelineConfig)
+    assert DEFAULT_PROFILE == REPO / "conf" / "pipeline.yaml"
+    assert cfg.name == "alignflow-tiny"
+    assert cfg.generation.prompts == BUILTIN_PROMPTS
+    assert cfg.generation.max_prompts is None
+    assert len(cfg.generation.generators) == 2
+    assert all(g.model == BUILTIN_TINY_MODEL for g in cfg.generation.generators)
+    assert cfg.training.method == "dpo"
+    assert cfg.training.beta == 0.1
+    assert cfg.training.loss_type == ["sigmoid"]
+    assert cfg.training.learning_rate == 5e-4
+    assert cfg.training.scaling.resources_per_worker == {"CPU": 1.0}
+    assert cfg.validation.min_pairs == 20
+    assert cfg.runtime.home is None
+    # the same as loading the file by name
+    assert load_config(DEFAULT_PROFILE) == cfg
+
+
+def test_overrides_apply_with_proper_types():
+    cfg = load_config(
+        overrides=[
+            "training.method=orpo",
+            "training.beta=0.2",
+            "training.loss_type=[sigmoid,sft]",
+            "generation.max_prompts=5",
+        ]
+    )
+    assert cfg.training.method == "orpo"
+    assert cfg.training.beta == 0.2
+    assert isinstance(cfg.training.beta, float)
+    assert cfg.training.loss_type == ["sigmoid", "sft"]
+    assert cfg.generation.max_prompts == 5
+    assert isinstance(cfg.generation.max_prompts, int)
+
+
+def test_single_loss_type_string_becomes_a_list():
+    assert load_config(overrides=["training.loss_type=ipo"]).training.loss_type == ["ipo"]
+
+
+def test_later_override_wins():
+    assert load_config(overrides=["training.beta=0.2", "training.beta=0.3"]).training.beta == 0.3
+
+
+def test_override_creates_nested_section():
+    cfg = load_config(overrides=["training.scaling.num_workers=3", "registry.gate.min_improvement=0.01"])
+    assert cfg.training.scaling.num_workers == 3
+    assert cfg.registry.gate.min_improvement == 0.01
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"training\.beta") as info:
+        load_config(overrides=["training.beta=abc"])
+    assert "abc" in str(info.value)
+    assert str(DEFAULT_PROFILE) in str(info.value)
+
+
+def test_out_of_range_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"training\.beta"):
+        load_config(overrides=["training.beta=0"])
+    with pytest.raises(ConfigError, match=r"training\.method"):
+        load_config(overrides=["training.method=ppo"])
+
+
+def test_unknown_section_names_it():
+    with pytest.raises(ConfigError, match="nosuch") as info:
+        load_config(overrides=["nosuch.key=1"])
+    assert "unknown key" in str(info.value)
+
+
+def test_unknown_key_in_section_names_the_path():
+    with pytest.raises(ConfigError, match=r"training\.nosuch") as info:
+        load_config(overrides=["training.nosuch=1"])
+    assert "unknown key" in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["foo", "=1", "training..beta=1", "training.=1", ".beta=1"])
+def test_malformed_override_raises(override):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(overrides=[override])
+
+
+def test_missing_config_file_names_it(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="no such config file") as info:
+        load_config(missing)
+    assert str(missing) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_yaml_that_is_not_a_mapping_names_the_file(tmp_path, text):
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="mapping") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == PipelineConfig()
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("training:\n  betta: 0.2\n")
+    with pytest.raises(ConfigError, match=r"training\.betta") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_overriding_a_value_as_a_section_raises():
+    with pytest.raises(ConfigError, match="is a value, not a section") as info:
+        load_config(overrides=["name.x=1"])
+    assert "name" in str(info.value)
+    with pytest.raises(ConfigError, match=r"training\.beta"):
+        load_config(overrides=["training.beta.x=1"])
+
+
+def test_apply_override_parses_yaml_values():
+    data: dict = {}
+    apply_override(data, "a.b=0.5")
+    apply_override(data, "a.c=true")
+    apply_override(data, "a.d=[x, y]")
+    apply_override(data, "e=text=with=equals")
+    assert data == {"a": {"b": 0.5, "c": True, "d": ["x", "y"]}, "e": "text=with=equals"}
+
+
+def test_exponent_notation_reaches_a_float_field():
+    assert load_config(overrides=["training.learning_rate=1e-4"]).training.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["generation.generators=[{num_generations: 1}]"],
+        ["generation.generators=[]"],
+    ],
+)
+def test_fewer_than_two_candidates_rejected(overrides):
+    with pytest.raises(ConfigError, match="generation"):
+        load_config(overrides=overrides)
+
+
+def test_two_candidates_from_one_generator_accepted():
+    cfg = load_config(overrides=["generation.generators=[{num_generations: 2}]"])
+    assert sum(g.num_generations for g in cfg.generation.generators) == 2
+
+
+def test_config_hash_is_stable_and_tracks_values():
+    a, b = load_config(), load_config()
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 16
+    changed = load_config(overrides=["training.beta=0.2"])
+    assert config_hash(changed) != config_hash(a)
+    assert config_hash(load_config(overrides=["training.beta=0.1"])) == config_hash(a)
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(load_config(overrides=["training.loss_type=[sigmoid,sft]"]))
+    assert flat["name"] == "alignflow-tiny"
+    assert flat["training.beta"] == "0.1"
+    assert flat["training.method"] == "dpo"
+    assert flat["training.scaling.num_workers"] == "2"
+    assert flat["training.tiny_model.hidden_size"] == "128"
+    assert flat["training.loss_type"] == '["sigmoid", "sft"]'
+    assert flat["registry.gate.metric"] == "preference_accuracy"
+    assert all(isinstance(v, str) for v in flat.values())
+    assert not any(isinstance(v, dict) for v in flat.values())
+    assert all(k == "name" or "." in k for k in flat)
+
+
+# --- the CLI: a config error exits 2, fast, before anything heavy is imported -------------------
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ALIGNFLOW_HOME"] = str(tmp_path / "home")
+    env["COLUMNS"] = "200"  # keep rich from wrapping the key path
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.mark.parametrize(("override", "key"), [("training.beta=abc", "training.beta"), ("nosuch.key=1", "nosuch")])
+def test_cli_config_error_exits_2(tmp_path, override, key):
+    exe = str(ALIGNFLOW) if ALIGNFLOW.exists() else None
+    cmd = [exe, "run", override] if exe else [sys.executable, "-m", "flows.cli", "run", override]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert key in proc.stdout + proc.stderr
+    assert "config error" in proc.stdout + proc.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_cli_config_error_imports_nothing_heavy(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "flows.cli", "run", "training.beta=abc"],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert proc.returncode == 2, proc.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "conf.loader" in imported  # the importtime output was parsed
+    top_level = {name.split(".")[0] for name in imported}
+    for heavy in ("prefect", "ray", "torch", "transformers", "mlflow"):
+        assert heavy not in top_level, f"{heavy} was imported on a config error"
