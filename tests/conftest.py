@@ -1,0 +1,99 @@
+"""Shared fixtures: one small config, one state directory, real Ray/Prefect/MLflow.
+
+Tests use the real components on small inputs: a smaller offline tiny model, a couple
+dozen prompts, two-step training runs. The state directory is a temporary folder, so a
+test run never touches the developer's .alignflow/.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conf.loader import load_config
+from conf.schema import PipelineConfig
+
+STATE = Path(tempfile.mkdtemp(prefix="alignflow-test-"))
+
+SMALL = [
+    f"runtime.home={STATE}",
+    "generation.max_prompts=24",
+    "generation.input_batch_size=8",
+    "generation.min_score_margin=0.01",
+    "generation.generators=[{temperature: 0.5, max_new_tokens: 24}, {temperature: 1.2, max_new_tokens: 24}]",
+    "training.tiny_model.vocab_size=512",
+    "training.tiny_model.hidden_size=32",
+    "training.tiny_model.intermediate_size=64",
+    "training.tiny_model.warmup_steps=120",
+    "training.per_device_train_batch_size=4",
+    "training.max_steps=2",
+    "training.save_steps=1",
+    "training.logging_steps=1",
+    "validation.min_pairs=4",
+    "validation.min_valid_fraction=0.2",
+    "validation.test_size=0.25",
+]
+
+
+def small_config(*overrides: str) -> PipelineConfig:
+    return load_config(None, [*SMALL, *overrides])
+
+
+# Point every library at the temporary state directory before any of them is imported.
+from tasks.state import configure_environment  # noqa: E402
+
+configure_environment(small_config())
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Path:
+    return STATE
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    from tasks.tiny_model import resolve_model
+
+    cfg = small_config()
+    return Path(resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, STATE / "models"))
+
+
+@pytest.fixture(scope="session")
+def pairs_frame():
+    """A small, valid preference dataset in the shape the generate stage writes."""
+    import pandas as pd
+
+    from tasks.prompts import load_prompts
+
+    rows = load_prompts(max_prompts=24)
+    return pd.DataFrame(
+        {
+            "prompt_id": [r["id"] for r in rows],
+            "prompt": [r["prompt"] for r in rows],
+            "chosen": [r["reference"] for r in rows],
+            "rejected": [" ".join(r["reference"].split()[::-1][:12]) for r in rows],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from tasks.train import ensure_ray
+
+    ensure_ray(None, {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRL_", "ALIGNFLOW", "RAY_TRAIN"))})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

@@ -1,0 +1,41 @@
+"""The train stage: TRL on Ray Train workers, metrics into MLflow, the model back as a Ref."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import small_config
+
+from tasks.register import start_run
+from tasks.state import Ref, sha256_file, tracking_uri
+from tasks.train import train_model
+
+
+@pytest.fixture(scope="module")
+def train_ref(pairs_frame, tmp_path_factory) -> Ref:
+    path = tmp_path_factory.mktemp("train") / "train.parquet"
+    pairs_frame.to_parquet(path, index=False)
+    return Ref(uri=path.as_uri(), sha256=sha256_file(path))
+
+
+@pytest.mark.parametrize(
+    ("method", "workers"),
+    [("dpo", 2), ("orpo", 1)],
+)
+def test_train_runs_on_ray_and_logs_to_mlflow(method, workers, ray_session, tiny_model_path, train_ref, state_dir):
+    from mlflow import MlflowClient
+    from transformers import AutoModelForCausalLM
+
+    cfg = small_config(f"training.method={method}", f"training.scaling.num_workers={workers}")
+    uri = tracking_uri(cfg)
+    run_id = start_run(uri, "test-train", f"train-{method}", {}, {})
+    model, summary = train_model(
+        cfg.training, str(tiny_model_path), train_ref, str(state_dir / "ray"), f"test-{method}-{workers}", uri, run_id
+    )
+    assert summary["steps"] == 2
+    assert model.path.is_dir() and len(model.sha256) == 64
+    AutoModelForCausalLM.from_pretrained(model.path)  # the final model loads
+
+    history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2]
+    if method == "dpo":
+        assert MlflowClient(uri).get_metric_history(run_id, "train/rewards/accuracies")
