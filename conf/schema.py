@@ -30,7 +30,9 @@ class TinyModelConfig(Section):
     num_attention_heads: int = Field(4, ge=1, le=32)
     max_position_embeddings: int = Field(256, ge=64, le=4096)
     warmup_steps: int = Field(
-        500, ge=0, le=5000,
+        500,
+        ge=0,
+        le=5000,
         description="Causal-LM steps on the shipped prompts and reference answers, so the "
         "model writes on-topic text rather than noise (0 keeps random weights).",
     )
@@ -63,7 +65,9 @@ class GenerationConfig(Section):
     )
     judge: Literal["offline"] = Field("offline", description="Who rates the candidates.")
     min_score_margin: float = Field(
-        0.05, ge=0.0, le=1.0,
+        0.05,
+        ge=0.0,
+        le=1.0,
         description="Chosen must out-score rejected by at least this much (judge score in [0, 1]); "
         "closer pairs are ties and are dropped.",
     )
@@ -78,9 +82,13 @@ class GenerationConfig(Section):
 
 class ValidationConfig(Section):
     max_length: int = Field(
-        256, ge=8, description="Longest prompt+response in tokens (chat template applied); longer pairs are quarantined."
+        256,
+        ge=8,
+        description="Longest prompt+response in tokens (chat template applied); longer pairs are quarantined.",
     )
-    min_valid_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Stop the run below this fraction of valid pairs.")
+    min_valid_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Stop the run below this fraction of valid pairs."
+    )
     min_pairs: int = Field(20, ge=1, description="Stop the run with fewer valid pairs than this.")
     test_size: float = Field(0.15, gt=0.0, lt=1.0, description="Held-out fraction of prompts.")
     split_seed: int = 0
@@ -142,7 +150,9 @@ class RegistryConfig(Section):
 class RuntimeConfig(Section):
     home: Path | None = Field(None, description="State directory (default: $ALIGNFLOW_HOME or ./.alignflow).")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite in the state directory).")
-    ray_address: str | None = Field(None, description="Join this Ray cluster (`auto`, `ray://host:10001`); None starts a local one.")
+    ray_address: str | None = Field(
+        None, description="Join this Ray cluster (`auto`, `ray://host:10001`); None starts a local one."
+    )
     seed: int = 0
 
 

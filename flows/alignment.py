@@ -46,13 +46,16 @@ def base_model(name_or_path: str, training: TrainingConfig, models_dir: Path) ->
 
 
 @task(name="generate", cache_policy=CONTENT, persist_result=True)
-def generate(generation: GenerationConfig, prompts: Ref, models: list[Ref], out_dir: Path, seed: int) -> tuple[Ref, dict]:
+def generate(
+    generation: GenerationConfig, prompts: Ref, models: list[Ref], out_dir: Path, seed: int
+) -> tuple[Ref, dict]:
     rows = load_prompts(generation.prompts, generation.max_prompts)
     paths = [str(m.path) if m.uri.startswith("file://") else m.uri for m in models]
     pairs, report = generate_mod.generate_preferences(rows, generation, paths, out_dir, seed)
     get_run_logger().info(
         "generated %(candidates)s candidates for %(prompts)s prompts -> %(pairs)s pairs "
-        "(%(ties)s ties, %(identical)s identical) in %(seconds)ss", report
+        "(%(ties)s ties, %(identical)s identical) in %(seconds)ss",
+        report,
     )
     return pairs, report
 
@@ -62,8 +65,11 @@ def validate(pairs: Ref, validation: ValidationConfig, tokenizer_from: Ref, out_
     from transformers import AutoTokenizer
 
     data = validate_mod.read_pairs(pairs.path)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from.path)) if tokenizer_from.uri.startswith("file://") \
+    tokenizer = (
+        AutoTokenizer.from_pretrained(str(tokenizer_from.path))
+        if tokenizer_from.uri.startswith("file://")
         else AutoTokenizer.from_pretrained(tokenizer_from.uri)
+    )
     valid, quarantined, report = validate_mod.validate_pairs(data, validation, tokenizer)
     paths = validate_mod.write_outputs(out_dir, valid, quarantined, report, validation)
     report["files"] = {k: str(v) for k, v in paths.items()}
@@ -74,19 +80,32 @@ def validate(pairs: Ref, validation: ValidationConfig, tokenizer_from: Ref, out_
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(training: TrainingConfig, model: Ref, train_data: Ref, storage: Path, run_name: str,
-          tracking: str, mlflow_run_id: str, ray_address: str | None) -> tuple[Ref, dict]:
+def train(
+    training: TrainingConfig,
+    model: Ref,
+    train_data: Ref,
+    storage: Path,
+    run_name: str,
+    tracking: str,
+    mlflow_run_id: str,
+    ray_address: str | None,
+) -> tuple[Ref, dict]:
     model_path = str(model.path) if model.uri.startswith("file://") else model.uri
-    return train_mod.train_model(training, model_path, train_data, str(storage), run_name, tracking,
-                                 mlflow_run_id, ray_address)
+    return train_mod.train_model(
+        training, model_path, train_data, str(storage), run_name, tracking, mlflow_run_id, ray_address
+    )
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(config: PipelineConfig, candidate: Ref, base: Ref, test_data: Ref, champion_dir: Path | None) -> dict:
     return evaluate_mod.evaluate_models(
-        candidate.path, base.path if base.uri.startswith("file://") else base.uri, test_data.path,
-        beta=config.training.beta, batch_size=config.evaluation.batch_size,
-        max_pairs=config.evaluation.max_pairs, champion=champion_dir,
+        candidate.path,
+        base.path if base.uri.startswith("file://") else base.uri,
+        test_data.path,
+        beta=config.training.beta,
+        batch_size=config.evaluation.batch_size,
+        max_pairs=config.evaluation.max_pairs,
+        champion=champion_dir,
     )
 
 
@@ -96,8 +115,9 @@ def export_champion(tracking: str, name: str, dest: Path) -> Path | None:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register(config: PipelineConfig, tracking: str, run_id: str, model: Ref, tags: dict[str, str],
-             metrics: dict) -> dict:
+def register(
+    config: PipelineConfig, tracking: str, run_id: str, model: Ref, tags: dict[str, str], metrics: dict
+) -> dict:
     gate = config.registry.gate
     name = config.registry.model_name
     has_champion = register_mod.current_champion(tracking, name) is not None
@@ -105,22 +125,39 @@ def register(config: PipelineConfig, tracking: str, run_id: str, model: Ref, tag
     promote, reason = register_mod.decide(metrics["candidate"], champion, gate, has_champion)
     version = register_mod.log_model_version(tracking, run_id, config.registry.model_name, model.path)
     register_mod.tag_and_alias(
-        tracking, config.registry.model_name, version,
-        {**tags, "model_sha256": model.sha256, "gate.metric": gate.metric,
-         "gate.outcome": "promoted" if promote else "not promoted", "gate.reason": reason},
+        tracking,
+        config.registry.model_name,
+        version,
+        {
+            **tags,
+            "model_sha256": model.sha256,
+            "gate.metric": gate.metric,
+            "gate.outcome": "promoted" if promote else "not promoted",
+            "gate.reason": reason,
+        },
         promote,
     )
-    get_run_logger().info("registered %s version %s: %s (%s)", config.registry.model_name, version,
-                          "promoted to champion" if promote else "not promoted", reason)
+    get_run_logger().info(
+        "registered %s version %s: %s (%s)",
+        config.registry.model_name,
+        version,
+        "promoted to champion" if promote else "not promoted",
+        reason,
+    )
     return {"model": config.registry.model_name, "version": version, "promoted": promote, "reason": reason}
 
 
 def _validation_artifact(report: dict) -> None:
-    rows = [{"check": k, "count": v["count"], "example rows": str(v["example_rows"]), "meaning": v["description"]}
-            for k, v in report["checks"].items()]
-    create_table_artifact(rows, key="validation-report",
-                          description=f"{report['valid']}/{report['rows']} pairs valid; gate "
-                                      f"{'passed' if report['gate']['passed'] else 'FAILED'}")
+    rows = [
+        {"check": k, "count": v["count"], "example rows": str(v["example_rows"]), "meaning": v["description"]}
+        for k, v in report["checks"].items()
+    ]
+    create_table_artifact(
+        rows,
+        key="validation-report",
+        description=f"{report['valid']}/{report['rows']} pairs valid; gate "
+        f"{'passed' if report['gate']['passed'] else 'FAILED'}",
+    )
 
 
 def _evaluation_artifact(metrics: dict, outcome: dict, run_id: str) -> None:
@@ -154,56 +191,122 @@ def alignment(config: PipelineConfig) -> dict:
     run_name = f"{config.name}-{flow_run.name or run_key}"
 
     seconds: dict[str, float] = {}
-    base = _timed(seconds, "base_model", base_model, config.training.model_name_or_path, config.training, root / "models")
+    base = _timed(
+        seconds, "base_model", base_model, config.training.model_name_or_path, config.training, root / "models"
+    )
     generator_models = [
-        base if g.model == config.training.model_name_or_path
-        else base_model(g.model, config.training, root / "models")
+        base if g.model == config.training.model_name_or_path else base_model(g.model, config.training, root / "models")
         for g in config.generation.generators
     ]
     prompts_file = prompts_path(config.generation.prompts)
     prompts = Ref(uri=prompts_file.resolve().as_uri(), sha256=sha256_file(prompts_file))
     # The dataset's key is the content of everything that shapes it; `generate` is cached on it.
-    data_key = sha256_text(config.generation.model_dump_json(), prompts.sha256, generate_mod.code_version(),
-                           str(config.runtime.seed), *(m.sha256 for m in generator_models))[:16]
-    pairs, gen_report = _timed(seconds, "generate", generate, config.generation, prompts, generator_models,
-                               root / "datasets" / data_key, config.runtime.seed)
+    data_key = sha256_text(
+        config.generation.model_dump_json(),
+        prompts.sha256,
+        generate_mod.code_version(),
+        str(config.runtime.seed),
+        *(m.sha256 for m in generator_models),
+    )[:16]
+    pairs, gen_report = _timed(
+        seconds,
+        "generate",
+        generate,
+        config.generation,
+        prompts,
+        generator_models,
+        root / "datasets" / data_key,
+        config.runtime.seed,
+    )
 
-    report = _timed(seconds, "validate", validate, pairs, config.validation, base, root / "datasets" / data_key / "validation" /
-                      sha256_text(config.validation.model_dump_json(), pairs.sha256)[:12])
+    report = _timed(
+        seconds,
+        "validate",
+        validate,
+        pairs,
+        config.validation,
+        base,
+        root
+        / "datasets"
+        / data_key
+        / "validation"
+        / sha256_text(config.validation.model_dump_json(), pairs.sha256)[:12],
+    )
     _validation_artifact(report)
     if not report["gate"]["passed"]:
-        raise GateFailed("validation gate failed: " + "; ".join(report["gate"]["failures"])
-                         + f" (report: {report['files']['report']}, quarantine: {report['files']['quarantine']})")
+        raise GateFailed(
+            "validation gate failed: "
+            + "; ".join(report["gate"]["failures"])
+            + f" (report: {report['files']['report']}, quarantine: {report['files']['quarantine']})"
+        )
     train_ref, test_ref = Ref(**report["train_ref"]), Ref(**report["test_ref"])
 
     tags = {
-        "dataset_uri": pairs.uri, "dataset_sha256": pairs.sha256, "config_hash": config_hash(config),
-        "git_commit": register_mod.git_commit(), "prefect_flow_run_id": str(flow_run.id),
-        "method": config.training.method, "base_model": config.training.model_name_or_path,
+        "dataset_uri": pairs.uri,
+        "dataset_sha256": pairs.sha256,
+        "config_hash": config_hash(config),
+        "git_commit": register_mod.git_commit(),
+        "prefect_flow_run_id": str(flow_run.id),
+        "method": config.training.method,
+        "base_model": config.training.model_name_or_path,
         "base_model_sha256": base.sha256,
     }
-    run_id = register_mod.start_run(tracking, config.registry.experiment, run_name, flatten(config), tags,
-                                    artifact_root(config))
+    run_id = register_mod.start_run(
+        tracking, config.registry.experiment, run_name, flatten(config), tags, artifact_root(config)
+    )
     try:
-        register_mod.log_metrics(tracking, run_id, {f"generate/{k}": v for k, v in gen_report.items()
-                                                    if isinstance(v, int | float)})
-        register_mod.log_metrics(tracking, run_id, {"validate/valid": report["valid"],
-                                                    "validate/quarantined": report["quarantined"]})
-        register_mod.log_artifacts(tracking, run_id, {
-            "generate": pairs.path.parent / "report.json", "generate/pipeline": pairs.path.parent / "pipeline.yaml",
-            "validate": Path(report["files"]["report"]), "validate/quarantine": Path(report["files"]["quarantine"]),
-        })
-        model, train_summary = _timed(seconds, "train", train, config.training, base, train_ref, root / "ray", run_name, tracking, run_id,
-                                     config.runtime.ray_address)
-        logger.info("trained %s steps in %ss on %s workers", train_summary["steps"], train_summary["wall_s"],
-                    train_summary["num_workers"])
-        register_mod.log_metrics(tracking, run_id, {"train/wall_s": train_summary["wall_s"],
-                                                    "train/steps": train_summary["steps"]})
+        register_mod.log_metrics(
+            tracking, run_id, {f"generate/{k}": v for k, v in gen_report.items() if isinstance(v, int | float)}
+        )
+        register_mod.log_metrics(
+            tracking, run_id, {"validate/valid": report["valid"], "validate/quarantined": report["quarantined"]}
+        )
+        register_mod.log_artifacts(
+            tracking,
+            run_id,
+            {
+                "generate": pairs.path.parent / "report.json",
+                "generate/pipeline": pairs.path.parent / "pipeline.yaml",
+                "validate": Path(report["files"]["report"]),
+                "validate/quarantine": Path(report["files"]["quarantine"]),
+            },
+        )
+        model, train_summary = _timed(
+            seconds,
+            "train",
+            train,
+            config.training,
+            base,
+            train_ref,
+            root / "ray",
+            run_name,
+            tracking,
+            run_id,
+            config.runtime.ray_address,
+        )
+        logger.info(
+            "trained %s steps in %ss on %s workers",
+            train_summary["steps"],
+            train_summary["wall_s"],
+            train_summary["num_workers"],
+        )
+        register_mod.log_metrics(
+            tracking, run_id, {"train/wall_s": train_summary["wall_s"], "train/steps": train_summary["steps"]}
+        )
 
-        champion_dir = _timed(seconds, "evaluate", export_champion, tracking, config.registry.model_name, root / "champions" / run_key)
+        champion_dir = _timed(
+            seconds, "evaluate", export_champion, tracking, config.registry.model_name, root / "champions" / run_key
+        )
         metrics = _timed(seconds, "evaluate", evaluate, config, model, base, test_ref, champion_dir)
-        register_mod.log_metrics(tracking, run_id, {f"eval/{who}/{k}": v for who in ("candidate", "base", "champion")
-                                                    for k, v in metrics.get(who, {}).items()})
+        register_mod.log_metrics(
+            tracking,
+            run_id,
+            {
+                f"eval/{who}/{k}": v
+                for who in ("candidate", "base", "champion")
+                for k, v in metrics.get(who, {}).items()
+            },
+        )
         register_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
         outcome = _timed(seconds, "register", register, config, tracking, run_id, model, tags, metrics)
         _evaluation_artifact(metrics, outcome, run_id)
@@ -212,6 +315,14 @@ def alignment(config: PipelineConfig) -> dict:
         register_mod.end_run(tracking, run_id, "FAILED")
         raise
     register_mod.end_run(tracking, run_id)
-    return {"mlflow_run_id": run_id, "flow_run_id": str(flow_run.id), "dataset": pairs.model_dump(),
-            "generation": gen_report, "validation": {k: report[k] for k in ("rows", "valid", "quarantined")},
-            "training": train_summary, "evaluation": metrics, "registry": outcome, "seconds": seconds}
+    return {
+        "mlflow_run_id": run_id,
+        "flow_run_id": str(flow_run.id),
+        "dataset": pairs.model_dump(),
+        "generation": gen_report,
+        "validation": {k: report[k] for k in ("rows", "valid", "quarantined")},
+        "training": train_summary,
+        "evaluation": metrics,
+        "registry": outcome,
+        "seconds": seconds,
+    }

@@ -23,11 +23,17 @@ from rich.table import Table
 from conf.loader import ConfigError, load_config
 from conf.schema import PipelineConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Declarative preference alignment: generate -> validate -> train -> evaluate -> register.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Declarative preference alignment: generate -> validate -> train -> evaluate -> register.",
+)
 console = Console(stderr=True)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML profile (default: the embedded conf/pipeline.yaml).")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML profile (default: the embedded conf/pipeline.yaml).")
+]
 
 
 def _load(config: Path | None, overrides: list[str]) -> PipelineConfig:
@@ -41,7 +47,9 @@ def _load(config: Path | None, overrides: list[str]) -> PipelineConfig:
 
 @app.command()
 def run(
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides, e.g. training.method=orpo")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key.path=value overrides, e.g. training.method=orpo")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the whole pipeline as one Prefect flow."""
@@ -49,8 +57,10 @@ def run(
     from tasks.state import configure_environment
 
     root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported
-    console.print(f"[bold]alignflow[/bold] {cfg.name}: method={cfg.training.method}, "
-                  f"workers={cfg.training.scaling.num_workers}, state={root}")
+    console.print(
+        f"[bold]alignflow[/bold] {cfg.name}: method={cfg.training.method}, "
+        f"workers={cfg.training.scaling.num_workers}, state={root}"
+    )
     started = time.perf_counter()
     from flows.alignment import GateFailed, alignment
 
@@ -79,13 +89,17 @@ def _print_summary(result: dict, wall: float, root: Path) -> None:
     verdict = "[green]promoted to champion[/green]" if reg["promoted"] else "[yellow]not promoted[/yellow]"
     console.print(f"{reg['model']} version {reg['version']}: {verdict} ({reg['reason']})")
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in result["seconds"].items())
-    console.print(f"done in {wall:.0f}s ({stages}). MLflow run {result['mlflow_run_id']}; look at it with:\n"
-                  f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}")
+    console.print(
+        f"done in {wall:.0f}s ({stages}). MLflow run {result['mlflow_run_id']}; look at it with:\n"
+        f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
+    )
 
 
 @app.command()
 def validate(
-    data: Annotated[Path, typer.Argument(help="Preference dataset: parquet, jsonl, json or csv with prompt/chosen/rejected.")],
+    data: Annotated[
+        Path, typer.Argument(help="Preference dataset: parquet, jsonl, json or csv with prompt/chosen/rejected.")
+    ],
     config: ConfigOption = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,

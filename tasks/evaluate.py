@@ -42,7 +42,9 @@ def response_logps(model, tokenizer, prompts: list[str], responses: list[str], b
     eos = tokenizer.eos_token or ""
     for start in range(0, len(prompts), batch_size):
         sequences, n_prompt = [], []
-        for prompt, response in zip(prompts[start : start + batch_size], responses[start : start + batch_size], strict=True):
+        for prompt, response in zip(
+            prompts[start : start + batch_size], responses[start : start + batch_size], strict=True
+        ):
             head = tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
@@ -104,7 +106,11 @@ def evaluate_models(
     base_scores = score_model(*load_causal_lm(base), pairs, batch_size)
     results: dict[str, dict[str, float] | int] = {"pairs": len(pairs)}
     results["base"] = preference_metrics(base_scores, base_scores, beta)
-    results["candidate"] = preference_metrics(score_model(*load_causal_lm(candidate), pairs, batch_size), base_scores, beta)
+    results["candidate"] = preference_metrics(
+        score_model(*load_causal_lm(candidate), pairs, batch_size), base_scores, beta
+    )
     if champion is not None:
-        results["champion"] = preference_metrics(score_model(*load_causal_lm(champion), pairs, batch_size), base_scores, beta)
+        results["champion"] = preference_metrics(
+            score_model(*load_causal_lm(champion), pairs, batch_size), base_scores, beta
+        )
     return results

@@ -23,8 +23,14 @@ from conf.schema import GenerationConfig, GeneratorConfig
 from tasks.state import Ref, sha256_file, sha256_text
 
 PAIR_COLUMNS = [
-    "prompt_id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected",
-    "chosen_generator", "rejected_generator",
+    "prompt_id",
+    "prompt",
+    "chosen",
+    "rejected",
+    "score_chosen",
+    "score_rejected",
+    "chosen_generator",
+    "rejected_generator",
 ]
 
 
@@ -35,6 +41,7 @@ def build_pipeline(rows: list[dict], generation: GenerationConfig, model_paths: 
     from distilabel.steps.tasks import TextGeneration
 
     from tasks.distilabel_steps import OfflineJudge, SeededTransformersLLM
+
     with Pipeline(name="alignflow-generate", cache_dir=cache_dir) as pipeline:
         load = LoadDataFromDicts(
             data=[{"prompt_id": r["id"], "instruction": r["prompt"], "reference": r["reference"]} for r in rows],
@@ -95,7 +102,9 @@ def _normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def binarize(candidates: list[str], scores: list[float], labels: list[str], min_margin: float) -> tuple[dict | None, str]:
+def binarize(
+    candidates: list[str], scores: list[float], labels: list[str], min_margin: float
+) -> tuple[dict | None, str]:
     """Best vs worst distinct candidate, or None with the reason ('identical', 'tie', 'empty')."""
     distinct: dict[str, tuple[float, str, str]] = {}
     for text, value, label in zip(candidates, scores, labels, strict=True):
@@ -111,12 +120,18 @@ def binarize(candidates: list[str], scores: list[float], labels: list[str], min_
     if best - worst < min_margin:
         return None, "tie"
     return {
-        "chosen": chosen, "rejected": rejected, "score_chosen": best, "score_rejected": worst,
-        "chosen_generator": chosen_by, "rejected_generator": rejected_by,
+        "chosen": chosen,
+        "rejected": rejected,
+        "score_chosen": best,
+        "score_rejected": worst,
+        "chosen_generator": chosen_by,
+        "rejected_generator": rejected_by,
     }, "pair"
 
 
-def run_pipeline(rows: list[dict], generation: GenerationConfig, model_paths: list[str], out_dir: Path, seed: int) -> None:
+def run_pipeline(
+    rows: list[dict], generation: GenerationConfig, model_paths: list[str], out_dir: Path, seed: int
+) -> None:
     """Run the distilabel pipeline; writes scored.parquet and pipeline.yaml (its definition, for lineage)."""
     pipeline = build_pipeline(rows, generation, model_paths, out_dir / "distilabel-cache", seed)
     distiset = pipeline.run(use_cache=True)
@@ -160,7 +175,8 @@ def generate_preferences(
         "identical": outcomes["identical"],
         "empty": outcomes["empty"],
         "mean_margin": round(float(pd.Series([p["score_chosen"] - p["score_rejected"] for p in pairs]).mean()), 4)
-        if pairs else 0.0,
+        if pairs
+        else 0.0,
         "seconds": round(generated_s, 1),
         "responses_per_s": round(n_candidates / generated_s, 2) if generated_s else None,
     }

@@ -25,8 +25,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_run(tracking_uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str],
-              artifact_location: str | None = None) -> str:
+def start_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    artifact_location: str | None = None,
+) -> str:
     """Create the flow's MLflow run (stages log into it by id) and return its id.
 
     A new experiment's artifacts go to `artifact_location` (the state directory by default):
@@ -37,7 +43,9 @@ def start_run(tracking_uri: str, experiment: str, run_name: str, params: dict[st
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifact_location)
+    experiment_id = (
+        found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifact_location)
+    )
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):
@@ -100,7 +108,9 @@ def export_champion(tracking_uri: str, name: str, dest: Path) -> Path | None:
     try:
         parts = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
     except (MlflowException, OSError) as exc:
-        logging.getLogger(__name__).warning("champion of %s could not be loaded (%s); the gate uses its recorded metrics", name, exc)
+        logging.getLogger(__name__).warning(
+            "champion of %s could not be loaded (%s); the gate uses its recorded metrics", name, exc
+        )
         return None
     parts["model"].save_pretrained(dest)
     parts["tokenizer"].save_pretrained(dest)
@@ -118,8 +128,9 @@ def recorded_champion_metrics(tracking_uri: str, name: str) -> dict[str, float] 
     return {k.removeprefix("eval/"): v for k, v in logged.items() if k.startswith("eval/") and k.count("/") == 1}
 
 
-def decide(candidate: dict[str, float], champion: dict[str, float] | None, gate: GateConfig,
-           has_champion: bool | None = None) -> tuple[bool, str]:
+def decide(
+    candidate: dict[str, float], champion: dict[str, float] | None, gate: GateConfig, has_champion: bool | None = None
+) -> tuple[bool, str]:
     """Promote or not, and why, in words a person reads on the model version."""
     value = candidate[gate.metric]
     if champion is None or gate.metric not in champion:

@@ -18,9 +18,19 @@ from tasks.state import Ref, sha256_tree
 
 # TrainingConfig keys that are TRL/transformers fields, passed through under their own names.
 TRL_FIELDS = (
-    "beta", "loss_type", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "num_train_epochs", "max_steps", "max_length", "lr_scheduler_type", "warmup_steps", "logging_steps",
-    "save_steps", "seed",
+    "beta",
+    "loss_type",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "max_length",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "logging_steps",
+    "save_steps",
+    "seed",
 )
 FINAL_MODEL_DIR = "model"
 
@@ -211,9 +221,17 @@ def train_model(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    forwarded = ("ALIGNFLOW_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
-                 "TRL_EXPERIMENTAL_SILENCE", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_URI",
-                 "RAY_TRAIN_ENABLE_PRINT_PATCH")
+    forwarded = (
+        "ALIGNFLOW_HOME",
+        "HF_HOME",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "TRL_EXPERIMENTAL_SILENCE",
+        "TOKENIZERS_PARALLELISM",
+        "MLFLOW_TRACKING_URI",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH",
+    )
     ensure_ray(ray_address, {k: os.environ[k] for k in forwarded if k in os.environ})
 
     scaling = training.scaling

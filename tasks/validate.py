@@ -105,7 +105,9 @@ def split_by_prompt(df: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.D
     return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
 
 
-def validate_pairs(df: pd.DataFrame, config: ValidationConfig, tokenizer=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def validate_pairs(
+    df: pd.DataFrame, config: ValidationConfig, tokenizer=None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(valid rows, quarantined rows with `reasons`, report). Pure: writes nothing."""
     reasons, lengths = check_pairs(df, config, tokenizer)
     bad = reasons.map(bool)
@@ -143,7 +145,9 @@ def validate_pairs(df: pd.DataFrame, config: ValidationConfig, tokenizer=None) -
     return valid, quarantined, report
 
 
-def write_outputs(out_dir: Path, valid: pd.DataFrame, quarantined: pd.DataFrame, report: dict, config: ValidationConfig) -> dict[str, Path]:
+def write_outputs(
+    out_dir: Path, valid: pd.DataFrame, quarantined: pd.DataFrame, report: dict, config: ValidationConfig
+) -> dict[str, Path]:
     """Report, quarantine and (when the gate passed) the train/test split, under out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"report": out_dir / "report.json", "quarantine": out_dir / "quarantine.jsonl"}

@@ -10,8 +10,7 @@ from tasks.evaluate import evaluate_models
 def test_base_model_against_itself_has_no_preference(tiny_model_path, pairs_frame, tmp_path):
     path = tmp_path / "test.parquet"
     pairs_frame.head(6).to_parquet(path, index=False)
-    metrics = evaluate_models(tiny_model_path, tiny_model_path, path, beta=0.1, batch_size=4,
-                              champion=tiny_model_path)
+    metrics = evaluate_models(tiny_model_path, tiny_model_path, path, beta=0.1, batch_size=4, champion=tiny_model_path)
     assert metrics["pairs"] == 6
     for who in ("candidate", "base", "champion"):
         assert metrics[who]["preference_accuracy"] == 0.0

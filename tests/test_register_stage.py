@@ -25,8 +25,9 @@ def test_registered_champion_loads_and_generates(tiny_model_path):
 
     cfg = small_config("registry.model_name=test-register")
     uri = tracking_uri(cfg)
-    run_id = register.start_run(uri, "test-register", "register", {"training.beta": "0.1"},
-                                {"dataset_sha256": "abc"}, artifact_root(cfg))
+    run_id = register.start_run(
+        uri, "test-register", "register", {"training.beta": "0.1"}, {"dataset_sha256": "abc"}, artifact_root(cfg)
+    )
     version = register.log_model_version(uri, run_id, "test-register", tiny_model_path)
     register.tag_and_alias(uri, "test-register", version, {"dataset_sha256": "abc"}, promote=True)
 
