@@ -80,7 +80,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, str(source))) from None
+        label = f"{source} with overrides {' '.join(overrides)}" if overrides else str(source)
+        raise ConfigError(format_errors(exc, label)) from None
 
 
 def config_hash(config: PipelineConfig) -> str:

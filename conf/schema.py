@@ -113,13 +113,13 @@ class TrainingConfig(Section):
     learning_rate: float = Field(5e-4, gt=0.0)
     per_device_train_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    num_train_epochs: float = Field(1.0, gt=0.0)
+    num_train_epochs: float = Field(3.0, gt=0.0)
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: run the epochs).")
     max_length: int = Field(256, ge=8)
     lr_scheduler_type: str = "linear"
-    warmup_steps: float = Field(0.0, ge=0.0, description="Warm-up: steps, or a fraction of training when < 1.")
+    warmup_steps: float = Field(0.1, ge=0.0, description="Warm-up: steps, or a fraction of training when < 1.")
     logging_steps: int = Field(2, ge=1)
-    save_steps: int = Field(20, ge=1, description="Checkpoint every N steps into Ray storage.")
+    save_steps: int = Field(10, ge=1, description="Checkpoint every N steps into Ray storage.")
     max_failures: int = Field(0, ge=-1, description="Ray FailureConfig: worker-group restarts allowed.")
     seed: int = 42
 

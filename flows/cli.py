@@ -29,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Declarative preference alignment: generate -> validate -> train -> evaluate -> register.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML profile (default: the embedded conf/pipeline.yaml).")
