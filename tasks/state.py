@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import fsspec
@@ -58,7 +59,7 @@ def configure_environment(config: PipelineConfig) -> Path:
         "PREFECT_LOCAL_STORAGE_PATH": str(root / "prefect" / "storage"),
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": "INFO",  # stage starts and ends are the run's progress lines
         "MLFLOW_TRACKING_URI": tracking_uri(config),
         "HF_HOME": str(root / "hf"),
         "HF_HUB_OFFLINE": "1",
@@ -76,9 +77,12 @@ def configure_environment(config: PipelineConfig) -> Path:
         # disassembly it meant to capture from stdout into the console.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # distilabel 1.5.3 declares fields that pydantic 2.14 warns about in every step process.
+        "PYTHONWARNINGS": "ignore::Warning:pydantic._internal._generate_schema",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", module="pydantic._internal._generate_schema")  # this process too
     return root
 
 

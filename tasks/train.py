@@ -61,7 +61,8 @@ def trl_args(training: TrainingConfig, config_class, output_dir: str, use_gpu: b
         use_cpu=not use_gpu,
         # TRL defaults to bf16 and gradient checkpointing, which fail or only slow down on CPU.
         bf16=use_gpu,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
+        ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
         logging_first_step=True,

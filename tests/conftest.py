@@ -97,3 +97,10 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    if not os.environ.get("ALIGNFLOW_KEEP_TEST_STATE"):
+        shutil.rmtree(STATE, ignore_errors=True)
