@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conf.schema import ValidationConfig
-from tasks.validate import CHECKS, read_pairs, split_by_prompt, validate_pairs, write_outputs
+from tasks.validate import CHECKS, DatasetError, read_pairs, split_by_prompt, validate_file, validate_pairs
 
 VALID = {"prompt": "What is 2 + 2?", "chosen": "It is 4.", "rejected": "It is 5."}
 
@@ -23,8 +24,8 @@ def mixed_frame(dtype: object = object) -> tuple[pd.DataFrame, list[set[str]]]:
         ({"prompt": "   \n\t", "chosen": "Yes.", "rejected": "No."}, {"empty_field"}),
         ({"prompt": "Say hi.", "chosen": "Hi  there!", "rejected": " Hi there!\n"}, {"identical_pair"}),
         (dict(VALID), {"duplicate_pair"}),
-        ({"prompt": "Pick one.", "chosen": None, "rejected": "B"}, {"missing_field"}),
-        ({"prompt": "Count.", "chosen": "one two", "rejected": 3}, {"missing_field"}),
+        ({"prompt": "Pick one.", "chosen": None, "rejected": "B"}, {"null_field"}),
+        ({"prompt": "Count.", "chosen": "one two", "rejected": 3}, {"wrong_type"}),
         ({"prompt": "Another question?", "chosen": "A fine answer.", "rejected": "A worse answer."}, set()),
     ]
     frame = pd.DataFrame([r for r, _ in rows], dtype=dtype)
@@ -32,7 +33,7 @@ def mixed_frame(dtype: object = object) -> tuple[pd.DataFrame, list[set[str]]]:
 
 
 def lenient(**kw) -> ValidationConfig:
-    return ValidationConfig(**{"min_pairs": 1, "min_valid_fraction": 0.0, **kw})
+    return ValidationConfig(**{"min_pairs": 1, "max_rejected_fraction": 1.0, **kw})
 
 
 @pytest.mark.parametrize("dtype", [object, None], ids=["object", "inferred"])
@@ -59,11 +60,12 @@ def test_report_counts_match():
     for check_id, item in report["checks"].items():
         rows_with = [i for i, e in enumerate(expected) if check_id in e]
         assert item["count"] == len(rows_with), check_id
-        assert item["example_rows"] == rows_with[:3]
+        assert item["example_rows"] == rows_with[:5]
         assert item["description"] == CHECKS[check_id]
     assert report["checks"]["too_long"]["count"] == 0  # no tokenizer: token checks skipped
-    assert report["tokens"] == {"max_length": 256, "longest": None, "mean": None}
-    assert report["gate"] == {"passed": True, "failures": []}
+    assert "skipped" in report["checks"]["too_long"]
+    assert report["tokens"]["measured"] == 0 and report["tokens"]["longest"] is None
+    assert report["gate"]["passed"] is True and report["gate"]["failures"] == []
     json.dumps(report)  # serializable as is
 
 
@@ -72,18 +74,20 @@ def test_missing_column_quarantines_every_row():
     valid, quarantined, report = validate_pairs(frame, lenient(), tokenizer=None)
     assert valid.empty
     assert len(quarantined) == 2
-    assert all(r == ["missing_field"] for r in quarantined["reasons"])
-    assert report["checks"]["missing_field"]["count"] == 2
+    assert all(r == ["missing_column"] for r in quarantined["reasons"])
+    assert report["checks"]["missing_column"]["count"] == 2
     assert report["gate"]["passed"] is False
 
 
-def test_non_default_index_reports_original_labels():
+def test_non_default_index_reports_positions():
+    # Row numbers are positions in the input (as for files), whatever the frame's index.
     frame, expected = mixed_frame()
     frame.index = [100 + 10 * i for i in range(len(frame))]
     valid, quarantined, report = validate_pairs(frame, lenient(), tokenizer=None)
     assert len(valid) == 2
-    assert sorted(quarantined["row"]) == [100 + 10 * i for i, e in enumerate(expected) if e]
-    assert report["checks"]["duplicate_pair"]["example_rows"] == [140]
+    assert sorted(quarantined["row"]) == [i for i, e in enumerate(expected) if e]
+    assert report["checks"]["duplicate_pair"]["example_rows"] == [4]
+    assert report["checks"]["duplicate_pair"]["detail"]["first_seen"] == [[4, 0]]
 
 
 def test_valid_rows_pass_untouched():
@@ -96,32 +100,34 @@ def test_valid_rows_pass_untouched():
 
 def test_gate_fails_under_min_pairs():
     frame, _ = mixed_frame()
-    _, _, report = validate_pairs(frame, ValidationConfig(min_pairs=5, min_valid_fraction=0.0))
+    _, _, report = validate_pairs(frame, ValidationConfig(min_pairs=5, max_rejected_fraction=1.0))
     assert report["gate"]["passed"] is False
     assert len(report["gate"]["failures"]) == 1
     assert "validation.min_pairs" in report["gate"]["failures"][0]
     assert "5" in report["gate"]["failures"][0]
 
 
-def test_gate_fails_under_min_valid_fraction():
+def test_gate_fails_over_max_rejected_fraction():
     frame, _ = mixed_frame()
-    _, _, report = validate_pairs(frame, ValidationConfig(min_pairs=1, min_valid_fraction=0.5))
+    _, _, report = validate_pairs(frame, ValidationConfig(min_pairs=1, max_rejected_fraction=0.5))
     assert report["gate"]["passed"] is False
     assert len(report["gate"]["failures"]) == 1
-    assert "validation.min_valid_fraction" in report["gate"]["failures"][0]
+    failure = report["gate"]["failures"][0]
+    assert "validation.max_rejected_fraction" in failure
+    assert "0.750" in failure and "empty_field: 2 rows (rows 1, 2)" in failure
 
 
 def test_gate_names_both_keys_when_both_fail():
     frame, _ = mixed_frame()
-    _, _, report = validate_pairs(frame, ValidationConfig())  # min_pairs=20, min_valid_fraction=0.5
+    _, _, report = validate_pairs(frame, ValidationConfig())  # min_pairs=20, max_rejected_fraction=0.5
     failures = " ".join(report["gate"]["failures"])
     assert "validation.min_pairs" in failures
-    assert "validation.min_valid_fraction" in failures
+    assert "validation.max_rejected_fraction" in failures
 
 
 def test_empty_frame_fails_gate():
     frame = pd.DataFrame(columns=["prompt", "chosen", "rejected"])
-    valid, quarantined, report = validate_pairs(frame, lenient(min_valid_fraction=0.1))
+    valid, quarantined, report = validate_pairs(frame, lenient())
     assert valid.empty and quarantined.empty
     assert report["rows"] == 0
     assert report["gate"]["passed"] is False
@@ -168,47 +174,59 @@ def test_split_disjoint_by_prompt(prompts, test_size, seed):
     assert sorted(train["chosen"].tolist() + test["chosen"].tolist()) == sorted(df["chosen"].tolist())
 
 
-# --- write_outputs -------------------------------------------------------------------------------
+# --- validate_file: the streaming path the flow and the CLI use --------------------------------------
 
 
-def test_write_outputs_when_gate_passes(tmp_path):
+def write_jsonl(path, frame: pd.DataFrame) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in frame.to_dict("records"):
+            handle.write(json.dumps(record) + "\n")
+
+
+def test_validate_file_when_gate_passes(tmp_path):
     frame, expected = mixed_frame()
     frame = pd.concat([frame, pairs_for([f"extra {i}" for i in range(20)])], ignore_index=True)
-    config = ValidationConfig(min_pairs=5, min_valid_fraction=0.5)
-    valid, quarantined, report = validate_pairs(frame, config)
+    write_jsonl(tmp_path / "pairs.jsonl", frame)
+    config = ValidationConfig(min_pairs=5, max_rejected_fraction=0.5, chunk_rows=7)
+    report = validate_file(tmp_path / "pairs.jsonl", config, tmp_path / "out")
     assert report["gate"]["passed"]
-    paths = write_outputs(tmp_path / "out", valid, quarantined, report, config)
-
-    assert set(paths) == {"report", "quarantine", "train", "test"}
+    paths = {k: Path(v) for k, v in report["files"].items()}
+    assert set(paths) == {"report", "quarantine", "summary", "train", "test"}
     written = json.loads(paths["report"].read_text())
-    assert written["valid"] == len(valid) == 22
-    assert written["split"]["train"] + written["split"]["test"] == len(valid)
+    assert written["valid"] == 22
+    assert written["split"]["train"] + written["split"]["test"] == 22
     assert written["split"]["seed"] == config.split_seed
+    assert written["split"]["leaked_prompts"] == 0
+    assert "gate passed" in paths["summary"].read_text()
 
     lines = paths["quarantine"].read_text().splitlines()
-    assert len(lines) == len(quarantined) == sum(bool(e) for e in expected)
+    assert len(lines) == sum(bool(e) for e in expected)
     records = [json.loads(line) for line in lines]
     assert all(isinstance(r["reasons"], list) and r["reasons"] for r in records)
     assert {r["row"]: set(r["reasons"]) for r in records} == {i: e for i, e in enumerate(expected) if e}
+    assert [r["line"] for r in records] == [r["row"] + 1 for r in records]
+    assert records[0]["record"] == frame.iloc[records[0]["row"]].to_dict()
 
     train, test = pd.read_parquet(paths["train"]), pd.read_parquet(paths["test"])
-    assert len(train) + len(test) == len(valid)
+    assert len(train) + len(test) == 22
     assert len(train) == written["split"]["train"]
     assert not set(train["prompt"]) & set(test["prompt"])
+    for column in ("prompt", "chosen", "rejected"):
+        assert pd.api.types.is_string_dtype(train[column])
 
 
-def test_write_outputs_when_gate_fails(tmp_path):
+def test_validate_file_when_gate_fails(tmp_path):
     frame, expected = mixed_frame()
-    config = ValidationConfig()
-    valid, quarantined, report = validate_pairs(frame, config)
+    write_jsonl(tmp_path / "pairs.jsonl", frame)
+    report = validate_file(tmp_path / "pairs.jsonl", ValidationConfig(), tmp_path / "out")
     assert not report["gate"]["passed"]
-    paths = write_outputs(tmp_path / "out", valid, quarantined, report, config)
-    assert set(paths) == {"report", "quarantine"}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quarantine.jsonl", "report.json"]
-    written = json.loads(paths["report"].read_text())
+    assert set(report["files"]) == {"report", "quarantine", "summary"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quarantine.jsonl", "report.json", "summary.md"]
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["gate"]["passed"] is False
     assert "split" not in written
-    assert len(paths["quarantine"].read_text().splitlines()) == sum(bool(e) for e in expected)
+    assert "FAILED" in (tmp_path / "out" / "summary.md").read_text()
+    assert len((tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()) == sum(bool(e) for e in expected)
 
 
 # --- read_pairs ----------------------------------------------------------------------------------
@@ -224,7 +242,7 @@ def test_read_missing_file_names_path(tmp_path):
 def test_read_unsupported_suffix_names_it(tmp_path):
     path = tmp_path / "pairs.txt"
     path.write_text("prompt,chosen,rejected\n")
-    with pytest.raises(ValueError, match=r"\.txt"):
+    with pytest.raises(DatasetError, match=r"\.txt"):
         read_pairs(path)
 
 

@@ -1,0 +1,197 @@
+"""Validation throughput (rows/s) and peak memory, on synthetic preference data.
+
+    .venv/bin/python bench/validate_throughput.py [--sizes 100000 1000000] [--tokenizer-rows 100000 1000000]
+
+Writes synthetic JSON lines (1% bad rows of several kinds) into a temporary folder,
+validates each size in a fresh subprocess (so ru_maxrss is that run's peak), with and
+without the tokenizer-based checks (the offline tiny model's BPE tokenizer and chat
+template), and writes bench/results/validate_throughput.json plus a table. Targets
+(issue 4): at least 50k rows/s without the tokenizer checks; peak memory flat as the
+file grows (100k vs 1M rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "validate_throughput.json"
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "answer",
+    "question",
+    "data",
+    "light",
+    "water",
+    "energy",
+    "system",
+    "because",
+    "when",
+    "which",
+    "their",
+    "about",
+    "would",
+    "there",
+    "could",
+    "other",
+    "into",
+    "more",
+    "time",
+    "very",
+    "first",
+    "people",
+    "after",
+    "years",
+    "between",
+    "through",
+    "during",
+]
+
+
+def synthesize(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
+    """Standard-format pairs with ratings; about 1% bad rows (empty, identical, duplicate, tie, null)."""
+    rng = random.Random(seed)
+
+    def sentence(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+    records = []
+    with open(path, "w", encoding="utf-8") as out:
+        for i in range(rows):
+            prompt = f"Question {i // 2}: {sentence(8)}?"
+            row = {
+                "prompt_id": f"q{i // 2}",
+                "prompt": prompt,
+                "chosen": sentence(rng.randint(15, 40)),
+                "rejected": sentence(rng.randint(10, 40)),
+                "score_chosen": round(rng.uniform(0.5, 1.0), 3),
+                "score_rejected": round(rng.uniform(0.0, 0.45), 3),
+            }
+            bad = i % 100
+            if bad == 7:
+                row["chosen"] = "  "
+            elif bad == 17:
+                row["rejected"] = row["chosen"] + " "
+            elif bad == 27 and records:
+                row = dict(records[-1])
+            elif bad == 37:
+                row["score_rejected"] = row["score_chosen"]
+            elif bad == 47:
+                row["rejected"] = None
+            records = [row]
+            if fmt == "jsonl":
+                out.write(json.dumps(row) + "\n")
+    if fmt == "parquet":
+        raise SystemExit("parquet: convert the jsonl first (not needed for the figures)")
+
+
+def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
+    from conf.schema import ValidationConfig
+    from tasks.validate import validate_file
+
+    tokenizer = None
+    if tokenizer_dir:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = ValidationConfig()
+    started = time.perf_counter()
+    report = validate_file(path, config, Path(out_dir), tokenizer)
+    wall = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "rows": report["rows"],
+                "valid": report["valid"],
+                "quarantined": report["quarantined"],
+                "seconds": round(wall, 2),
+                "rows_per_s": round(report["rows"] / wall),
+                "peak_rss_mb": round(peak_kb / 1024, 1),
+                "gate_passed": report["gate"]["passed"],
+            }
+        )
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    from conf.schema import PipelineConfig
+    from tasks.state import configure_environment
+
+    tmp = Path(tempfile.mkdtemp(prefix="alignflow-bench-validate-"))
+    configure_environment(PipelineConfig(runtime={"home": tmp / "home"}))
+    try:
+        from tasks.tiny_model import _corpus, _train_tokenizer
+
+        tokenizer_dir = tmp / "tokenizer"
+        _train_tokenizer(_corpus(), 2048).save_pretrained(tokenizer_dir)
+        runs = [(n, False) for n in args.sizes] + [(n, True) for n in args.tokenizer_rows]
+        results = []
+        for rows in sorted({n for n, _ in runs}):
+            data = tmp / f"pairs-{rows}.jsonl"
+            started = time.perf_counter()
+            synthesize(data, rows, "jsonl")
+            print(
+                f"synthesized {rows} rows ({data.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f}s"
+            )
+            for n, with_tokenizer in runs:
+                if n != rows:
+                    continue
+                cmd = [sys.executable, __file__, "--worker", str(data), str(tmp / f"out-{rows}-{with_tokenizer}")]
+                if with_tokenizer:
+                    cmd.append(str(tokenizer_dir))
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                if proc.returncode:
+                    raise SystemExit(proc.stderr)
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                result.update(file_mib=round(data.stat().st_size / 2**20, 1), tokenizer_checks=with_tokenizer)
+                results.append(result)
+                print(json.dumps(result))
+            data.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Merge with earlier figures for other sizes (a run replaces only the sizes it measured).
+    fresh = {(r["rows"], r["tokenizer_checks"]) for r in results}
+    if RESULTS.exists():
+        earlier = json.loads(RESULTS.read_text()).get("results", [])
+        results = [r for r in earlier if (r["rows"], r["tokenizer_checks"]) not in fresh] + results
+    results.sort(key=lambda r: (r["tokenizer_checks"], r["rows"]))
+    summary = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": "ValidationConfig() defaults (chunk_rows=10000), JSON lines input, 1% bad rows",
+        "results": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{'rows':>9} {'tokenizer':>9} {'MiB':>7} {'seconds':>8} {'rows/s':>9} {'peak MB':>8}")
+    for r in results:
+        print(
+            f"{r['rows']:>9} {('yes' if r['tokenizer_checks'] else 'no'):>9} {r['file_mib']:>7} "
+            f"{r['seconds']:>8} {r['rows_per_s']:>9} {r['peak_rss_mb']:>8}"
+        )
+    print(f"\nwritten {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[4] if len(sys.argv) > 4 else None, sys.argv[3])
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+        parser.add_argument("--tokenizer-rows", type=int, nargs="*", default=[100_000, 1_000_000])
+        main(parser.parse_args())
