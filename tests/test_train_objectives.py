@@ -1,0 +1,69 @@
+"""Every objective and LoRA runs real TRL steps on Ray on the tiny model; the effective config is reported."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import small_config
+
+from tasks.state import Ref, sha256_file, tracking_uri
+from tasks.train import effective_config, train_model
+
+OBJECTIVES = {
+    "dpo-sigmoid": ["training.method=dpo", "training.loss_type=[sigmoid]"],
+    "dpo-ipo": ["training.method=dpo", "training.loss_type=[ipo]"],
+    "dpo-hinge": ["training.method=dpo", "training.loss_type=[hinge]"],
+    "dpo-robust": ["training.method=dpo", "training.loss_type=[robust]", "training.label_smoothing=0.1"],
+    "rpo": ["training.method=dpo", "training.loss_type=[sigmoid,sft]", "training.loss_weights=[1.0,0.5]"],
+    "orpo": ["training.method=orpo"],
+    "cpo": ["training.method=cpo", "training.loss_type=[sigmoid]"],
+    "simpo": ["training.method=simpo", "training.cpo_alpha=0.0"],
+    "dpo-lora": ["training.method=dpo", "training.use_peft=true", "training.lora_r=4", "training.lora_alpha=8"],
+    "dpo-precomputed-ref": ["training.method=dpo", "training.precompute_ref_log_probs=true"],
+}
+
+
+@pytest.fixture(scope="module")
+def train_ref(pairs_frame, tmp_path_factory) -> Ref:
+    path = tmp_path_factory.mktemp("objectives") / "train.parquet"
+    pairs_frame.head(8).to_parquet(path, index=False)
+    return Ref(uri=path.as_uri(), sha256=sha256_file(path))
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objective_trains_on_ray(name, ray_session, tiny_model_path, train_ref, state_dir):
+    from transformers import AutoModelForCausalLM
+
+    cfg = small_config(*OBJECTIVES[name], "training.scaling.num_workers=1", "training.max_steps=1")
+    model, summary = train_model(
+        cfg.training, str(tiny_model_path), train_ref, str(state_dir / "ray"), f"objective-{name}",
+        tracking_uri(cfg), None,
+    )  # fmt: skip
+    assert summary["steps"] == 1
+    loaded = AutoModelForCausalLM.from_pretrained(model.path)  # LoRA is merged: a plain model
+    assert not hasattr(loaded, "peft_config")
+
+
+def test_effective_config_reports_what_trl_ignores_or_changes():
+    orpo = effective_config(small_config("training.method=orpo", "training.loss_type=[ipo]").training)
+    assert orpo["trainer"] == "ORPOTrainer"
+    assert any(n.startswith("loss_type=['ipo']: not a ORPOConfig field") for n in orpo["notes"])
+    assert not any(n.startswith("cpo_alpha") for n in orpo["notes"])  # untouched knobs are not noise
+    dpo = effective_config(small_config().training)
+    assert dpo["effective"]["bf16"] is False and dpo["effective"]["use_cpu"] is True
+    assert any(n.startswith("bf16: TRL default True -> False") for n in dpo["notes"])
+    assert any(n.startswith("activation_checkpointing") for n in dpo["notes"])
+    rpo = effective_config(small_config("training.loss_type=[sigmoid,sft]", "training.loss_weights=[1,0.5]").training)
+    assert rpo["effective"]["loss_type"] == ["sigmoid", "sft"] and rpo["effective"]["loss_weights"] == [1.0, 0.5]
+
+
+def test_precomputed_reference_log_probs_are_reused_across_runs(ray_session, tiny_model_path, train_ref, state_dir):
+    cfg = small_config("training.precompute_ref_log_probs=true", "training.scaling.num_workers=1",
+                       "training.max_steps=1", "training.max_length=200")  # fmt: skip
+    outcomes = []
+    for attempt in range(2):
+        _, summary = train_model(cfg.training, str(tiny_model_path), train_ref, str(state_dir / "ray"),
+                                 f"refcache-{attempt}", tracking_uri(cfg), None)  # fmt: skip
+        outcomes.append(summary["reference_cache"])
+    assert outcomes == ["miss", "hit"]  # the second run did no reference forward pass
+    cached = list((state_dir / "ref_logps").glob("*-train.parquet"))
+    assert cached
