@@ -114,3 +114,77 @@ def evaluate_models(
             score_model(*load_causal_lm(champion), pairs, batch_size), base_scores, beta
         )
     return results
+
+
+def generate_answers(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, seed: int
+) -> list[str]:
+    """One answer per prompt (chat template applied); prompt i is sampled with seed + i, so two
+    models answering the same prompts draw from the same random stream."""
+    import torch
+
+    answers = []
+    for i, prompt in enumerate(prompts):
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        inputs = tokenizer(head, add_special_tokens=False, return_tensors="pt")
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+        )
+        torch.manual_seed(seed + i)
+        with torch.no_grad():
+            out = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+            )
+        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    return answers
+
+
+def held_out_prompts(test_path: str | Path, references: dict[str, str], limit: int, seed: int) -> pd.DataFrame:
+    """Distinct held-out prompts (a seeded sample of `limit` when there are more) with their reference."""
+    pairs = pd.read_parquet(test_path)
+    key = "prompt_id" if "prompt_id" in pairs.columns else "prompt"
+    prompts = pairs.drop_duplicates(key)[[key, "prompt"]].rename(columns={key: "prompt_id"})
+    prompts["prompt_id"] = prompts["prompt_id"].astype(str)
+    if len(prompts) > limit:
+        prompts = prompts.sample(n=limit, random_state=seed)
+    prompts = prompts.sort_values("prompt_id").reset_index(drop=True)
+    prompts["reference"] = [references.get(i, "") for i in prompts["prompt_id"]]
+    return prompts
+
+
+def win_rate(
+    candidate: str | Path,
+    opponent: str | Path,
+    prompts: pd.DataFrame,
+    judge,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> dict:
+    """Share of prompts where the candidate's answer out-scores the opponent's (ties count half).
+
+    `judge(prompt, response, reference) -> float`. Returns the rate, the counts, the mean
+    judge scores and one row per prompt (prompt, opponent, candidate and their scores).
+    """
+    texts = prompts["prompt"].tolist()
+    mine = generate_answers(*load_causal_lm(candidate), texts, max_new_tokens, temperature, seed)
+    theirs = generate_answers(*load_causal_lm(opponent), texts, max_new_tokens, temperature, seed)
+    rows, wins, ties = [], 0, 0
+    for prompt, reference, a, b in zip(texts, prompts["reference"], mine, theirs, strict=True):
+        sa, sb = judge(prompt, a, reference), judge(prompt, b, reference)
+        wins += sa > sb
+        ties += sa == sb
+        rows.append({"prompt": prompt, "opponent": b, "candidate": a, "opponent_score": sb, "candidate_score": sa})
+    n = len(rows)
+    return {
+        "win_rate": round((wins + 0.5 * ties) / n, 4) if n else 0.0,
+        "wins": int(wins),
+        "ties": int(ties),
+        "losses": int(n - wins - ties),
+        "prompts": n,
+        "candidate_score": round(sum(r["candidate_score"] for r in rows) / n, 4) if n else 0.0,
+        "opponent_score": round(sum(r["opponent_score"] for r in rows) / n, 4) if n else 0.0,
+        "rows": rows,
+    }

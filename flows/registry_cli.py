@@ -1,0 +1,130 @@
+"""`alignflow promote | rollback | history`: the registry commands of the CLI.
+
+They call tasks.promotion directly (no Prefect API to start), so they answer in about a
+second; flows/promotion.py wraps the same functions as Prefect flows for the UI. mlflow is
+imported only when a command runs. Exit codes: 0 done, 1 refused (unknown version, nothing
+to roll back to, no such model, registry unreachable), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from conf.loader import ConfigError, load_config
+
+console = Console(stderr=True, soft_wrap=True)
+
+TrackingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: runtime.tracking_uri of --config, else $MLFLOW_TRACKING_URI, "
+        "else the state directory's SQLite).",
+    ),
+]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML profile whose runtime section names the registry.")
+]
+
+
+def _tracking(tracking_uri: str | None, config: Path | None) -> str:
+    if tracking_uri:
+        return tracking_uri
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        console.print(f"[red]config error[/red] {exc}")
+        raise typer.Exit(2) from None
+    from tasks.state import configure_environment
+    from tasks.state import tracking_uri as configured
+
+    configure_environment(cfg)
+    return cfg.runtime.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or configured(cfg)
+
+
+def _call(fn, *args, **kwargs):
+    """Run a promotion function; refusals and registry errors exit 1 with the reason."""
+    from tasks.promotion import PromotionRefused
+
+    try:
+        return fn(*args, **kwargs)
+    except PromotionRefused as exc:
+        console.print(f"[yellow]refused[/yellow]: {exc}")
+        raise typer.Exit(1) from None
+    except Exception as exc:  # the registry is unreachable, a write failed, ...
+        console.print(f"[red]failed[/red]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+
+
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[int, typer.Argument(help="Model version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (recorded on the version and in the history).")],
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a model version the champion (also one that failed the gate: the reason is recorded)."""
+    if not reason.strip():
+        console.print("[red]usage[/red]: --reason must say why")
+        raise typer.Exit(2)
+    from tasks import promotion
+
+    result = _call(promotion.promote, _tracking(tracking_uri, config), name, str(version), reason)
+    if not result["changed"]:
+        console.print(f"{name} version {version} is already the champion; nothing changed")
+        return
+    console.print(
+        f"[green]{name} version {version} is champion[/green] (was {result['previous']}); "
+        f"by {result['by']} at {result['at']}"
+    )
+
+
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (recorded).")] = "rollback",
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Give the champion alias back to the previous champion."""
+    from tasks import promotion
+
+    result = _call(promotion.rollback, _tracking(tracking_uri, config), name, reason)
+    console.print(
+        f"[green]{name} rolled back[/green]: champion is version {result['version']} (was {result['previous']}); "
+        f"by {result['by']} at {result['at']}"
+    )
+
+
+def history(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON on stdout.")] = False,
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List the champions of a model, oldest first (gate promotions, manual promotions, rollbacks)."""
+    from tasks import promotion
+
+    events = _call(promotion.history, _tracking(tracking_uri, config), name)
+    if as_json:
+        print(json.dumps(events, indent=2))
+        return
+    table = Table(title=f"{name}: champion history")
+    for col in ("#", "at", "action", "version", "previous", "by", "reason"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(*(str(e.get(k) or "-") for k in ("seq", "at", "action", "version", "previous", "by", "reason")))
+    Console(soft_wrap=True).print(table)
+    if not events:
+        console.print(f"{name} has no recorded champion changes")
+
+
+def add_commands(app: typer.Typer) -> None:
+    for command in (promote, rollback, history):
+        app.command()(command)

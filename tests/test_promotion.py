@@ -1,0 +1,106 @@
+"""Gate thresholds, champion history replay, win rate, and promotion on the local SQLite store."""
+
+from __future__ import annotations
+
+import pytest
+
+from conf.schema import GateConfig
+from tasks import promotion, register
+
+
+def test_gate_thresholds_apply_whatever_the_champion():
+    gate = GateConfig(thresholds={"preference_accuracy": 0.5, "win_rate": 0.5}, max_chosen_nll=4.0)
+    good = {"preference_accuracy": 0.7, "win_rate": 0.6, "chosen_nll": 3.0}
+    assert register.decide(good, None, gate)[0]
+    promoted, reason = register.decide({**good, "win_rate": 0.4}, None, gate)
+    assert not promoted and "win_rate 0.4000 < 0.5" in reason
+    promoted, reason = register.decide({**good, "chosen_nll": 5.0}, None, gate)
+    assert not promoted and "chosen_nll" in reason
+    promoted, reason = register.decide({"preference_accuracy": 0.7, "chosen_nll": 1.0}, None, gate)
+    assert not promoted and "win_rate not measured" in reason
+    with pytest.raises(ValueError, match="unknown metric"):
+        GateConfig(thresholds={"accuracy": 0.5})
+
+
+def test_history_replay_gives_the_previous_champion():
+    events = [
+        {"action": "gate", "version": "1"},
+        {"action": "gate", "version": "2"},
+        {"action": "promote", "version": "3"},
+        {"action": "rollback", "version": "2"},
+    ]
+    assert promotion.champion_stack(events) == ["1", "2"]
+    assert promotion.champion_stack([*events, {"action": "rollback", "version": "1"}]) == ["1"]
+    assert promotion.champion_stack([*events, {"action": "promote", "version": "4"}]) == ["1", "2", "4"]
+
+
+def test_win_rate_of_a_model_against_itself_is_one_half(tiny_model_path, pairs_frame, tmp_path):
+    from tasks.evaluate import held_out_prompts, win_rate
+    from tasks.judge import score
+    from tasks.prompts import load_prompts
+
+    path = tmp_path / "test.parquet"
+    pairs_frame.to_parquet(path, index=False)
+    references = {r["id"]: r["reference"] for r in load_prompts()}
+    prompts = held_out_prompts(path, references, limit=4, seed=1)
+    assert len(prompts) == 4 and prompts["reference"].str.len().min() > 0
+    assert prompts.equals(held_out_prompts(path, references, limit=4, seed=1))  # seeded sample
+    result = win_rate(tiny_model_path, tiny_model_path, prompts, score, max_new_tokens=6, temperature=0.7, seed=3)
+    assert result["win_rate"] == 0.5 and result["ties"] == 4  # same weights, same seeds: same answers
+    assert {"prompt", "opponent", "candidate"} <= set(result["rows"][0])
+
+
+@pytest.fixture
+def sqlite_model(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+    for _ in range(3):
+        client.create_model_version("m", str(tmp_path))
+    return uri, client
+
+
+def test_promote_and_rollback_on_sqlite(sqlite_model, monkeypatch):
+    uri, client = sqlite_model
+    monkeypatch.setenv("ALIGNFLOW_USER", "carol")
+    with pytest.raises(promotion.PromotionRefused, match="reason"):
+        promotion.promote(uri, "m", "1", "  ")
+    promotion.promote(uri, "m", "1", "first")
+    assert promotion.promote(uri, "m", "1", "again")["changed"] is False
+    with pytest.raises(promotion.PromotionRefused, match="champion changed"):
+        promotion.promote(uri, "m", "2", "stale evaluation", source="gate", expected_champion=None)
+    promotion.promote(uri, "m", "2", "second", expected_champion="1")
+    promotion.promote(uri, "m", "3", "third")
+    assert promotion.rollback(uri, "m", "bad")["version"] == "2"
+    assert promotion.rollback(uri, "m")["version"] == "1"
+    with pytest.raises(promotion.PromotionRefused, match="nothing to roll back"):
+        promotion.rollback(uri, "m")
+    assert [e["version"] for e in promotion.history(uri, "m")] == ["1", "2", "3", "2", "1"]
+    assert client.get_model_version("m", "3").tags["rolled_back_by"] == "carol"
+
+
+def test_promotion_lock_times_out_and_breaks_stale_locks(sqlite_model):
+    uri, client = sqlite_model
+    client.create_registered_model(f"m{promotion.LOCK_SUFFIX}", description="someone else")
+    with (
+        pytest.raises(promotion.PromotionRefused, match="holds the lock"),
+        promotion.promotion_lock(client, "m", timeout=0.3),
+    ):
+        pass
+    with promotion.promotion_lock(client, "m", timeout=5, stale_after=0):  # the holder died: broken
+        assert "someone else" not in (client.get_registered_model(f"m{promotion.LOCK_SUFFIX}").description or "")
+    assert not client.search_registered_models(f"name = 'm{promotion.LOCK_SUFFIX}'")
+
+
+def test_promote_and_rollback_prefect_flows(sqlite_model, prefect_harness):
+    from flows.promotion import promote_model, rollback_model
+
+    uri, client = sqlite_model
+    promote_model(name="m", version=1, reason="first", tracking_uri=uri, user="dana")
+    result = promote_model(name="m", version=3, reason="from the UI", tracking_uri=uri, user="dana")
+    assert result["changed"] and result["previous"] == "1" and result["flow_run"]
+    assert client.get_model_version("m", "3").tags["promoted_by"] == "dana"
+    assert rollback_model(name="m", reason="oops", tracking_uri=uri)["version"] == "1"
+    assert [e["action"] for e in promotion.history(uri, "m")] == ["promote", "promote", "rollback"]
