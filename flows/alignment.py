@@ -8,6 +8,9 @@ in a later stage, reuses the generated data instead of generating it again.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,7 @@ from tasks import generate as generate_mod
 from tasks import register as register_mod
 from tasks import train as train_mod
 from tasks import validate as validate_mod
+from tasks.curves import plot_training_curves
 from tasks.prompts import load_prompts, prompts_path
 from tasks.state import Ref, artifact_root, configure_environment, sha256_file, sha256_text, sha256_tree, tracking_uri
 from tasks.tiny_model import resolve_model
@@ -64,18 +68,19 @@ def generate(
 def validate(pairs: Ref, validation: ValidationConfig, tokenizer_from: Ref, out_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
-    data = validate_mod.read_pairs(pairs.path)
     tokenizer = (
         AutoTokenizer.from_pretrained(str(tokenizer_from.path))
         if tokenizer_from.uri.startswith("file://")
         else AutoTokenizer.from_pretrained(tokenizer_from.uri)
     )
-    valid, quarantined, report = validate_mod.validate_pairs(data, validation, tokenizer)
-    paths = validate_mod.write_outputs(out_dir, valid, quarantined, report, validation)
-    report["files"] = {k: str(v) for k, v in paths.items()}
+    # Streams the file: checks, quarantine and the grouped train/test split, chunk by chunk.
+    report = validate_mod.validate_file(pairs.path, validation, out_dir, tokenizer)
     for key in ("train", "test"):
-        if key in paths:
-            report[f"{key}_ref"] = Ref(uri=paths[key].as_uri(), sha256=sha256_file(paths[key])).model_dump()
+        if key in report["files"]:
+            path = Path(report["files"][key])
+            report[f"{key}_ref"] = Ref(uri=path.as_uri(), sha256=sha256_file(path)).model_dump()
+    if "split" in report and report["split"]["leaked_prompts"]:
+        raise RuntimeError(f"train/test split leaked {report['split']['leaked_prompts']} prompts")
     return report
 
 
@@ -84,16 +89,40 @@ def train(
     training: TrainingConfig,
     model: Ref,
     train_data: Ref,
-    storage: Path,
+    storage: str,
     run_name: str,
     tracking: str,
     mlflow_run_id: str,
     ray_address: str | None,
 ) -> tuple[Ref, dict]:
-    model_path = str(model.path) if model.uri.startswith("file://") else model.uri
-    return train_mod.train_model(
-        training, model_path, train_data, str(storage), run_name, tracking, mlflow_run_id, ray_address
+    """Train on Ray; report the effective TRL config first and the training curves after."""
+    logger = get_run_logger()
+    # Named by content, so a re-run after a crash or a kill resumes from the last checkpoint.
+    ray_run = train_mod.run_name_for(
+        storage, f"{run_name}-{sha256_text(training.model_dump_json(), model.sha256, train_data.sha256)[:12]}"
     )
+    effective = train_mod.effective_config(training)
+    for note in effective["notes"]:
+        logger.warning("effective config: %s", note)
+    scratch = Path(os.environ.get("ALIGNFLOW_HOME", ".alignflow")) / "scratch" / ray_run
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
+    register_mod.log_artifacts(tracking, mlflow_run_id, {"train": scratch / "effective_config.json"})
+
+    model_path = str(model.path) if model.uri.startswith("file://") else model.uri
+    ref, summary = train_mod.train_model(
+        training, model_path, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
+    )
+    if summary["resumed_from_step"]:
+        logger.info("resumed from the checkpoint at step %s", summary["resumed_from_step"])
+    png = plot_training_curves(tracking, mlflow_run_id, scratch / "training_curves.png",
+                               f"{training.method} on {summary['num_workers']} workers")  # fmt: skip
+    if png:
+        register_mod.log_artifacts(tracking, mlflow_run_id, {"train": png})
+        encoded = base64.b64encode(png.read_bytes()).decode()
+        create_markdown_artifact(f"![training curves](data:image/png;base64,{encoded})", key="training-curves",
+                                 description=f"{summary['steps']} steps, MLflow run {mlflow_run_id}")  # fmt: skip
+    return ref, summary
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -114,42 +143,88 @@ def export_champion(tracking: str, name: str, dest: Path) -> Path | None:
     return register_mod.export_champion(tracking, name, dest)
 
 
+@task(name="win-rate", cache_policy=NO_CACHE)
+def win_rate(config: PipelineConfig, candidate: Ref, opponent: str, against: str, test_data: Ref) -> dict:
+    """Candidate vs champion (or base) answers to held-out prompts, rated by the configured judge."""
+    from tasks import judge as judge_mod
+
+    ev = config.evaluation
+    try:
+        references = {r["id"]: r["reference"] for r in load_prompts(config.generation.prompts)}
+    except (OSError, ValueError):
+        references = {}
+    prompts = evaluate_mod.held_out_prompts(test_data.path, references, ev.win_rate_prompts, ev.seed)
+    judge = {"offline": judge_mod.score}[config.generation.judge]
+    result = evaluate_mod.win_rate(candidate.path, opponent, prompts, judge, ev.max_new_tokens, ev.temperature, ev.seed)
+    get_run_logger().info(
+        "win rate against the %s: %s (%s wins, %s ties, %s losses on %s prompts)",
+        against, result["win_rate"], result["wins"], result["ties"], result["losses"], result["prompts"],
+    )  # fmt: skip
+    return {**result, "against": against, "judge": config.generation.judge}
+
+
 @task(name="register", cache_policy=NO_CACHE)
 def register(
-    config: PipelineConfig, tracking: str, run_id: str, model: Ref, tags: dict[str, str], metrics: dict
+    config: PipelineConfig,
+    tracking: str,
+    run_id: str,
+    model: Ref,
+    tags: dict[str, str],
+    metrics: dict,
+    expected_champion: str | None = None,
 ) -> dict:
+    """Register (once per MLflow run), tag lineage and the gate's outcome, write the model card,
+    and promote when the gate passes and the champion is still the one evaluated against."""
+    from tasks.promotion import PromotionRefused
+
     gate = config.registry.gate
     name = config.registry.model_name
     has_champion = register_mod.current_champion(tracking, name) is not None
     champion = metrics.get("champion") or register_mod.recorded_champion_metrics(tracking, name)
-    promote, reason = register_mod.decide(metrics["candidate"], champion, gate, has_champion)
-    version = register_mod.log_model_version(tracking, run_id, config.registry.model_name, model.path)
-    register_mod.tag_and_alias(
-        tracking,
-        config.registry.model_name,
-        version,
-        {
-            **tags,
-            "model_sha256": model.sha256,
-            "gate.metric": gate.metric,
-            "gate.outcome": "promoted" if promote else "not promoted",
-            "gate.reason": reason,
-        },
-        promote,
-    )
+    candidate = {**metrics["candidate"]}
+    if "win_rate" in metrics:
+        candidate["win_rate"] = metrics["win_rate"]["win_rate"]
+    passed, reason = register_mod.decide(candidate, champion, gate, has_champion)
+    promote = passed and config.registry.auto_promote
+    if passed and not promote:
+        reason += "; registry.auto_promote is off: promote by hand"
+    version = register_mod.log_model_version(tracking, run_id, name, model.path)
+    version_tags = {
+        **tags,
+        "model_sha256": model.sha256,
+        "gate.metric": gate.metric,
+        "gate.outcome": "promoted" if promote else ("passed" if passed else "not promoted"),
+        "gate.reason": reason,
+    }
+    try:
+        register_mod.tag_and_alias(
+            tracking, name, version, version_tags, promote, expected_champion, tags.get("prefect_flow_run_url")
+        )
+    except PromotionRefused as exc:  # the champion moved while this run evaluated: an outcome, not an error
+        promote, reason = False, str(exc)
+        version_tags.update({"gate.outcome": "not promoted", "gate.reason": reason})
+        register_mod.tag_and_alias(tracking, name, version, version_tags, False)
+    card = register_mod.model_card(name, version, version_tags, metrics, metrics.get("win_rate"))
+    register_mod.write_model_card(tracking, name, version, card)
     get_run_logger().info(
         "registered %s version %s: %s (%s)",
-        config.registry.model_name,
+        name,
         version,
         "promoted to champion" if promote else "not promoted",
         reason,
     )
-    return {"model": config.registry.model_name, "version": version, "promoted": promote, "reason": reason}
+    return {"model": name, "version": version, "promoted": promote, "reason": reason, "gate": gate.model_dump()}
 
 
 def _validation_artifact(report: dict) -> None:
     rows = [
-        {"check": k, "count": v["count"], "example rows": str(v["example_rows"]), "meaning": v["description"]}
+        {
+            "check": k,
+            "level": v["level"],
+            "count": v["count"],
+            "example rows": str(v["example_rows"]),
+            "meaning": v["description"],
+        }
         for k, v in report["checks"].items()
     ]
     create_table_artifact(
@@ -158,6 +233,7 @@ def _validation_artifact(report: dict) -> None:
         description=f"{report['valid']}/{report['rows']} pairs valid; gate "
         f"{'passed' if report['gate']['passed'] else 'FAILED'}",
     )
+    create_markdown_artifact(validate_mod.summary_markdown(report), key="validation-summary")
 
 
 def _evaluation_artifact(metrics: dict, outcome: dict, run_id: str) -> None:
@@ -171,6 +247,33 @@ def _evaluation_artifact(metrics: dict, outcome: dict, run_id: str) -> None:
         f"Held-out pairs: {metrics['pairs']}. MLflow run `{run_id}`.\n\n" + "\n".join(lines),
         key="evaluation-summary",
     )
+
+
+def _samples_artifact(tracking: str, run_id: str, win: dict, limit: int) -> list[dict]:
+    """The (prompt, champion or base, candidate) table: in MLflow (eval/samples.json) and Prefect."""
+    rows = [
+        {
+            "prompt": r["prompt"],
+            win["against"]: r["opponent"],
+            "candidate": r["candidate"],
+            f"{win['against']}_score": r["opponent_score"],
+            "candidate_score": r["candidate_score"],
+        }
+        for r in win["rows"][:limit]
+    ]
+    if rows:
+        register_mod.log_table(tracking, run_id, rows, "eval/samples.json")
+        create_table_artifact(
+            rows,
+            key="sample-generations",
+            description=f"held-out prompts answered by the {win['against']} and the candidate; "
+            f"win rate {win['win_rate']} over {win['prompts']} prompts",
+        )
+    return rows
+
+
+def _local(ref: Ref) -> str:
+    return str(ref.path) if ref.uri.startswith("file://") else ref.uri
 
 
 def _timed(seconds: dict[str, float], stage: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -230,7 +333,7 @@ def alignment(config: PipelineConfig) -> dict:
         / "datasets"
         / data_key
         / "validation"
-        / sha256_text(config.validation.model_dump_json(), pairs.sha256)[:12],
+        / sha256_text(config.validation.model_dump_json(), pairs.sha256, validate_mod.code_version())[:12],
     )
     _validation_artifact(report)
     if not report["gate"]["passed"]:
@@ -250,11 +353,31 @@ def alignment(config: PipelineConfig) -> dict:
         "method": config.training.method,
         "base_model": config.training.model_name_or_path,
         "base_model_sha256": base.sha256,
+        "prefect_flow_run_url": flow_run.ui_url or "",
+        "train_dataset_sha256": train_ref.sha256,
+        "test_dataset_sha256": test_ref.sha256,
+        "validation.valid": str(report["valid"]),
+        "validation.quarantined": str(report["quarantined"]),
     }
+    # A tracking server stores artifacts where it is configured to; a local store, in the state dir.
+    remote = tracking.startswith(("http://", "https://", "databricks"))
     run_id = register_mod.start_run(
-        tracking, config.registry.experiment, run_name, flatten(config), tags, artifact_root(config)
+        tracking, config.registry.experiment, run_name, flatten(config), tags, None if remote else artifact_root(config)
     )
+    tags = {
+        **tags,
+        "training_run_id": run_id,
+        "config_uri": f"runs:/{run_id}/config/resolved.yaml",
+        "validation_report": f"runs:/{run_id}/validate/report.json",
+    }
     try:
+        register_mod.log_text(tracking, run_id, register_mod.config_yaml(config), "config/resolved.yaml")
+        register_mod.log_datasets(
+            tracking,
+            run_id,
+            {"train": (train_ref.uri, train_ref.sha256), "test": (test_ref.uri, test_ref.sha256)},
+            config.name,
+        )
         register_mod.log_metrics(
             tracking, run_id, {f"generate/{k}": v for k, v in gen_report.items() if isinstance(v, int | float)}
         )
@@ -269,6 +392,7 @@ def alignment(config: PipelineConfig) -> dict:
                 "generate/pipeline": pairs.path.parent / "pipeline.yaml",
                 "validate": Path(report["files"]["report"]),
                 "validate/quarantine": Path(report["files"]["quarantine"]),
+                "validate/summary": Path(report["files"]["summary"]),
             },
         )
         model, train_summary = _timed(
@@ -278,8 +402,8 @@ def alignment(config: PipelineConfig) -> dict:
             config.training,
             base,
             train_ref,
-            root / "ray",
-            run_name,
+            config.training.storage or str(root / "ray"),
+            config.name,
             tracking,
             run_id,
             config.runtime.ray_address,
@@ -294,10 +418,23 @@ def alignment(config: PipelineConfig) -> dict:
             tracking, run_id, {"train/wall_s": train_summary["wall_s"], "train/steps": train_summary["steps"]}
         )
 
+        evaluated_against = register_mod.current_champion(tracking, config.registry.model_name)
         champion_dir = _timed(
             seconds, "evaluate", export_champion, tracking, config.registry.model_name, root / "champions" / run_key
         )
         metrics = _timed(seconds, "evaluate", evaluate, config, model, base, test_ref, champion_dir)
+        opponent = (str(champion_dir), "champion") if champion_dir else (_local(base), "base")
+        win = _timed(seconds, "evaluate", win_rate, config, model, *opponent, test_ref)
+        metrics["win_rate"] = {k: v for k, v in win.items() if k != "rows"}
+        register_mod.log_metrics(
+            tracking,
+            run_id,
+            {
+                "eval/win_rate": win["win_rate"],
+                "eval/judge/candidate_score": win["candidate_score"],
+                f"eval/judge/{win['against']}_score": win["opponent_score"],
+            },
+        )
         register_mod.log_metrics(
             tracking,
             run_id,
@@ -308,7 +445,19 @@ def alignment(config: PipelineConfig) -> dict:
             },
         )
         register_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
-        outcome = _timed(seconds, "register", register, config, tracking, run_id, model, tags, metrics)
+        outcome = _timed(
+            seconds,
+            "register",
+            register,
+            config,
+            tracking,
+            run_id,
+            model,
+            tags,
+            metrics,
+            str(evaluated_against.version) if evaluated_against else None,
+        )
+        metrics["samples"] = _samples_artifact(tracking, run_id, win, config.evaluation.samples)
         _evaluation_artifact(metrics, outcome, run_id)
         register_mod.log_metrics(tracking, run_id, {f"seconds/{k}": v for k, v in seconds.items()})
     except BaseException:

@@ -1,10 +1,14 @@
 """The `alignflow` command.
 
     alignflow run [--config FILE] [key.path=value ...]
-    alignflow validate DATA [--config FILE] [--report OUT.json]
+    alignflow validate DATA [--config FILE] [--report OUT.json] [--out DIR] [--no-tokenizer] [key.path=value ...]
+    alignflow promote NAME VERSION --reason TEXT     make a version the champion
+    alignflow rollback NAME [--reason TEXT]          back to the previous champion
+    alignflow history NAME [--json]                  the champions, oldest first
 
 Exit codes: 0 the run completed (promoted or not), 1 the run stopped at a gate or a stage
-failed, 2 bad usage or bad config. The config is loaded and checked before anything heavy
+failed (promote/rollback: refused, e.g. unknown version or nothing to roll back to),
+2 bad usage or bad config. The config is loaded and checked before anything heavy
 is imported, so a config error costs well under a second and starts nothing.
 """
 
@@ -86,6 +90,12 @@ def _print_summary(result: dict, wall: float, root: Path) -> None:
         if who in ev:
             table.add_row(who, *(f"{ev[who][m]:.4f}" for m in metrics))
     console.print(table)
+    if "win_rate" in ev:
+        win = ev["win_rate"]
+        console.print(
+            f"win rate against the {win['against']}: {win['win_rate']:.2f} over {win['prompts']} held-out prompts "
+            f"({win['wins']} wins, {win['ties']} ties, {win['losses']} losses; judge: {win['judge']})"
+        )
     verdict = "[green]promoted to champion[/green]" if reg["promoted"] else "[yellow]not promoted[/yellow]"
     console.print(f"{reg['model']} version {reg['version']}: {verdict} ({reg['reason']})")
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in result["seconds"].items())
@@ -98,10 +108,16 @@ def _print_summary(result: dict, wall: float, root: Path) -> None:
 @app.command()
 def validate(
     data: Annotated[
-        Path, typer.Argument(help="Preference dataset: parquet, jsonl, json or csv with prompt/chosen/rejected.")
+        Path, typer.Argument(help="Preference dataset: .jsonl, .json, .parquet or .csv (standard or conversational).")
     ],
     config: ConfigOption = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for quarantine, summary and split (default: next to --report).")
+    ] = None,
+    no_tokenizer: Annotated[
+        bool, typer.Option("--no-tokenizer", help="Skip the token-length checks (no model or tokenizer is loaded).")
+    ] = False,
     overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
 ) -> None:
     """Check a preference dataset on its own (the flow's validate stage); exit 1 when the gate fails."""
@@ -109,35 +125,57 @@ def validate(
     from tasks import validate as validate_mod
     from tasks.state import configure_environment, home
 
-    configure_environment(cfg)
     try:
-        frame = validate_mod.read_pairs(data)
-    except (OSError, ValueError) as exc:
+        validate_mod.check_readable(data)  # before anything slow: a bad path costs nothing
+    except validate_mod.DatasetError as exc:
         console.print(f"[red]cannot read dataset[/red]: {exc}")
         raise typer.Exit(2) from None
-    from transformers import AutoTokenizer
+    configure_environment(cfg)
+    tokenizer = None
+    if not no_tokenizer and "too_long" in (*cfg.validation.errors, *cfg.validation.warnings):
+        from transformers import AutoTokenizer
 
-    from tasks.tiny_model import resolve_model
+        from tasks.tiny_model import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        str(resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models"))
-    )
-    valid, quarantined, result = validate_mod.validate_pairs(frame, cfg.validation, tokenizer)
-    out_dir = (report.parent if report else home(cfg) / "validate") / f"{data.stem}.validation"
-    paths = validate_mod.write_outputs(out_dir, valid, quarantined, result, cfg.validation)
+        model = resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models")
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+    out_dir = out or (report.parent if report else home(cfg) / "validate") / f"{data.stem}.validation"
+    try:
+        result = validate_mod.validate_file(data, cfg.validation, out_dir, tokenizer)
+    except validate_mod.DatasetError as exc:
+        console.print(f"[red]cannot read dataset[/red]: {exc}")
+        raise typer.Exit(2) from None
     if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result, indent=2))
-    table = Table(title=f"{data}: {result['valid']}/{result['rows']} valid")
-    for col in ("check", "count", "example rows"):
+    table = Table(title=f"{data}: {result['valid']}/{result['rows']} valid ({result['format']})")
+    for col in ("check", "level", "count", "example rows"):
         table.add_column(col)
     for check_id, item in result["checks"].items():
-        table.add_row(check_id, str(item["count"]), str(item["example_rows"]))
+        if item["count"] or item["level"] == "error":
+            table.add_row(check_id, item["level"], str(item["count"]), str(item["example_rows"]))
     console.print(table)
-    console.print(f"quarantine: {paths['quarantine']}  report: {report or paths['report']}")
+    if result["tokens"]["measured"]:
+        t = result["tokens"]
+        console.print(
+            f"tokens: longest {t['longest']}, mean {t['mean']}, "
+            f"{t['truncated_fraction']:.1%} over max_length={t['max_length']}"
+        )
+    for warning in result["gate"]["warnings"]:
+        console.print(f"[yellow]warning[/yellow] {warning}")
+    console.print(
+        f"quarantine: {result['files']['quarantine']}  summary: {result['files']['summary']}  "
+        f"report: {report or result['files']['report']}"
+    )
     if not result["gate"]["passed"]:
         console.print("[yellow]gate failed[/yellow]: " + "; ".join(result["gate"]["failures"]))
         raise typer.Exit(1)
-    console.print("[green]gate passed[/green]")
+    console.print(f"[green]gate passed[/green] ({result['rows_per_second']} rows/s)")
+
+
+from flows.registry_cli import add_commands  # noqa: E402  (promote, rollback, history)
+
+add_commands(app)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ SMALL = [
     "training.save_steps=1",
     "training.logging_steps=1",
     "validation.min_pairs=4",
-    "validation.min_valid_fraction=0.2",
+    "validation.max_rejected_fraction=0.8",
     "validation.test_size=0.25",
 ]
 
