@@ -73,15 +73,12 @@ def plain_trl(training, model_path: str, data: Ref, out: Path) -> dict:
     started = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - started
-    tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e][-1]
-    peak = None
-    try:
-        import torch
-
-        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    except ImportError:
-        pass
-    return {"tokens": tokens, "train_runtime_s": result.metrics["train_runtime"], "wall_s": wall, "peak_gib": peak}
+    return {
+        "tokens": trained_tokens(trainer, data),
+        "train_runtime_s": result.metrics["train_runtime"],
+        "wall_s": wall,
+        "peak_gib": _peak_gib(),
+    }
 
 
 def under_ray(training, model_path: str, data: Ref, storage: Path, name: str) -> dict:
@@ -91,6 +88,29 @@ def under_ray(training, model_path: str, data: Ref, storage: Path, name: str) ->
     _, summary = train_model(training, model_path, data, str(storage), name, "sqlite:///" + str(storage / "m.db"), None)
     return {"tokens": summary["tokens"], "train_runtime_s": summary["train_runtime_s"],
             "wall_s": time.perf_counter() - started}  # fmt: skip
+
+
+def trained_tokens(trainer, data: Ref) -> float:
+    """Tokens the run trained on: TRL's running `num_tokens` (DPO), or, where a trainer does
+    not log it (ORPO), rows consumed x mean tokens of prompt+chosen and prompt+rejected."""
+    logged = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    if logged:
+        return float(logged[-1])
+    import pandas as pd
+
+    args, tokenizer = trainer.args, trainer.processing_class
+    frame = pd.read_parquet(data.path)
+    lengths = [
+        min(len(tokenizer(p + " " + c)["input_ids"]), args.max_length) + min(len(tokenizer(p + " " + r)["input_ids"]), args.max_length)
+        for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"], strict=True)
+    ]  # fmt: skip
+    rows = (
+        trainer.state.global_step
+        * args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * args.world_size
+    )
+    return rows * sum(lengths) / len(lengths)
 
 
 def rate(row: dict) -> float:
@@ -123,87 +143,134 @@ def cpu_bench(home: Path, steps: int) -> dict:
     }
 
 
-def qwen_shaped_model(path: Path) -> str:
+QWEN25_15B = dict(
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+)  # fmt: skip
+SMOKE_SHAPE = dict(
+    vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e6,
+)  # fmt: skip
+
+
+def qwen_shaped_model(path: Path, shape: dict, dtype: str) -> str:
     """Random weights in the shape of Qwen2.5-1.5B (its published config), saved with a local tokenizer."""
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from tasks.tiny_model import resolve_model
 
-    config = Qwen2Config(
-        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
-        tie_word_embeddings=True, torch_dtype="bfloat16",
-    )  # fmt: skip
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True)).to(getattr(torch, dtype))
     model.save_pretrained(path)
     cfg = load_config(ROOT / "conf" / "pipeline.yaml")
     tiny = resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, path.parent / "models")
-    AutoTokenizer.from_pretrained(tiny).save_pretrained(path)  # ids < vocab_size: any tokenizer will do
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(path)  # its ids are < vocab_size: any tokenizer will do
     return str(path)
 
 
-def gpu_bench(home: Path, steps: int) -> dict:
+def _peak_gib() -> float | None:
     import torch
 
-    model_path = qwen_shaped_model(home / "qwen2.5-1.5b-shape")
-    from transformers import AutoConfig
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
-    shape = AutoConfig.from_pretrained(model_path)
-    n_params = (shape.vocab_size * shape.hidden_size
-                + shape.num_hidden_layers * (4 * shape.hidden_size**2 + 3 * shape.hidden_size * shape.intermediate_size))  # fmt: skip
-    data = synthetic_pairs(home / "pairs.parquet", rows=steps * 8 * 2, words=700)  # ~1024 tokens with the prompt
-    base = [f"runtime.home={home}", f"training.model_name_or_path={model_path}", f"training.max_steps={steps}",
-            "training.max_length=1024", "training.scaling.use_gpu=true", "training.scaling.num_workers=1",
-            "training.scaling.resources_per_worker={GPU: 1}", "training.logging_steps=1",
-            "training.save_steps=100000", "training.per_device_train_batch_size=4"]  # fmt: skip
-    variants = {
-        "DPO, alignflow defaults": [],
-        "DPO, alignflow defaults, precomputed ref": ["training.precompute_ref_log_probs=true"],
-        "ORPO, alignflow defaults": ["training.method=orpo"],
-    }
-    rows = {}
-    for label, extra in variants.items():
-        cfg = load_config(ROOT / "conf" / "pipeline.yaml", [*base, *extra])
+
+def _reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-        row = plain_trl(cfg.training, model_path, data, home / label.replace(" ", "_"))
-        ref_passes = 0 if cfg.training.method == "orpo" or cfg.training.precompute_ref_log_probs else 1
-        row["tokens_per_s"] = round(rate(row), 1)
-        row["mfu"] = round(rate(row) * (6 + 2 * ref_passes) * n_params / H100_BF16_DENSE_FLOPS, 4)
-        rows[label] = row
-    # TRL's own defaults: activation checkpointing on (alignflow turns it off where memory allows).
-    cfg = load_config(ROOT / "conf" / "pipeline.yaml", base)
-    from tasks.train import build_trainer
 
-    trainer, _ = build_trainer(cfg.training, model_path, str(data.path), str(home / "trl_defaults"))
-    trainer.args.activation_checkpointing = True
-    trainer.args.save_strategy = "no"
-    torch.cuda.reset_peak_memory_stats()
+
+def trl_defaults_run(training, model_path: str, data: Ref, out: Path) -> dict:
+    """TRL as a user gets it: only the run's size is set, every other field keeps TRL's default."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.train import to_conversational, trl_classes
+
+    config_class, trainer_class = trl_classes(training.method)
+    args = config_class(output_dir=str(out), max_steps=training.max_steps, max_length=training.max_length,
+                        per_device_train_batch_size=training.per_device_train_batch_size, logging_steps=1,
+                        report_to=[], save_strategy="no", use_cpu=not training.scaling.use_gpu)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    frame = datasets.Dataset.from_parquet(str(data.path))
+    trainer = trainer_class(model=AutoModelForCausalLM.from_pretrained(model_path), args=args, processing_class=tokenizer,
+                            train_dataset=frame.map(to_conversational, remove_columns=frame.column_names))  # fmt: skip
+    _reset_peak()
     result = trainer.train()
-    tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e][-1]
-    row = {"tokens": tokens, "train_runtime_s": result.metrics["train_runtime"],
-           "peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
-    row["tokens_per_s"] = round(rate(row), 1)
-    row["mfu"] = round(rate(row) * 8 * n_params / H100_BF16_DENSE_FLOPS, 4)
-    rows["DPO, TRL defaults (activation checkpointing)"] = row
-    rows["DPO, Ray Train 1 worker"] = under_ray(load_config(ROOT / "conf" / "pipeline.yaml", base).training,
-                                                model_path, data, home / "ray", "gpu-ray-1")  # fmt: skip
-    rows["DPO, Ray Train 1 worker"]["tokens_per_s"] = round(rate(rows["DPO, Ray Train 1 worker"]), 1)
-    return {"model": "Qwen2.5-1.5B shape, random weights, bf16, seq 1024", "parameters": n_params, "rows": rows,
-            "device": torch.cuda.get_device_name(0)}  # fmt: skip
+    return {"tokens": trained_tokens(trainer, data), "train_runtime_s": result.metrics["train_runtime"], "peak_gib": _peak_gib(),
+            "bf16": args.bf16, "activation_checkpointing": args.activation_checkpointing}  # fmt: skip
+
+
+def model_bench(home: Path, steps: int, smoke: bool) -> dict:
+    """The GPU benchmark; `smoke` runs the same code on CPU with a tiny Qwen2 shape to check it works."""
+    import torch
+
+    shape = SMOKE_SHAPE if smoke else QWEN25_15B
+    use_gpu = not smoke
+    model_path = qwen_shaped_model(home / "qwen-shaped", shape, "float32" if smoke else "bfloat16")
+    n_params = shape["vocab_size"] * shape["hidden_size"] + shape["num_hidden_layers"] * (
+        4 * shape["hidden_size"] ** 2 + 3 * shape["hidden_size"] * shape["intermediate_size"]
+    )
+    seq = 128 if smoke else 1024
+    batch = 2 if smoke else 4
+    data = synthetic_pairs(home / "pairs.parquet", rows=steps * batch * 2, words=seq * 2 // 3)
+    base = [f"runtime.home={home}", f"training.model_name_or_path={model_path}", f"training.max_steps={steps}",
+            f"training.max_length={seq}", f"training.scaling.use_gpu={str(use_gpu).lower()}",
+            "training.scaling.num_workers=1", "training.logging_steps=1", "training.save_steps=100000",
+            f"training.per_device_train_batch_size={batch}"]  # fmt: skip
+    if use_gpu:
+        base.append("training.scaling.resources_per_worker={GPU: 1}")
+    peak_flops = H100_BF16_DENSE_FLOPS
+
+    def mfu(row: dict, reference_passes: int) -> float:
+        return round(rate(row) * (6 + 2 * reference_passes) * n_params / peak_flops, 4)
+
+    rows = {}
+    for method in ("dpo", "orpo"):
+        cfg = load_config(ROOT / "conf" / "pipeline.yaml", [*base, f"training.method={method}"])
+        ref = 1 if method == "dpo" else 0
+        row = trl_defaults_run(cfg.training, model_path, data, home / f"trl-{method}")
+        row["tokens_per_s"], row["mfu"] = round(rate(row), 1), mfu(row, ref)
+        rows[f"{method.upper()}, TRL defaults"] = row
+        variants = [("", [])] + ([(", precomputed ref", ["training.precompute_ref_log_probs=true"])] if ref else [])
+        for suffix, extra in variants:
+            tuned = load_config(ROOT / "conf" / "pipeline.yaml", [*base, f"training.method={method}", *extra])
+            _reset_peak()
+            row = plain_trl(tuned.training, model_path, data, home / f"ours-{method}{suffix.strip(', ')}")
+            row["tokens_per_s"] = round(rate(row), 1)
+            row["mfu"] = mfu(row, 0 if tuned.training.precompute_ref_log_probs else ref)
+            rows[f"{method.upper()}, alignflow defaults{suffix}"] = row
+    ray_row = under_ray(load_config(ROOT / "conf" / "pipeline.yaml", base).training, model_path, data,
+                        home / "ray", "model-bench-ray-1")  # fmt: skip
+    ray_row["tokens_per_s"] = round(rate(ray_row), 1)
+    rows["DPO, alignflow defaults, Ray Train 1 worker"] = ray_row
+    plain = rows["DPO, alignflow defaults"]["tokens_per_s"]
+    return {
+        "model": f"Qwen2.5-1.5B shape{' (smoke: tiny shape, CPU)' if smoke else ''}, random weights, seq {seq}",
+        "parameters": n_params,
+        "mfu_formula": "tokens/s x (6N + 2N per reference forward) / 989 TFLOP/s (H100 dense bf16)",
+        "rows": rows,
+        "ray_overhead_ratio": round(ray_row["tokens_per_s"] / plain, 3) if plain else None,
+        "speedup_over_trl_defaults": round(plain / rows["DPO, TRL defaults"]["tokens_per_s"], 3)
+        if rows["DPO, TRL defaults"]["tokens_per_s"]
+        else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="run the GPU benchmark (needs CUDA)")
+    parser.add_argument("--smoke", action="store_true", help="run the GPU benchmark's code on CPU, tiny shape")
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="alignflow-train-bench-"))
     configure_environment(load_config(ROOT / "conf" / "pipeline.yaml", [f"runtime.home={home}"]))
     os.environ["TQDM_DISABLE"] = "1"
-    if args.gpu:
-        result = gpu_bench(home, args.steps or 20)
-        name = "train_throughput_gpu.json"
+    if args.gpu or args.smoke:
+        result = model_bench(home, args.steps or (2 if args.smoke else 20), smoke=args.smoke)
+        name = "train_throughput_smoke.json" if args.smoke else "train_throughput_gpu.json"
     else:
         result = cpu_bench(home, args.steps or 30)
         name = "train_throughput.json"
@@ -211,12 +278,14 @@ def main() -> None:
     out = ROOT / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"| {result['model']} | tokens | train loop s | tokens/s | wall s (with start-up) |")
-    print("|---|---|---|---|---|")
+    print(f"| {result['model']} | tokens | train loop s | tokens/s | MFU | peak GiB | wall s (with start-up) |")
+    print("|---|---|---|---|---|---|---|")
     for label, row in result["rows"].items():
-        print(f"| {label} | {row['tokens']:.0f} | {row['train_runtime_s']:.2f} | {row['tokens_per_s']} | {row['wall_s']:.1f} |"
-              if "wall_s" in row else f"| {label} | {row['tokens']:.0f} | {row['train_runtime_s']:.2f} | {row['tokens_per_s']} | - |")  # fmt: skip
-    for key in ("ray_overhead_ratio", "scaling_2_over_1_workers"):
+        cells = [f"{row['tokens']:.0f}", f"{row['train_runtime_s']:.2f}", str(row["tokens_per_s"]),
+                 str(row.get("mfu", "-")), str(row.get("peak_gib") or "-"),
+                 f"{row['wall_s']:.1f}" if "wall_s" in row else "-"]  # fmt: skip
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    for key in ("ray_overhead_ratio", "scaling_2_over_1_workers", "speedup_over_trl_defaults"):
         if key in result:
             print(f"{key}: {result[key]}")
     print(f"written to {out.relative_to(ROOT)}")
