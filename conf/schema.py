@@ -215,7 +215,9 @@ class TrainingConfig(Section):
     )
     # TRL / transformers fields, passed through under their own names.
     beta: float = Field(0.1, gt=0.0, description="DPO: KL strength; ORPO: odds-ratio weight (lambda); CPO/SimPO: beta.")
-    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description="DPO loss types.")
+    loss_type: list[str] = Field(
+        default_factory=lambda: ["sigmoid", "sft"], min_length=1, description="DPO loss types ([sigmoid, sft]: RPO)."
+    )
     loss_weights: list[float] | None = Field(None, description="Weights of the loss types (DPO), e.g. [1.0, 0.5].")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Robust DPO / cDPO label-flip probability.")
     precompute_ref_log_probs: bool = Field(
@@ -223,7 +225,7 @@ class TrainingConfig(Section):
     )
     cpo_alpha: float = Field(1.0, ge=0.0, description="CPO/SimPO: weight of the NLL term (0 gives pure SimPO).")
     simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO: target reward margin.")
-    learning_rate: float = Field(5e-4, gt=0.0)
+    learning_rate: float = Field(2e-4, gt=0.0)
     per_device_train_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     num_train_epochs: float = Field(3.0, gt=0.0)

@@ -27,8 +27,8 @@ def test_embedded_default_loads_with_defaults():
     assert all(g.model == BUILTIN_TINY_MODEL for g in cfg.generation.generators)
     assert cfg.training.method == "dpo"
     assert cfg.training.beta == 0.1
-    assert cfg.training.loss_type == ["sigmoid"]
-    assert cfg.training.learning_rate == 5e-4
+    assert cfg.training.loss_type == ["sigmoid", "sft"]  # RPO keeps the tiny model fluent
+    assert cfg.training.learning_rate == 2e-4
     assert cfg.training.scaling.resources_per_worker == {"CPU": 1.0}
     assert cfg.validation.min_pairs == 20
     assert cfg.runtime.home is None
