@@ -8,7 +8,7 @@ unknown keys, so a typo stops the run before any compute starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -99,6 +99,7 @@ ValidationCheck = Literal[
     "length_bias",
     "split_leakage",
 ]
+DEFAULT_WARNINGS = ("extra_columns", "length_bias")  # every other check is an error by default
 # A row failing one of these has no usable text: it can never be kept, so they are always errors.
 STRUCTURAL_CHECKS = ("missing_column", "wrong_type", "null_field", "mixed_format")
 
@@ -116,27 +117,11 @@ class ValidationConfig(Section):
     )
     min_pairs: int = Field(20, ge=1, description="Stop the run with fewer valid pairs than this.")
     errors: list[ValidationCheck] = Field(
-        default_factory=lambda: [
-            "missing_column",
-            "wrong_type",
-            "null_field",
-            "empty_field",
-            "invalid_utf8",
-            "control_chars",
-            "mixed_format",
-            "conversation_structure",
-            "identical_pair",
-            "rating_tie",
-            "low_margin",
-            "duplicate_pair",
-            "contradiction",
-            "too_long",
-            "split_leakage",
-        ],
+        default_factory=lambda: [c for c in get_args(ValidationCheck) if c not in DEFAULT_WARNINGS],
         description="Checks that quarantine their rows (row checks) or fail the gate (dataset checks).",
     )
     warnings: list[ValidationCheck] = Field(
-        default_factory=lambda: ["extra_columns", "length_bias"],
+        default_factory=lambda: list(DEFAULT_WARNINGS),
         description="Checks that are only reported; a check in neither list is not run.",
     )
     min_rating_margin: float = Field(

@@ -54,7 +54,7 @@ def generate(
     generation: GenerationConfig, prompts: Ref, models: list[Ref], out_dir: Path, seed: int
 ) -> tuple[Ref, dict]:
     rows = load_prompts(generation.prompts, generation.max_prompts)
-    paths = [str(m.path) if m.uri.startswith("file://") else m.uri for m in models]
+    paths = [m.loadable for m in models]
     pairs, report = generate_mod.generate_preferences(rows, generation, paths, out_dir, seed)
     get_run_logger().info(
         "generated %(candidates)s candidates for %(prompts)s prompts -> %(pairs)s pairs "
@@ -68,11 +68,7 @@ def generate(
 def validate(pairs: Ref, validation: ValidationConfig, tokenizer_from: Ref, out_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
-    tokenizer = (
-        AutoTokenizer.from_pretrained(str(tokenizer_from.path))
-        if tokenizer_from.uri.startswith("file://")
-        else AutoTokenizer.from_pretrained(tokenizer_from.uri)
-    )
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from.loadable)
     # Streams the file: checks, quarantine and the grouped train/test split, chunk by chunk.
     report = validate_mod.validate_file(pairs.path, validation, out_dir, tokenizer)
     for key in ("train", "test"):
@@ -109,7 +105,7 @@ def train(
     (scratch / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
     register_mod.log_artifacts(tracking, mlflow_run_id, {"train": scratch / "effective_config.json"})
 
-    model_path = str(model.path) if model.uri.startswith("file://") else model.uri
+    model_path = model.loadable
     ref, summary = train_mod.train_model(
         training, model_path, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
     )
@@ -129,7 +125,7 @@ def train(
 def evaluate(config: PipelineConfig, candidate: Ref, base: Ref, test_data: Ref, champion_dir: Path | None) -> dict:
     return evaluate_mod.evaluate_models(
         candidate.path,
-        base.path if base.uri.startswith("file://") else base.uri,
+        base.loadable,
         test_data.path,
         beta=config.training.beta,
         batch_size=config.evaluation.batch_size,
@@ -270,10 +266,6 @@ def _samples_artifact(tracking: str, run_id: str, win: dict, limit: int) -> list
             f"win rate {win['win_rate']} over {win['prompts']} prompts",
         )
     return rows
-
-
-def _local(ref: Ref) -> str:
-    return str(ref.path) if ref.uri.startswith("file://") else ref.uri
 
 
 def _timed(seconds: dict[str, float], stage: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -423,7 +415,7 @@ def alignment(config: PipelineConfig) -> dict:
             seconds, "evaluate", export_champion, tracking, config.registry.model_name, root / "champions" / run_key
         )
         metrics = _timed(seconds, "evaluate", evaluate, config, model, base, test_ref, champion_dir)
-        opponent = (str(champion_dir), "champion") if champion_dir else (_local(base), "base")
+        opponent = (str(champion_dir), "champion") if champion_dir else (base.loadable, "base")
         win = _timed(seconds, "evaluate", win_rate, config, model, *opponent, test_ref)
         metrics["win_rate"] = {k: v for k, v in win.items() if k != "rows"}
         register_mod.log_metrics(

@@ -30,6 +30,11 @@ class Ref(BaseModel):
         """Local path of a `file://` or plain URI (the embedded default's storage)."""
         return Path(self.uri.removeprefix("file://"))
 
+    @property
+    def loadable(self) -> str:
+        """What from_pretrained takes: the local path of a `file://` URI, else the URI itself (a hub id)."""
+        return str(self.path) if self.uri.startswith("file://") else self.uri
+
 
 def home(config: PipelineConfig | None = None) -> Path:
     configured = config.runtime.home if config else None
