@@ -22,7 +22,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -629,10 +629,30 @@ class _Tally:
     detail: dict = field(default_factory=dict)
 
 
+def _formats(kp: np.ndarray, kc: np.ndarray, kr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's format code (explicit or implicit prompt, standard or conversational), and
+    whether the row shows one at all (a row with no usable chosen/rejected does not)."""
+    explicit = kp != K_MISSING
+    conv = (kc == K_LIST) | ((kc != K_STR) & (kr == K_LIST))
+    std = ~conv & ((kc == K_STR) | (kr == K_STR))
+    return np.where(explicit, 0, 2) + conv.astype(np.int64), conv | std
+
+
+def detect_format(chunks: Iterable[Chunk]) -> int | None:
+    """The dataset's format: that of its first row that shows one. Decided before any row is
+    judged, so a row is checked against the same format whatever the chunk size."""
+    for chunk in chunks:
+        kinds = [_kinds(list(chunk.columns.get(k, [MISSING] * chunk.n))) for k in REQUIRED]
+        fmt, known = _formats(*kinds)
+        if known.any():
+            return int(fmt[np.argmax(known)])
+    return None
+
+
 class Validator:
     """Feed it chunks in order; it keeps counts and hashes, never rows. `report()` at the end."""
 
-    def __init__(self, config: ValidationConfig, tokenizer=None) -> None:
+    def __init__(self, config: ValidationConfig, tokenizer=None, dataset_format: int | None = None) -> None:
         self.config = config
         self.level = {c: "off" for c in CHECKS}
         self.level.update({c: "warning" for c in config.warnings})
@@ -640,7 +660,7 @@ class Validator:
         self.tokenizer = tokenizer if self.level["too_long"] != "off" else None
         self.tally = {c: _Tally() for c in CHECKS}
         self.rows = self.valid = self.quarantined = 0
-        self.format: int | None = None
+        self.format: int | None = dataset_format
         self.format_counts = [0] * len(FORMATS)
         self.columns: dict[str, None] = {}
         self.extra: dict[str, None] = {}
@@ -683,12 +703,7 @@ class Validator:
                 mask |= present
             self._hit("extra_columns", mask, start, hits)
 
-        # Format: explicit or implicit prompt, standard (strings) or conversational (messages).
-        explicit = kp != K_MISSING
-        conv = (kc == K_LIST) | ((kc != K_STR) & (kr == K_LIST))
-        std = ~conv & ((kc == K_STR) | (kr == K_STR))
-        fmt = np.where(explicit, 0, 2) + conv.astype(np.int64)
-        known_fmt = conv | std
+        fmt, known_fmt = _formats(kp, kc, kr)
         for code, count in zip(*np.unique(fmt[known_fmt], return_counts=True), strict=True):
             self.format_counts[int(code)] += int(count)
         if self.format is None and known_fmt.any():
@@ -1248,7 +1263,7 @@ def validate_file(
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
     kind = check_readable(path)
-    validator = Validator(config, tokenizer)
+    validator = Validator(config, tokenizer, detect_format(iter_chunks(path, config.chunk_rows)))
     outputs = Outputs(out_dir, config, split)
     try:
         for chunk in iter_chunks(path, config.chunk_rows):
@@ -1280,15 +1295,19 @@ def validate_pairs(
     df: pd.DataFrame, config: ValidationConfig, tokenizer=None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """In memory: (valid rows as given, quarantined rows with `row` and `reasons`, report). Writes nothing."""
-    validator = Validator(config, tokenizer)
+    step = max(config.chunk_rows, 1)
+
+    def chunks() -> Iterator[Chunk]:
+        for start in range(0, len(df), step):
+            part = df.iloc[start : start + step]
+            yield Chunk({str(c): part[c].tolist() for c in part.columns}, len(part))
+
+    validator = Validator(config, tokenizer, detect_format(chunks()))
     valid = np.zeros(len(df), dtype=bool)
     reasons: dict[int, list[str]] = {}
-    step = max(config.chunk_rows, 1)
-    for start in range(0, len(df), step):
-        part = df.iloc[start : start + step]
-        chunk = Chunk({str(c): part[c].tolist() for c in part.columns}, len(part))
+    for start, chunk in zip(range(0, len(df), step), chunks(), strict=True):
         result = validator.feed(chunk)
-        valid[start : start + len(part)] = result.valid
+        valid[start : start + chunk.n] = result.valid
         reasons.update({start + i: r for i, r in result.reasons.items()})
     quarantined = df[~valid].copy()
     quarantined.insert(0, "row", np.flatnonzero(~valid))

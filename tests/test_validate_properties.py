@@ -78,6 +78,7 @@ def test_file_nothing_lost_split_disjoint_counts_match(rows, chunk_rows):
 
 @settings(max_examples=50, deadline=None)
 @given(rows=datasets(), chunk_rows=st.integers(1, 5))
+@example(rows=[{}, {"chosen": "", "rejected": None}], chunk_rows=1)  # format known only from row 2
 def test_chunk_size_changes_nothing(rows, chunk_rows):
     frame = pd.DataFrame(rows, dtype=object)
     one_valid, one_quarantined, one = validate_pairs(frame, lenient(chunk_rows=10_000))
