@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conf.schema import ValidationConfig
