@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -276,16 +277,22 @@ def _timed(seconds: dict[str, float], stage: str, fn: Callable[..., Any], *args:
         seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - started, 1)
 
 
-@flow(name="alignment", description="Generate, validate, train (DPO/ORPO on Ray), evaluate and register a model.")
-def alignment(config: PipelineConfig) -> dict:
-    """One alignment run, from prompts to a registered model version."""
-    logger = get_run_logger()
-    root = configure_environment(config)
-    tracking = tracking_uri(config)
-    run_key = (flow_run.id or "local")[:8]
-    run_name = f"{config.name}-{flow_run.name or run_key}"
+@dataclass(frozen=True)
+class PreparedData:
+    """What the data stages hand training: the base model, the pairs and their validated split."""
 
-    seconds: dict[str, float] = {}
+    base: Ref
+    pairs: Ref
+    generation: dict
+    validation: dict
+    train: Ref
+    test: Ref
+
+
+def prepare_data(config: PipelineConfig, root: Path, seconds: dict[str, float]) -> PreparedData:
+    """Stages 1 and 2 (base model, generate, validate); raises GateFailed when the data is not fit to train on.
+
+    Shared by the alignment flow and the comparison flow, so every recipe sees the same split."""
     base = _timed(
         seconds, "base_model", base_model, config.training.model_name_or_path, config.training, root / "models"
     )
@@ -335,6 +342,22 @@ def alignment(config: PipelineConfig) -> dict:
             + f" (report: {report['files']['report']}, quarantine: {report['files']['quarantine']})"
         )
     train_ref, test_ref = Ref(**report["train_ref"]), Ref(**report["test_ref"])
+    return PreparedData(base, pairs, gen_report, report, train_ref, test_ref)
+
+
+@flow(name="alignment", description="Generate, validate, train (DPO/ORPO on Ray), evaluate and register a model.")
+def alignment(config: PipelineConfig) -> dict:
+    """One alignment run, from prompts to a registered model version."""
+    logger = get_run_logger()
+    root = configure_environment(config)
+    tracking = tracking_uri(config)
+    run_key = (flow_run.id or "local")[:8]
+    run_name = f"{config.name}-{flow_run.name or run_key}"
+
+    seconds: dict[str, float] = {}
+    data = prepare_data(config, root, seconds)
+    base, pairs, gen_report, report = data.base, data.pairs, data.generation, data.validation
+    train_ref, test_ref = data.train, data.test
 
     tags = {
         "dataset_uri": pairs.uri,
