@@ -7,10 +7,12 @@ unknown keys, so a typo stops the run before any compute starts.
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 BUILTIN_TINY_MODEL = "builtin:tiny-llama"
 BUILTIN_PROMPTS = "builtin:default"
@@ -45,37 +47,147 @@ class TinyModelConfig(Section):
         return self
 
 
-class GeneratorConfig(Section):
+ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+JUDGE_ASPECTS = ("overall-rating", "helpfulness", "honesty", "instruction-following", "truthfulness")
+
+
+class LLMConfig(Section):
+    """One LLM: a local transformers model, or any OpenAI-compatible endpoint (vLLM, TGI, hosted APIs).
+
+    Both run through distilabel (TransformersLLM, OpenAILLM). An API key is never part of the
+    config: `api_key_env` names the environment variable that holds it.
+    """
+
+    provider: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers: a local model in-process; openai: an OpenAI-compatible endpoint."
+    )
+    model: str = Field(
+        BUILTIN_TINY_MODEL,
+        min_length=1,
+        description="transformers: `builtin:tiny-llama` or a local HF model path; openai: the served model name.",
+    )
+    base_url: str | None = Field(
+        None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (`vllm serve`); None: api.openai.com."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="openai: NAME of the environment variable holding the API key (None: no key, local servers).",
+    )
+    timeout: float = Field(120.0, gt=0.0, description="openai: seconds per request before it counts as timed out.")
+    max_retries: int = Field(
+        3, ge=0, le=20, description="openai: retries of HTTP 5xx/429/408 and time-outs, with exponential backoff."
+    )
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="0: greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1, le=32768)
+    repetition_penalty: float | None = Field(
+        None,
+        ge=1.0,
+        le=3.0,
+        description="None: 1.1 for transformers (tiny models loop without it), not sent to endpoints; "
+        "a value is sent to endpoints as `repetition_penalty` (vLLM, TGI).",
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_fields_need_openai(self) -> LLMConfig:
+        # Checked here, not with a field pattern: a field error echoes its input, and what a user
+        # pastes by mistake into api_key_env is usually the key itself.
+        if self.api_key_env is not None and not re.fullmatch(ENV_VAR_NAME, self.api_key_env):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits, _), never the key itself"
+            )
+        if self.provider == "transformers":
+            given = [k for k in ("base_url", "api_key_env") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for provider: openai")
+        if self.base_url is not None:
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
+            if "@" in self.base_url.split("//", 1)[1].split("/", 1)[0] or "key=" in self.base_url.lower():
+                raise ValueError(
+                    "base_url must not carry credentials: put the key in the variable named by api_key_env"
+                )
+        return self
+
+
+class GeneratorConfig(LLMConfig):
     """One model that writes candidate responses (a distilabel TextGeneration step)."""
 
-    model: str = Field(BUILTIN_TINY_MODEL, description="`builtin:tiny-llama` or a local HF model path.")
     num_generations: int = Field(1, ge=1, le=16, description="Responses per prompt from this generator.")
-    temperature: float = Field(1.0, gt=0.0, le=5.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(64, ge=1, le=4096)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
+
+
+class JudgeConfig(Section):
+    """Who rates the candidates: the offline scorer, or an UltraFeedback-style LLM judge."""
+
+    kind: Literal["offline", "ultrafeedback"] = Field(
+        "offline", description="offline: deterministic reference-based scorer; ultrafeedback: an LLM (distilabel)."
+    )
+    aspect: Literal[JUDGE_ASPECTS] = Field("overall-rating", description="UltraFeedback aspect the LLM rates on.")
+    llm: LLMConfig | None = Field(None, description="The judge LLM (required for ultrafeedback).")
+    parse_retries: int = Field(
+        2, ge=0, le=10, description="Ask the judge again when its answer does not parse (then the row fails)."
+    )
+    retry_backoff: float = Field(
+        1.0, ge=0.0, le=60.0, description="Seconds before the first re-ask, doubled each time."
+    )
+
+    @model_validator(mode="after")
+    def _llm_judge_needs_an_llm(self) -> JudgeConfig:
+        if self.kind == "ultrafeedback" and self.llm is None:
+            raise ValueError("judge.kind ultrafeedback needs judge.llm (provider, model, ...)")
+        return self
 
 
 class GenerationConfig(Section):
-    prompts: str = Field(BUILTIN_PROMPTS, description="`builtin:default` or a jsonl file with a `prompt` column.")
+    prompts: str = Field(
+        BUILTIN_PROMPTS,
+        description="`builtin:default`, a .jsonl/.parquet/.csv file, or a `datasets` folder (save_to_disk).",
+    )
+    prompt_column: str = Field("prompt", min_length=1, description="Column of the prompt source holding the prompt.")
+    reference_column: str = Field(
+        "reference", min_length=1, description="Column with a reference answer (offline judge), used when present."
+    )
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts (None: all).")
+    preference_data: str | None = Field(
+        None,
+        description="Bring your own pairs and skip generation: a .jsonl/.json/.parquet/.csv file or a `datasets` "
+        "folder in a TRL preference format (standard, conversational, implicit prompt).",
+    )
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [GeneratorConfig(temperature=0.5), GeneratorConfig(temperature=1.2)],
         min_length=1,
     )
-    judge: Literal["offline"] = Field("offline", description="Who rates the candidates.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Who rates the candidates.")
+    binarization: Literal["best_vs_worst", "best_vs_random_lower"] = Field(
+        "best_vs_worst",
+        description="Chosen is the best candidate; rejected the worst, or a random one scoring at least "
+        "min_score_margin lower.",
+    )
     min_score_margin: float = Field(
         0.05,
         ge=0.0,
         le=1.0,
-        description="Chosen must out-score rejected by at least this much (judge score in [0, 1]); "
-        "closer pairs are ties and are dropped.",
+        description="Chosen must out-score rejected by at least this much (judge score in [0, 1]; an UltraFeedback "
+        "rating step is 0.25); closer pairs are ties and are dropped. Equal scores never make a pair.",
+    )
+    min_success_rate: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Fail the stage when fewer prompts than this share were generated and judged (what was "
+        "generated is kept; a re-run retries only the failed rows).",
     )
     input_batch_size: int = Field(16, ge=1, description="Rows per distilabel batch.")
+    ray: bool = Field(False, description="Run the distilabel pipeline on the Ray cluster (runtime.ray_address).")
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_shorthand(cls, value: object) -> object:
+        return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _at_least_two_candidates(self) -> GenerationConfig:
-        if sum(g.num_generations for g in self.generators) < 2:
+        if self.preference_data is None and sum(g.num_generations for g in self.generators) < 2:
             raise ValueError("generators must produce at least 2 candidates per prompt in total")
         return self
 
@@ -187,6 +299,26 @@ DPO_LOSSES = (
 CPO_LOSSES = ("sigmoid", "hinge", "ipo")
 
 
+class SFTStageConfig(Section):
+    """An optional supervised stage before the preference stage: TRL SFTTrainer on the chosen responses.
+
+    Its model becomes the preference stage's policy and, for DPO, its reference. Knobs keep TRL
+    SFTConfig's names; the ones left null take the `training` section's value. Scaling, seed,
+    logging, checkpoints and LoRA are the training section's.
+    """
+
+    enabled: bool = Field(False, description="Run SFT first (`sft -> dpo`); off: one preference stage.")
+    learning_rate: float = Field(2e-4, gt=0.0)
+    num_train_epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    per_device_train_batch_size: int | None = Field(None, ge=1, description="None: training's.")
+    gradient_accumulation_steps: int | None = Field(None, ge=1, description="None: training's.")
+    max_length: int | None = Field(None, ge=8, description="None: training's.")
+    lr_scheduler_type: str = "linear"
+    warmup_steps: float = Field(0.1, ge=0.0, description="Warm-up: steps, or a fraction of training when < 1.")
+    completion_only_loss: bool = Field(True, description="Loss on the response tokens only (false: on the prompt too).")
+
+
 class TrainingConfig(Section):
     method: Literal["dpo", "orpo", "cpo", "simpo"] = Field(
         "dpo", description="dpo: TRL DPOTrainer; orpo, cpo, simpo: trl.experimental (no reference model)."
@@ -197,6 +329,9 @@ class TrainingConfig(Section):
     storage: str | None = Field(
         None,
         description="Ray checkpoint storage, an fsspec URI (s3://, gs://, a shared path); None: the state directory.",
+    )
+    sft: SFTStageConfig = Field(
+        default_factory=SFTStageConfig, description="Optional SFT stage on the chosen responses before `method`."
     )
     # TRL / transformers fields, passed through under their own names.
     beta: float = Field(0.1, gt=0.0, description="DPO: KL strength; ORPO: odds-ratio weight (lambda); CPO/SimPO: beta.")
@@ -310,6 +445,147 @@ class RegistryConfig(Section):
     )
 
 
+COMPARISON_METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "win_rate")
+RecipeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=64)]
+
+
+class Recipe(NamedTuple):
+    """One expanded recipe: a readable name (`orpo[beta=0.1]`) and the training section it runs."""
+
+    name: str
+    training: TrainingConfig
+
+
+def knob_label(value: Any) -> str:
+    """A grid value as it reads in a recipe name: `0.1`, `true`, `sigmoid+sft`."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "+".join(knob_label(v) for v in value)
+    return str(value)
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of a grid, in declaration order: {beta: [a, b], loss_type: [c]} -> 2 points."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def with_knobs(training: BaseModel, point: dict[str, Any]) -> TrainingConfig:
+    """`training` with the knobs of one grid point set (`sft.learning_rate` reaches into a sub-section)."""
+    data = training.model_dump(exclude={"grid"})
+    for key, value in point.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"{key}: {part} is not a section of training")
+            node = node[part]
+        node[leaf] = value
+    return TrainingConfig.model_validate(data)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'training'}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+        for e in exc.errors()
+    )
+
+
+class RecipeConfig(TrainingConfig):
+    """One recipe of a comparison: the profile's `training` section with this recipe's keys on top, and an
+    optional grid of knobs whose every combination becomes a recipe of its own."""
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Knob (a training key, `sft.learning_rate` for a sub-section) -> values; the cartesian "
+        "product expands into recipes named like `orpo[beta=0.1]`.",
+    )
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _nested_knobs_are_dotted(cls, grid: Any) -> Any:
+        """`{sft: {learning_rate: [..]}}` (what `grid.sft.learning_rate=[..]` overrides build) is `sft.learning_rate`."""
+        if not isinstance(grid, dict):
+            return grid
+        flat: dict[str, Any] = {}
+        for key, value in grid.items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in cls._nested_knobs_are_dotted(value).items()})
+            else:
+                flat[key] = value
+        return flat
+
+    @field_validator("grid")
+    @classmethod
+    def _every_point_is_a_valid_recipe(cls, grid: dict[str, list[Any]], info: ValidationInfo) -> dict[str, list[Any]]:
+        empty = [key for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"{', '.join(empty)}: give at least one value")
+        fields = set(TrainingConfig.model_fields)
+        if not fields <= set(info.data):  # a training key already failed: that error is reported on its own
+            return grid
+        training = TrainingConfig.model_construct(**{k: info.data[k] for k in fields})
+        for point in grid_points(grid):
+            try:
+                with_knobs(training, point)
+            except ValidationError as exc:
+                label = ",".join(f"{k}={knob_label(v)}" for k, v in point.items())
+                raise ValueError(f"grid point [{label}]: {_problems(exc)}") from None
+        return grid
+
+
+def expand_recipes(recipes: dict[str, RecipeConfig]) -> list[Recipe]:
+    """The recipes a comparison trains: one per recipe without a grid, one per grid point otherwise."""
+    expanded = []
+    for name, recipe in recipes.items():
+        if not recipe.grid:
+            expanded.append(Recipe(name, with_knobs(recipe, {})))
+            continue
+        for point in grid_points(recipe.grid):
+            label = ",".join(f"{k}={knob_label(v)}" for k, v in point.items())
+            expanded.append(Recipe(f"{name}[{label}]", with_knobs(recipe, point)))
+    return expanded
+
+
+class ComparisonConfig(Section):
+    """`alignflow compare`: several recipes trained on one validated split and measured on the same held-out pairs."""
+
+    recipes: dict[RecipeName, RecipeConfig] = Field(
+        default_factory=dict,
+        description="Name -> training keys that differ from the `training` section (plus an optional `grid`).",
+    )
+    metric: Literal[COMPARISON_METRICS] = Field(
+        "preference_accuracy", description="Held-out metric that picks the best recipe (higher is better)."
+    )
+    register_best: bool = Field(
+        True, description="The best recipe goes through registry.gate (challenger, maybe champion); others stay runs."
+    )
+    max_parallel: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Recipes training at once, side by side on the Ray cluster, each in its own "
+        "training.scaling resources (1: one after the other, for clean timings).",
+    )
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> ComparisonConfig:
+        names = [r.name for r in expand_recipes(self.recipes)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"recipes expand to the same name twice: {', '.join(twice)}")
+        return self
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value  # fmt: skip
+    return merged
+
+
 class RuntimeConfig(Section):
     home: Path | None = Field(None, description="State directory (default: $ALIGNFLOW_HOME or ./.alignflow).")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite in the state directory).")
@@ -317,6 +593,18 @@ class RuntimeConfig(Section):
         None, description="Join this Ray cluster (`auto`, `ray://host:10001`); None starts a local one."
     )
     seed: int = 0
+    notify_webhook: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="POST a JSON message (Slack/Teams-style `text` plus details) here when a run fails or "
+        "crashes; None: no notification.",
+    )
+    mlflow_ui_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="MLflow UI base URL for the links in Prefect artifacts (None: $ALIGNFLOW_MLFLOW_UI_URL, else "
+        "the tracking URI when it is an http(s) server).",
+    )
 
 
 class PipelineConfig(Section):
@@ -328,4 +616,34 @@ class PipelineConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipes_start_from_training(cls, data: Any) -> Any:
+        """Each recipe is the `training` section with the recipe's keys on top (nested sections merged), so
+        errors name the recipe's own key path (comparison.recipes.orpo.beta)."""
+        if not isinstance(data, dict) or not isinstance(data.get("comparison"), dict):
+            return data
+        recipes, base = data["comparison"].get("recipes"), data.get("training") or {}
+        base = base.model_dump() if isinstance(base, BaseModel) else base
+        if not isinstance(recipes, dict) or not isinstance(base, dict):
+            return data
+        merged = {
+            name: _deep_merge(base, recipe or {}) if isinstance(recipe, dict | None) else recipe
+            for name, recipe in recipes.items()
+        }
+        return {**data, "comparison": {**data["comparison"], "recipes": merged}}
+
+    @model_validator(mode="after")
+    def _recipes_share_the_base_model(self) -> PipelineConfig:
+        # Every recipe trains from the one base model the comparison builds and evaluates against.
+        for name, recipe in self.comparison.recipes.items():
+            for key in ("model_name_or_path", "tiny_model"):
+                if getattr(recipe, key) != getattr(self.training, key):
+                    raise ValueError(
+                        f"comparison.recipes.{name}.{key}: recipes share the base model of training.{key}; "
+                        "compare base models in separate runs"
+                    )
+        return self

@@ -24,13 +24,16 @@ from prefect.runtime import flow_run
 
 from conf.loader import config_hash, flatten
 from conf.schema import GenerationConfig, PipelineConfig, TrainingConfig, ValidationConfig
+from flows.limits import TRAIN_LIMIT_TAG
+from flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
+from flows.notify import failure_hook
 from tasks import evaluate as evaluate_mod
 from tasks import generate as generate_mod
 from tasks import register as register_mod
 from tasks import train as train_mod
 from tasks import validate as validate_mod
 from tasks.curves import plot_training_curves
-from tasks.prompts import load_prompts, prompts_path
+from tasks.prompts import load_prompts, prompts_path, source_sha256
 from tasks.state import Ref, artifact_root, configure_environment, sha256_file, sha256_text, sha256_tree, tracking_uri
 from tasks.tiny_model import resolve_model
 
@@ -50,19 +53,57 @@ def base_model(name_or_path: str, training: TrainingConfig, models_dir: Path) ->
     return Ref(uri=local.resolve().as_uri() if local.is_dir() else str(resolved), sha256=digest)
 
 
-@task(name="generate", cache_policy=CONTENT, persist_result=True)
+# Cached on the content of the source (prompts or preference data), the generation settings
+# (endpoint and key *names*, never a key's value), the local models and the code; where the
+# pipeline runs (ray_address) does not change the data, so it is not part of the key.
+@task(name="generate", cache_policy=CONTENT - "ray_address", persist_result=True)
 def generate(
-    generation: GenerationConfig, prompts: Ref, models: list[Ref], out_dir: Path, seed: int
+    generation: GenerationConfig,
+    source: Ref,
+    models: list[Ref | None],
+    out_dir: Path,
+    seed: int,
+    ray_address: str | None = None,
 ) -> tuple[Ref, dict]:
-    rows = load_prompts(generation.prompts, generation.max_prompts)
-    paths = [m.loadable for m in models]
-    pairs, report = generate_mod.generate_preferences(rows, generation, paths, out_dir, seed)
-    get_run_logger().info(
-        "generated %(candidates)s candidates for %(prompts)s prompts -> %(pairs)s pairs "
-        "(%(ties)s ties, %(identical)s identical) in %(seconds)ss",
-        report,
-    )
+    """Synthetic pairs from the prompts (or the user's own pairs, snapshotted); the report as an artifact."""
+    from tasks.preference_data import import_preference_data
+
+    logger = get_run_logger()
+    if generation.preference_data:
+        pairs, report = import_preference_data(generation.preference_data, out_dir)
+        logger.info("using %(rows)s preference rows (%(format)s) from %(source)s: generation skipped", report)
+    else:
+        rows = load_prompts(
+            generation.prompts, generation.max_prompts, generation.prompt_column, generation.reference_column
+        )
+        paths = [m.loadable if m else None for m in models]
+        try:
+            pairs, report = generate_mod.generate_preferences(rows, generation, paths, out_dir, seed, ray_address)
+        except generate_mod.GenerationFailed as exc:
+            _generation_artifact(exc.report)  # the failed run's counts, next to its error
+            raise
+        logger.info(
+            "generated %(candidates)s candidates for %(prompts)s prompts -> %(pairs)s pairs "
+            "(%(ties)s ties, %(identical)s identical, %(failed)s failed) in %(seconds)ss [%(executor)s]",
+            report,
+        )
+    _generation_artifact(report)
     return pairs, report
+
+
+def _generation_artifact(report: dict) -> None:
+    """The generate stage's report as a Prefect table: the totals, then one row per generator."""
+    totals = {k: v for k, v in report.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    rows = [{"what": k, "value": str(v)} for k, v in totals.items()]
+    rows += [
+        {
+            "what": f"generator {g['generator']}",
+            "value": ", ".join(f"{k} {v}" for k, v in g.items() if k != "generator"),
+        }
+        for g in report.get("generators", [])
+    ]
+    done = f"{report.get('pairs')} pairs from {report.get('prompts')} prompts"
+    create_table_artifact(rows, key="generation-report", description=f"generate: {done}")
 
 
 @task(name="validate", cache_policy=CONTENT, persist_result=True)
@@ -81,7 +122,11 @@ def validate(pairs: Ref, validation: ValidationConfig, tokenizer_from: Ref, out_
     return report
 
 
-@task(name="train", cache_policy=NO_CACHE)
+# Failure handling, declared: no blind retries (a retry would redo every step). The Ray run is
+# named by content, so re-running the failed flow (Prefect UI: Retry) resumes from its last
+# checkpoint; within a run, training.max_failures restarts Ray workers from it. The tag holds
+# the server's `alignflow-train` concurrency limit: one training at a time (flows/limits.py).
+@task(name="train", cache_policy=NO_CACHE, retries=0, tags=[TRAIN_LIMIT_TAG])
 def train(
     training: TrainingConfig,
     model: Ref,
@@ -106,14 +151,15 @@ def train(
     (scratch / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
     register_mod.log_artifacts(tracking, mlflow_run_id, {"train": scratch / "effective_config.json"})
 
-    model_path = model.loadable
-    ref, summary = train_mod.train_model(
-        training, model_path, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
+    # training.sft.enabled: SFT on the chosen responses first (its own Ray run); its model is the
+    # preference stage's policy and, for DPO, its reference.
+    ref, summary = train_mod.train_stages(
+        training, model, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
     )
     if summary["resumed_from_step"]:
         logger.info("resumed from the checkpoint at step %s", summary["resumed_from_step"])
     png = plot_training_curves(tracking, mlflow_run_id, scratch / "training_curves.png",
-                               f"{training.method} on {summary['num_workers']} workers")  # fmt: skip
+                               f"{'sft -> ' * training.sft.enabled}{training.method} on {summary['num_workers']} workers")  # fmt: skip
     if png:
         register_mod.log_artifacts(tracking, mlflow_run_id, {"train": png})
         encoded = base64.b64encode(png.read_bytes()).decode()
@@ -142,22 +188,28 @@ def export_champion(tracking: str, name: str, dest: Path) -> Path | None:
 
 @task(name="win-rate", cache_policy=NO_CACHE)
 def win_rate(config: PipelineConfig, candidate: Ref, opponent: str, against: str, test_data: Ref) -> dict:
-    """Candidate vs champion (or base) answers to held-out prompts, rated by the configured judge."""
+    """Candidate vs champion (or base) answers to held-out prompts, rated by the offline judge."""
     from tasks import judge as judge_mod
 
     ev = config.evaluation
     try:
-        references = {r["id"]: r["reference"] for r in load_prompts(config.generation.prompts)}
+        gen = config.generation
+        references = {
+            r["id"]: r["reference"]
+            for r in load_prompts(gen.prompts, column=gen.prompt_column, reference_column=gen.reference_column)
+        }
     except (OSError, ValueError):
         references = {}
     prompts = evaluate_mod.held_out_prompts(test_data.path, references, ev.win_rate_prompts, ev.seed)
-    judge = {"offline": judge_mod.score}[config.generation.judge]
+    # Always the offline scorer, whatever generation.judge is: reference-based, free and deterministic,
+    # so every candidate and champion is compared the same way (an LLM judge only rates training data).
+    judge = judge_mod.score
     result = evaluate_mod.win_rate(candidate.path, opponent, prompts, judge, ev.max_new_tokens, ev.temperature, ev.seed)
     get_run_logger().info(
         "win rate against the %s: %s (%s wins, %s ties, %s losses on %s prompts)",
         against, result["win_rate"], result["wins"], result["ties"], result["losses"], result["prompts"],
     )  # fmt: skip
-    return {**result, "against": against, "judge": config.generation.judge}
+    return {**result, "against": against, "judge": "offline"}
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -233,15 +285,22 @@ def _validation_artifact(report: dict) -> None:
     create_markdown_artifact(validate_mod.summary_markdown(report), key="validation-summary")
 
 
-def _evaluation_artifact(metrics: dict, outcome: dict, run_id: str) -> None:
+def _evaluation_artifact(metrics: dict, outcome: dict, run_id: str, config: PipelineConfig, tracking: str) -> None:
     lines = ["| model | " + " | ".join(evaluate_mod.METRICS) + " |", "|---" * (len(evaluate_mod.METRICS) + 1) + "|"]
     for who in ("candidate", "champion", "base"):
         if who in metrics:
             lines.append(f"| {who} | " + " | ".join(str(metrics[who][m]) for m in evaluate_mod.METRICS) + " |")
     verdict = "promoted to **champion**" if outcome["promoted"] else "**not promoted**"
+    ui = mlflow_ui_url(config, tracking)
+    run_url = mlflow_run_url(ui, experiment_of(tracking, run_id), run_id) if ui else None
+    version_url = model_version_url(ui, outcome["model"], outcome["version"])
+    run_link = f"[`{run_id}`]({run_url})" if run_url else f"`{run_id}`"
+    version_link = f"[{outcome['model']} v{outcome['version']}]({version_url})" if version_url else (
+        f"`models:/{outcome['model']}/{outcome['version']}`")  # fmt: skip
     create_markdown_artifact(
         f"## {outcome['model']} v{outcome['version']}: {verdict}\n\n{outcome['reason']}\n\n"
-        f"Held-out pairs: {metrics['pairs']}. MLflow run `{run_id}`.\n\n" + "\n".join(lines),
+        f"Held-out pairs: {metrics['pairs']}. MLflow run {run_link}; model version {version_link}"
+        f"{'' if ui else ' (set runtime.mlflow_ui_url for links)'}.\n\n" + "\n".join(lines),
         key="evaluation-summary",
     )
 
@@ -289,6 +348,53 @@ class PreparedData:
     test: Ref
 
 
+def generate_data(
+    config: PipelineConfig, root: Path, base: Ref | None, seconds: dict[str, float]
+) -> tuple[Ref, dict, str]:
+    """Stage 1, the `generate` task on its content key: returns the pairs, the stage report and the key.
+
+    `base` is the base model's Ref, reused for transformers LLMs that name the same model."""
+    gen = config.generation
+    models: list[Ref | None] = []
+    if gen.preference_data:
+        key, source_file = "generation.preference_data", Path(gen.preference_data).expanduser()
+    else:
+        key, source_file = "generation.prompts", prompts_path(gen.prompts)
+        for _, llm in generate_mod.llm_slots(gen):
+            if llm.provider != "transformers":
+                models.append(None)  # an endpoint: its identity (model name, base_url) is in the settings
+            elif base is not None and llm.model == config.training.model_name_or_path:
+                models.append(base)
+            else:
+                models.append(base_model(llm.model, config.training, root / "models"))
+    try:
+        source = Ref(uri=source_file.resolve().as_uri(), sha256=source_sha256(source_file))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc} ({key})") from None
+    # The dataset's key is the content of everything that shapes the candidates and their scores;
+    # binarization and thresholds only pick pairs from them (one pairs folder per setting inside).
+    data_key = sha256_text(
+        generate_mod.candidate_settings(gen),
+        str(gen.preference_data),
+        source.sha256,
+        generate_mod.code_version(),
+        str(config.runtime.seed),
+        *(m.sha256 for m in models if m is not None),
+    )[:16]
+    pairs, report = _timed(
+        seconds,
+        "generate",
+        generate,
+        gen,
+        source,
+        models,
+        root / "datasets" / data_key,
+        config.runtime.seed,
+        config.runtime.ray_address,
+    )
+    return pairs, report, data_key
+
+
 def prepare_data(config: PipelineConfig, root: Path, seconds: dict[str, float]) -> PreparedData:
     """Stages 1 and 2 (base model, generate, validate); raises GateFailed when the data is not fit to train on.
 
@@ -296,30 +402,7 @@ def prepare_data(config: PipelineConfig, root: Path, seconds: dict[str, float]) 
     base = _timed(
         seconds, "base_model", base_model, config.training.model_name_or_path, config.training, root / "models"
     )
-    generator_models = [
-        base if g.model == config.training.model_name_or_path else base_model(g.model, config.training, root / "models")
-        for g in config.generation.generators
-    ]
-    prompts_file = prompts_path(config.generation.prompts)
-    prompts = Ref(uri=prompts_file.resolve().as_uri(), sha256=sha256_file(prompts_file))
-    # The dataset's key is the content of everything that shapes it; `generate` is cached on it.
-    data_key = sha256_text(
-        config.generation.model_dump_json(),
-        prompts.sha256,
-        generate_mod.code_version(),
-        str(config.runtime.seed),
-        *(m.sha256 for m in generator_models),
-    )[:16]
-    pairs, gen_report = _timed(
-        seconds,
-        "generate",
-        generate,
-        config.generation,
-        prompts,
-        generator_models,
-        root / "datasets" / data_key,
-        config.runtime.seed,
-    )
+    pairs, gen_report, data_key = generate_data(config, root, base, seconds)
 
     report = _timed(
         seconds,
@@ -345,7 +428,18 @@ def prepare_data(config: PipelineConfig, root: Path, seconds: dict[str, float]) 
     return PreparedData(base, pairs, gen_report, report, train_ref, test_ref)
 
 
-@flow(name="alignment", description="Generate, validate, train (DPO/ORPO on Ray), evaluate and register a model.")
+def _config_from_parameters(parameters: dict) -> PipelineConfig:
+    return PipelineConfig.model_validate(parameters["config"])
+
+
+# A failed or crashed run POSTs to runtime.notify_webhook (flows/notify.py); the MLflow run is
+# marked FAILED by the flow itself (the except below), before the hook runs.
+@flow(
+    name="alignment",
+    description="Generate, validate, train (DPO/ORPO on Ray), evaluate and register a model.",
+    on_failure=[failure_hook(_config_from_parameters)],
+    on_crashed=[failure_hook(_config_from_parameters)],
+)
 def alignment(config: PipelineConfig) -> dict:
     """One alignment run, from prompts to a registered model version."""
     logger = get_run_logger()
@@ -405,6 +499,8 @@ def alignment(config: PipelineConfig) -> dict:
             {
                 "generate": pairs.path.parent / "report.json",
                 "generate/pipeline": pairs.path.parent / "pipeline.yaml",
+                "generate/lineage": pairs.path.parent / "lineage.json",  # content hash + pipeline hash
+                "generate/failed": pairs.path.parent / "failed_rows.jsonl",
                 "validate": Path(report["files"]["report"]),
                 "validate/quarantine": Path(report["files"]["quarantine"]),
                 "validate/summary": Path(report["files"]["summary"]),
@@ -473,7 +569,7 @@ def alignment(config: PipelineConfig) -> dict:
             str(evaluated_against.version) if evaluated_against else None,
         )
         metrics["samples"] = _samples_artifact(tracking, run_id, win, config.evaluation.samples)
-        _evaluation_artifact(metrics, outcome, run_id)
+        _evaluation_artifact(metrics, outcome, run_id, config, tracking)
         register_mod.log_metrics(tracking, run_id, {f"seconds/{k}": v for k, v in seconds.items()})
     except BaseException:
         register_mod.end_run(tracking, run_id, "FAILED")

@@ -1,10 +1,13 @@
 """The `alignflow` command.
 
     alignflow run [--config FILE] [key.path=value ...]
+    alignflow compare [--config FILE] [key.path=value ...]   recipes side by side (default conf/compare.yaml)
     alignflow validate DATA [--config FILE] [--report OUT.json] [--out DIR] [--no-tokenizer] [key.path=value ...]
     alignflow promote NAME VERSION --reason TEXT     make a version the champion
     alignflow rollback NAME [--reason TEXT]          back to the previous champion
     alignflow history NAME [--json]                  the champions, oldest first
+    alignflow serve [--prefect-port P] [key.path=value ...]   local Prefect server + UI, deployments, worker, MLflow UI
+    alignflow deploy [--profile NAME] [key.path=value ...]    the deployments on $PREFECT_API_URL
 
 Exit codes: 0 the run completed (promoted or not), 1 the run stopped at a gate or a stage
 failed (promote/rollback: refused, e.g. unknown version or nothing to roll back to),
@@ -22,9 +25,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from conf.loader import ConfigError, load_config
+from conf.loader import DEFAULT_PROFILE, ConfigError, load_config
 from conf.schema import PipelineConfig
 
 app = typer.Typer(
@@ -44,8 +48,19 @@ def _load(config: Path | None, overrides: list[str]) -> PipelineConfig:
     try:
         return load_config(config, overrides)
     except ConfigError as exc:
-        console.print(f"[red]config error[/red] {exc}")
+        console.print(f"[red]config error[/red] {escape(str(exc))}")  # not markup: keys like orpo[beta=0]
         console.print("Fix the key above (see conf/pipeline.yaml for every knob), then run again.")
+        raise typer.Exit(2) from None
+
+
+def _check_api_keys(cfg: PipelineConfig) -> None:
+    """An endpoint's key variable that is not set: exit 2, naming the key, before anything starts."""
+    from tasks.endpoints import MissingApiKey, check_api_keys
+
+    try:
+        check_api_keys(cfg.generation)
+    except MissingApiKey as exc:
+        console.print(f"[red]config error[/red] {exc}")
         raise typer.Exit(2) from None
 
 
@@ -58,6 +73,7 @@ def run(
 ) -> None:
     """Run the whole pipeline as one Prefect flow."""
     cfg = _load(config, overrides or [])
+    _check_api_keys(cfg)
     from tasks.state import configure_environment
 
     root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported
@@ -102,6 +118,86 @@ def _print_summary(result: dict, wall: float, root: Path) -> None:
     console.print(
         f"done in {wall:.0f}s ({stages}). MLflow run {result['mlflow_run_id']}; look at it with:\n"
         f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
+    )
+
+
+COMPARE_PROFILE = DEFAULT_PROFILE.with_name("compare.yaml")  # shipped with conf/ like pipeline.yaml
+
+
+@app.command()
+def compare(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="key.path=value overrides, e.g. comparison.recipes.orpo.grid.beta=[0.05,0.2]"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML profile with comparison.recipes (default: conf/compare.yaml)."),
+    ] = None,
+) -> None:
+    """Train several recipes on one validated dataset and compare them (exit 1 when none completed)."""
+    cfg = _load(config or COMPARE_PROFILE, overrides or [])
+    from conf.schema import expand_recipes
+
+    recipes = expand_recipes(cfg.comparison.recipes)
+    if not recipes:
+        console.print(f"[red]config error[/red] {config or COMPARE_PROFILE}: comparison.recipes: no recipes to compare")
+        console.print("Declare them under comparison.recipes (see conf/compare.yaml), then run again.")
+        raise typer.Exit(2)
+    from tasks.state import configure_environment
+
+    root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported
+    console.print(
+        f"[bold]alignflow compare[/bold] {cfg.name}: {len(recipes)} recipes ({escape(', '.join(r.name for r in recipes))}), "
+        f"{cfg.comparison.max_parallel} at a time, state={root}"
+    )
+    started = time.perf_counter()
+    from flows.alignment import GateFailed
+    from flows.compare import compare as compare_flow
+
+    try:
+        result = compare_flow(cfg)
+    except GateFailed as exc:
+        console.print(f"[yellow]stopped at a gate[/yellow]: {exc}")
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        console.print(f"[red]comparison failed[/red]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+    _print_comparison(result, time.perf_counter() - started, root)
+    if result["best"] is None:
+        raise typer.Exit(1)
+
+
+def _print_comparison(result: dict, wall: float, root: Path) -> None:
+    from tasks.compare import COST_COLUMNS, HEADERS, QUALITY_COLUMNS
+
+    def cell(value) -> str:
+        return escape("-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
+
+    # Two narrow tables read better in a terminal than one of 17 columns (the full table is in MLflow), and
+    # at least 140 characters wide so that recipe names are never cut, in a log file too.
+    best = result["best"]
+    titles = (f"held-out quality (best by {result['metric']}: {best})", "training cost (measured on the workers)")
+    for title, columns in zip(titles, (QUALITY_COLUMNS, COST_COLUMNS), strict=True):
+        table = Table(title=escape(title))
+        for column in columns:
+            left, header = column in ("recipe", "status", "stages"), HEADERS.get(column, column)
+            table.add_column(header, justify="left" if left else "right", no_wrap=left, min_width=len(header))
+        for row in result["recipes"]:
+            table.add_row(*(cell(row[c]) for c in columns), style="bold" if row["recipe"] == best else None)
+        Console(stderr=True, width=max(console.width, 140)).print(table)
+    for row in result["recipes"]:
+        if row["status"] == "failed" or " -> " in row["stages"]:
+            console.print(f"  {escape(row['recipe'])}: {escape(row['detail'] or '')}")
+    reg = result["registry"]
+    if reg:
+        verdict = "[green]promoted to champion[/green]" if reg["promoted"] else "[yellow]not promoted[/yellow]"
+        console.print(
+            f"{escape(result['best'])} -> {reg['model']} version {reg['version']}: {verdict} ({reg['reason']})"
+        )
+    console.print(
+        f"done in {wall:.0f}s. MLflow parent run {result['mlflow_run_id']} (one child run per recipe); "
+        f"curves: {result['curves']}\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
     )
 
 
@@ -176,6 +272,10 @@ def validate(
 from flows.registry_cli import add_commands  # noqa: E402  (promote, rollback, history)
 
 add_commands(app)
+
+from flows.serve import add_commands as add_serve_commands  # noqa: E402  (serve, deploy)
+
+add_serve_commands(app)
 
 
 def main() -> None:

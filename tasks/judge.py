@@ -182,3 +182,33 @@ def score(prompt: str, response: str, reference: str = "") -> float:
 def rating(value: float) -> int:
     """UltraFeedback-style 1-5 rating of a score in [0, 1]."""
     return 1 + min(4, int(value * 5))
+
+
+# --- the UltraFeedback LLM judge's answers -----------------------------------------------------
+
+_RATING = re.compile(r"Rating\s*:\s*\**\s*\[?\s*(\d+)")
+
+
+def valid_ratings(ratings: object, n: int) -> list[int] | None:
+    """`ratings` when it is exactly n integer ratings in 1-5, else None."""
+    if not isinstance(ratings, list | tuple) or len(ratings) != n:
+        return None
+    if not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 5 for r in ratings):
+        return None
+    return [int(r) for r in ratings]
+
+
+def parse_ultrafeedback(text: str | None, n: int) -> list[int] | None:
+    """The n ratings in an UltraFeedback-style answer ("Rating: 4" once per text, in order), or None.
+
+    A fallback for answers distilabel's stricter parser rejects (a preamble, markdown bold, a
+    missing blank line between texts); any other count than n, or a rating outside 1-5, is None.
+    """
+    if not text:
+        return None
+    return valid_ratings([int(m) for m in _RATING.findall(text)], n)
+
+
+def rating_to_score(value: int) -> float:
+    """An UltraFeedback rating 1-5 on the offline judge's [0, 1] scale (one step = 0.25)."""
+    return (value - 1) / 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -130,3 +132,53 @@ def test_generator_labels_one_per_generation(counts):
     assert len(labels) == sum(counts)
     expected_prefixes = [f"g{i}:m{i}@" for i, n in enumerate(counts) for _ in range(n)]
     assert all(label.startswith(prefix) for label, prefix in zip(labels, expected_prefixes))
+
+
+def test_equal_scores_never_pair_even_with_zero_margin():
+    assert binarize(["one", "two"], [0.5, 0.5], labels_for(2), 0.0) == (None, "tie")
+    pair, reason = binarize(["one", "two", "three"], [0.5, 0.5, 0.2], labels_for(3), 0.0)
+    assert reason == "pair" and pair["score_rejected"] == 0.2
+
+
+def test_best_vs_random_lower_picks_a_seeded_candidate_below_the_margin():
+    candidates = ["best", "close", "lower", "lowest"]
+    scores = [0.9, 0.85, 0.5, 0.1]
+    picked = set()
+    for seed in range(30):
+        pair, reason = binarize(candidates, scores, labels_for(4), 0.2, "best_vs_random_lower", random.Random(seed))
+        assert reason == "pair" and pair["chosen"] == "best"
+        picked.add(pair["rejected"])
+        again, _ = binarize(candidates, scores, labels_for(4), 0.2, "best_vs_random_lower", random.Random(seed))
+        assert again == pair  # the same seed, the same pair
+    assert picked == {"lower", "lowest"}  # "close" is within the margin: never the rejected one
+
+
+def test_best_vs_random_lower_counts_ties_and_identical_like_best_vs_worst():
+    rng = random.Random(0)
+    assert binarize(["a", "b"], [0.5, 0.45], labels_for(2), 0.1, "best_vs_random_lower", rng) == (None, "tie")
+    assert binarize(["a b", "a  b"], [0.9, 0.1], labels_for(2), 0.1, "best_vs_random_lower", rng) == (None, "identical")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=scored_candidates(), min_margin=st.floats(0.0, 1.0, allow_nan=False), seed=st.integers(0, 10))
+def test_random_lower_never_pairs_a_candidate_with_itself_or_within_the_margin(data, min_margin, seed):
+    candidates, scores = data
+    pair, reason = binarize(
+        candidates, scores, labels_for(len(candidates)), min_margin, "best_vs_random_lower", random.Random(seed)
+    )
+    worst_pair, worst_reason = binarize(candidates, scores, labels_for(len(candidates)), min_margin)
+    assert reason == worst_reason  # both strategies agree on whether a prompt makes a pair
+    if pair:
+        assert _norm(pair["chosen"]) != _norm(pair["rejected"])
+        assert pair["score_chosen"] - pair["score_rejected"] >= min_margin
+        assert pair["score_chosen"] > pair["score_rejected"]
+        assert pair["chosen"] == worst_pair["chosen"]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_unknown_strategy_raises():
+    with pytest.raises(ValueError, match="binarization"):
+        binarize(["a", "b"], [0.9, 0.1], labels_for(2), 0.1, "best_vs_median")

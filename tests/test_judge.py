@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.judge import rating, score
+from tasks.judge import parse_ultrafeedback, rating, rating_to_score, score, valid_ratings
 from tasks.prompts import load_prompts
 
 PROMPT = "Why is the sky blue on a clear sunny day?"
@@ -104,3 +104,39 @@ def test_rating_maps_to_one_to_five_monotonically():
 )
 def test_rating_bands(value, expected):
     assert rating(value) == expected
+
+
+# --- the UltraFeedback LLM judge's answers -----------------------------------------------------
+
+UF_ANSWER = (
+    "#### Output for Text 1\nRating: 4\nRationale: accurate.\n\n"
+    "#### Output for Text 2\nRating: 2\nRationale: vague.\n\n"
+    "#### Output for Text 3\nRating: 5\nRationale: complete."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "n", "expected"),
+    [
+        (UF_ANSWER, 3, [4, 2, 5]),
+        ("Sure! Here are my ratings.\n" + UF_ANSWER.replace("\n\n", "\n"), 3, [4, 2, 5]),  # preamble, no blank lines
+        ("Rating: **3**\nRationale: ok\nRating: [1]\nRationale: bad", 2, [3, 1]),  # markdown bold, brackets
+        (UF_ANSWER, 2, None),  # more ratings than texts
+        (UF_ANSWER, 4, None),  # fewer
+        ("Rating: 6\nRationale: ?\n\nRating: 0\nRationale: ?", 2, None),  # outside 1-5
+        ("I cannot grade these texts.", 2, None),
+        ("", 2, None),
+        (None, 2, None),
+    ],
+)
+def test_parse_ultrafeedback(text, n, expected):
+    assert parse_ultrafeedback(text, n) == expected
+
+
+def test_valid_ratings_and_scale():
+    assert valid_ratings([1, 5], 2) == [1, 5]
+    assert (
+        valid_ratings([1, None], 2) is None and valid_ratings([True, 2], 2) is None and valid_ratings(None, 1) is None
+    )
+    assert [rating_to_score(r) for r in range(1, 6)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [rating(rating_to_score(r)) for r in range(1, 6)] == [1, 2, 3, 4, 5]  # the two scales agree

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conf.schema import BUILTIN_PROMPTS
-from tasks.prompts import SHIPPED_PROMPTS, load_prompts, prompts_path
+from tasks.prompts import SHIPPED_PROMPTS, load_prompts, prompts_path, source_sha256
 
 
 def test_shipped_set_is_large_unique_and_has_references():
@@ -93,3 +93,64 @@ def test_empty_file_raises(tmp_path):
     path.write_text("\n\n")
     with pytest.raises(ValueError, match="no prompts"):
         load_prompts(str(path))
+
+
+QUESTIONS = [
+    {"question": "What is rain?", "answer": "Water falling from clouds.", "id": "a"},
+    {"question": "  Why do cats purr?  ", "answer": None, "id": "b"},
+]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "dataset", "datasetdict", "jsonl"])
+def test_table_and_dataset_sources_with_a_configured_column(tmp_path, kind):
+    import datasets
+    import pandas as pd
+
+    path = tmp_path / f"prompts.{kind}"
+    if kind == "parquet":
+        pd.DataFrame(QUESTIONS).to_parquet(path)
+    elif kind == "csv":
+        pd.DataFrame(QUESTIONS).to_csv(path, index=False)
+    elif kind == "dataset":
+        datasets.Dataset.from_list(QUESTIONS).save_to_disk(str(path))
+    elif kind == "datasetdict":
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(QUESTIONS)}).save_to_disk(str(path))
+    else:
+        write_jsonl(path, [json.dumps(q) for q in QUESTIONS])
+    rows = load_prompts(str(path), column="question", reference_column="answer")
+    assert rows == [
+        {"id": "a", "prompt": "What is rain?", "reference": "Water falling from clouds."},
+        {"id": "b", "prompt": "Why do cats purr?", "reference": ""},
+    ]
+    assert source_sha256(path) == source_sha256(path) and len(source_sha256(path)) == 64
+
+
+def test_missing_column_names_the_columns_and_the_key(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "prompts.parquet"
+    pd.DataFrame(QUESTIONS).to_parquet(path)
+    with pytest.raises(ValueError, match="generation.prompt_column") as info:
+        load_prompts(str(path))
+    assert "no column 'prompt'" in str(info.value) and "question" in str(info.value)
+
+
+def test_empty_prompt_in_a_table_names_the_row(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "prompts.csv"
+    pd.DataFrame({"prompt": ["fine", " "], "id": ["x", "y"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"row 1: needs a non-empty string `prompt`"):
+        load_prompts(str(path))
+
+
+def test_source_hash_tracks_a_folder_content(tmp_path):
+    import datasets
+
+    path = tmp_path / "ds"
+    datasets.Dataset.from_list(QUESTIONS).save_to_disk(str(path))
+    before = source_sha256(path)
+    datasets.Dataset.from_list(QUESTIONS[:1]).save_to_disk(str(tmp_path / "other"))
+    assert source_sha256(tmp_path / "other") != before
+    with pytest.raises(FileNotFoundError):
+        source_sha256(tmp_path / "nope")
