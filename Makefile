@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint install clean-state
+.PHONY: run serve test lint install clean-state
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP)
 
 run: $(STAMP)  ## the whole pipeline on the embedded default (offline, CPU); extra overrides: make run ARGS="training.method=orpo"
 	$(BIN)/alignflow run --config conf/pipeline.yaml $(ARGS)
+
+serve: $(STAMP)  ## Prefect server + UI, the deployments and a worker, the MLflow UI on 127.0.0.1 (Ctrl-C stops them); deployment defaults: make serve ARGS="training.max_steps=20"
+	$(BIN)/alignflow serve $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest
