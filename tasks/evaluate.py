@@ -15,6 +15,7 @@ that is the bar a trained model must clear.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -22,14 +23,21 @@ import pandas as pd
 METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "chosen_nll")
 
 
+# from_pretrained swaps module-level functions while it loads (torch's init functions, tie_weights, the
+# default dtype) and puts them back after: two loads in threads of one process, as when a comparison
+# evaluates recipes side by side, can restore each other's stand-ins and leave tied weights on the meta device.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_causal_lm(path: str | Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    with _LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
     return model, tokenizer
 

@@ -53,6 +53,47 @@ def start_run(
     return run.info.run_id
 
 
+def start_child_run(
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str,
+    run_name: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    artifact_location: str | None = None,
+) -> str:
+    """A run nested under `parent_run_id` (MLflow's `mlflow.parentRunId` tag: the UI shows it under the parent)."""
+    return start_run(
+        tracking_uri, experiment, run_name, params, {**tags, "mlflow.parentRunId": parent_run_id}, artifact_location
+    )
+
+
+def child_runs(tracking_uri: str, parent_run_id: str) -> list:
+    """The runs nested under `parent_run_id`, oldest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    found = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000
+    )
+    return sorted(found, key=lambda r: r.info.start_time)
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def run_status(tracking_uri: str, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri).get_run(run_id).info.status
+
+
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     from mlflow import MlflowClient
 

@@ -1,10 +1,12 @@
-"""Stage 3, train: TRL DPO, ORPO, CPO or SimPO on every Ray Train worker.
+"""Stage 3, train: TRL DPO, ORPO, CPO or SimPO on every Ray Train worker, optionally after SFT.
 
 `build_trainer` is the recipe (model, data, TRL config, optional LoRA) and runs the same
 inside Ray or in a plain process (the Ray-overhead benchmark uses both). `train_loop` is
 what each Ray Train worker runs: build, resume from Ray's latest checkpoint if there is one,
-train, hand the final model back as a Ray checkpoint. `train_model` is the driver: it starts
-(or joins) Ray and runs the TorchTrainer with the scaling, storage and failure settings.
+train, hand the final model back as a Ray checkpoint, with what it cost (tasks/cost.py).
+`train_model` is the driver of one stage: it starts (or joins) Ray and runs the TorchTrainer
+with the scaling, storage and failure settings. `train_stages` runs the optional SFT stage
+(tasks/sft.py) and then the preference stage from its model.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 from conf.schema import TrainingConfig
+from tasks import cost
 from tasks.state import Ref, sha256_text, sha256_tree
 
 # TrainingConfig keys that are TRL/transformers fields, passed through under their own names.
@@ -47,6 +50,15 @@ def trl_classes(method: str):
     from trl.experimental.cpo import CPOConfig, CPOTrainer  # cpo and simpo
 
     return CPOConfig, CPOTrainer
+
+
+def preload_trainers(trainings: list[TrainingConfig]) -> None:
+    """Import the TRL classes these trainings use, once, in the calling thread: `trl` imports lazily, and
+    threads importing it for the first time at once (recipes of a comparison) can see half-built modules."""
+    for training in trainings:
+        trl_classes(training.method)
+        if training.sft.enabled:
+            from trl import SFTConfig, SFTTrainer  # noqa: F401
 
 
 def _requested(training: TrainingConfig) -> dict:
@@ -118,12 +130,18 @@ def effective_config(training: TrainingConfig) -> dict:
             f"LoRA r={training.lora_r} alpha={training.lora_alpha} on {training.lora_target_modules}; "
             "adapters are merged into the saved model"
         )
-    return {
+    effective = {
         "method": training.method,
         "trainer": trainer_class.__name__,
         "effective": {k: getattr(args, k) for k in REPORTED if hasattr(args, k)},
         "notes": notes,
     }
+    if training.sft.enabled:
+        from tasks import sft
+
+        effective["sft"] = sft.effective_config(training)
+        notes.extend(effective["sft"]["notes"])
+    return effective
 
 
 def to_conversational(example: dict) -> dict:
@@ -135,7 +153,7 @@ def to_conversational(example: dict) -> dict:
     }
 
 
-def _peft_config(training: TrainingConfig):
+def peft_config(training: TrainingConfig):
     if not training.use_peft:
         return None
     from peft import LoraConfig
@@ -149,7 +167,7 @@ def _peft_config(training: TrainingConfig):
     )
 
 
-def _load_model(training: TrainingConfig, model_path: str):
+def load_model(training: TrainingConfig, model_path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -222,12 +240,12 @@ def build_trainer(
     data = data.map(to_conversational, remove_columns=data.column_names)
     args, _ = trl_args(training, config_class, output_dir, training.scaling.use_gpu)
     trainer = trainer_class(
-        model=_load_model(training, model_path),
+        model=load_model(training, model_path),
         args=args,
         train_dataset=data,
         processing_class=tokenizer,
         callbacks=list(callbacks),
-        peft_config=_peft_config(training),
+        peft_config=peft_config(training),
     )
     return trainer, tokenizer
 
@@ -242,7 +260,7 @@ def save_final(trainer, tokenizer, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def _callbacks(rank: int, tracking_uri: str, run_id: str | None):
+def _callbacks(rank: int, tracking_uri: str, run_id: str | None, prefix: str = "train"):
     from transformers import TrainerCallback
 
     class RayCheckpointCallback(TrainerCallback):
@@ -279,13 +297,13 @@ def _callbacks(rank: int, tracking_uri: str, run_id: str | None):
             from mlflow.entities import Metric
 
             now = time.perf_counter()
-            values = {f"train/{k}": float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            values = {f"{prefix}/{k}": float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
             tokens = (logs or {}).get("num_tokens")
             if tokens is not None and self.last_tokens is not None and now > self.last_time:
-                values["train/tokens_per_s"] = (float(tokens) - self.last_tokens) / (now - self.last_time)
+                values[f"{prefix}/tokens_per_s"] = (float(tokens) - self.last_tokens) / (now - self.last_time)
             if tokens is not None:
                 self.last_tokens, self.last_time = float(tokens), now
-            values["train/elapsed_s"] = now - self.started
+            values[f"{prefix}/elapsed_s"] = now - self.started
             stamp = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, state.global_step) for k, v in values.items()])
 
@@ -334,14 +352,24 @@ def train_loop(loop: dict) -> None:
             ray.train.report(done, checkpoint=checkpoint if rank == 0 else None)
             return
 
-    trainer, tokenizer = build_trainer(
-        training, loop["model_path"], loop["train_path"], str(scratch),
-        callbacks=_callbacks(rank, loop["tracking_uri"], loop["run_id"]),
-        reference_cache=Path(loop["reference_cache"]) if loop.get("reference_cache") else None,
-    )  # fmt: skip
+    stage = loop.get("stage", "preference")
+    callbacks = _callbacks(rank, loop["tracking_uri"], loop["run_id"], "sft" if stage == "sft" else "train")
+    if stage == "sft":
+        from tasks.sft import build_sft_trainer
+
+        trainer, tokenizer = build_sft_trainer(training, loop["model_path"], loop["train_path"], str(scratch),
+                                               callbacks=callbacks)  # fmt: skip
+    else:
+        trainer, tokenizer = build_trainer(
+            training, loop["model_path"], loop["train_path"], str(scratch), callbacks=callbacks,
+            reference_cache=Path(loop["reference_cache"]) if loop.get("reference_cache") else None,
+        )  # fmt: skip
     if rank != 0:
         trainer.args.disable_tqdm = True
+    counts = cost.watch(trainer)
     result = trainer.train(resume_from_checkpoint=resume_from)
+    # A collective: every rank takes part, before rank 0 saves and reports.
+    usage = cost.gather(cost.worker_usage(counts))
 
     metrics = {"step": trainer.state.global_step, "train_loss": float(result.training_loss or 0.0),
                "resumed_from_step": _step_of(resume_from),
@@ -351,7 +379,8 @@ def train_loop(loop: dict) -> None:
     if rank == 0:
         final_root = Path(tempfile.mkdtemp(dir=scratch))
         save_final(trainer, tokenizer, final_root / FINAL_MODEL_DIR)
-        (final_root / "result.json").write_text(json.dumps(metrics))
+        steps_run = trainer.state.global_step - metrics["resumed_from_step"]
+        (final_root / "result.json").write_text(json.dumps({**metrics, "cost": cost.stage_cost(usage, steps_run)}))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(final_root))
     else:
         ray.train.report(metrics)
@@ -392,6 +421,13 @@ FORWARDED_ENV = (
 )  # fmt: skip
 
 
+def start_ray(address: str | None) -> None:
+    """Start (or join) Ray with the state directory's environment forwarded to its workers; idempotent.
+
+    The comparison flow calls it once before recipes train from several threads."""
+    ensure_ray(address, {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+
+
 def run_name_for(storage_path: str, base: str) -> str:
     """The Ray run name for a training of this content (config, model, data).
 
@@ -427,8 +463,11 @@ def train_model(
     tracking_uri: str,
     mlflow_run_id: str | None,
     ray_address: str | None = None,
+    stage: str = "preference",
 ) -> tuple[Ref, dict]:
     """Run TorchTrainer; the final model's Ref (in Ray storage) and the run's summary.
+
+    `stage` is "preference" (training.method) or "sft" (training.sft, tasks/sft.py).
 
     The same (storage_path, run_name) resumes from that run's latest checkpoint, which is
     how a re-run of a failed flow run continues instead of starting over.
@@ -437,7 +476,7 @@ def train_model(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ensure_ray(ray_address, {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    start_ray(ray_address)
     scaling = training.scaling
     home = Path(os.environ.get("ALIGNFLOW_HOME", ".alignflow"))
     # Reference log-probs depend on the data, the reference model (its folder holds the
@@ -454,6 +493,7 @@ def train_model(
             "tracking_uri": tracking_uri,
             "run_id": mlflow_run_id,
             "reference_cache": str(home / "ref_logps" / reference_key),
+            "stage": stage,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -495,6 +535,58 @@ def train_model(
         "num_workers": scaling.num_workers,
         "checkpoint": result.checkpoint.path,
         "run_name": run_name,
+        "stage": "sft" if stage == "sft" else training.method,
+        "started_from": str(model_path),
+        "cost": done.get("cost", {}),
+        "model": ref.model_dump(),
     }
     _mark_done(storage_path, run_name, summary)
     return ref, summary
+
+
+def finished_stage(storage_path: str, run_name: str) -> tuple[Ref, dict] | None:
+    """The model and summary of a finished stage run whose model is still there, else None."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(storage_path)
+    marker = f"{root.rstrip('/')}/{run_name}/{DONE_MARKER}"
+    if not fs.exists(marker):
+        return None
+    with fs.open(marker) as fh:
+        summary = json.loads(fh.read())
+    if "model" not in summary:
+        return None
+    ref = Ref(**summary["model"])
+    return (ref, summary) if ref.path.is_dir() else None
+
+
+def train_stages(
+    training: TrainingConfig,
+    model: Ref,
+    train_data: Ref,
+    storage_path: str,
+    run_name: str,
+    tracking_uri: str,
+    mlflow_run_id: str | None,
+    ray_address: str | None = None,
+) -> tuple[Ref, dict]:
+    """The optional SFT stage, then the preference stage from its model; the final model and a summary.
+
+    The SFT stage is its own Ray run, `<run_name>-sft`: a re-run whose SFT had finished (the preference
+    stage failed or was killed) reuses that model instead of training it again. The summary is the
+    preference stage's, with `stages` (each stage's summary and cost) and wall time over both.
+    """
+    stages: dict[str, dict] = {}
+    if training.sft.enabled:
+        finished = finished_stage(storage_path, f"{run_name}-sft")
+        if finished:
+            model, stages["sft"] = finished[0], {**finished[1], "reused": True}
+        else:
+            model, stages["sft"] = train_model(training, model.loadable, train_data, storage_path,
+                                               f"{run_name}-sft", tracking_uri, mlflow_run_id, ray_address,
+                                               stage="sft")  # fmt: skip
+    ref, summary = train_model(training, model.loadable, train_data, storage_path, run_name, tracking_uri,
+                               mlflow_run_id, ray_address)  # fmt: skip
+    stages[summary["stage"]] = summary
+    wall = sum(s["wall_s"] for s in stages.values() if not s.get("reused"))
+    return ref, {**summary, "stages": stages, "wall_s": round(wall, 1)}

@@ -1,0 +1,84 @@
+"""The comparison flow end to end on the small config: SFT -> DPO, ORPO and DPO side by side on Ray,
+one table with every column filled, nested MLflow runs, the best through the gate, a failing recipe
+that does not sink the others."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import small_config
+
+from tasks.compare import COLUMNS
+from tasks.state import tracking_uri
+
+NAME = "test-compare"
+RECIPES = [
+    "comparison.max_parallel=4",
+    "training.scaling.num_workers=1",
+    "training.scaling.resources_per_worker={CPU: 0.5}",  # four recipes side by side on two cores
+    "training.loss_type=[sigmoid]",
+    "comparison.recipes.sft-dpo.method=dpo",
+    "comparison.recipes.sft-dpo.sft.enabled=true",
+    "comparison.recipes.sft-dpo.sft.max_steps=2",
+    "comparison.recipes.orpo.method=orpo",
+    "comparison.recipes.dpo.method=dpo",
+    # Valid as far as the schema knows, refused by transformers when the worker builds the trainer.
+    "comparison.recipes.broken.lr_scheduler_type=no-such-schedule",
+    "evaluation.win_rate_prompts=4",
+    "evaluation.max_new_tokens=8",
+    f"registry.model_name={NAME}",
+]
+
+
+@pytest.fixture(scope="module")
+def compared(prefect_harness, ray_session):
+    from flows.compare import compare
+
+    return compare(small_config(*RECIPES))
+
+
+def test_three_recipes_fill_every_column(compared):
+    rows = {r["recipe"]: r for r in compared["recipes"]}
+    assert list(rows) == ["sft-dpo", "orpo", "dpo", "broken"]
+    for name in ("sft-dpo", "orpo", "dpo"):
+        row = rows[name]
+        assert row["status"] == "completed", row
+        assert list(row) == list(COLUMNS)
+        assert all(row[c] is not None for c in COLUMNS if c != "detail"), row
+        assert row["wall_s"] > 0 and row["compute_s"] > 0 and row["peak_mem_mb"] > 0
+        assert 0.0 <= row["preference_accuracy"] <= 1.0 and 0.0 <= row["win_rate"] <= 1.0
+        assert row["win_rate_vs"] == "base"  # no champion of this model yet
+    # Measured with forward hooks: DPO runs policy and reference over chosen and rejected, ORPO the policy
+    # only, the SFT stage one sequence per example on top.
+    assert rows["dpo"]["forward_passes_per_example"] == 4.0 and rows["dpo"]["forward_calls_per_step"] == 2.0
+    assert rows["orpo"]["forward_passes_per_example"] == 2.0 and rows["orpo"]["forward_calls_per_step"] == 1.0
+    assert rows["sft-dpo"]["forward_passes_per_example"] == 5.0
+    assert rows["sft-dpo"]["stages"] == "sft -> dpo" and rows["sft-dpo"]["steps"] == 4
+    assert compared["curves"] and compared["best"] in ("sft-dpo", "orpo", "dpo")
+
+
+def test_failing_recipe_is_marked_failed_with_its_reason(compared):
+    broken = next(r for r in compared["recipes"] if r["recipe"] == "broken")
+    assert broken["status"] == "failed"
+    assert "no-such-schedule" in broken["detail"] and broken["detail"].startswith("train:")
+    assert broken["preference_accuracy"] is None
+
+
+def test_nested_runs_and_only_the_best_is_registered(compared):
+    from mlflow import MlflowClient
+
+    from tasks.register import child_runs
+
+    uri = tracking_uri(small_config())
+    client = MlflowClient(uri)
+    parent = client.get_run(compared["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["compare.best_recipe"] == compared["best"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert {"compare/table.json", "compare/curves.png"} <= artifacts
+    children = {r.data.tags["recipe"]: r for r in child_runs(uri, parent.info.run_id)}
+    assert set(children) == {"sft-dpo", "orpo", "dpo", "broken"}
+    assert children["broken"].info.status == "FAILED" and "no-such-schedule" in children["broken"].data.tags[
+        "failure_reason"]  # fmt: skip
+    assert "sft/loss" in children["sft-dpo"].data.metrics and "eval/preference_accuracy" in children["dpo"].data.metrics
+    versions = client.search_model_versions(f"name = '{NAME}'")
+    assert [v.run_id for v in versions] == [compared["children"][compared["best"]]]
+    assert compared["registry"]["promoted"]  # the first model of its name: no champion to beat
