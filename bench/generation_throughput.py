@@ -104,9 +104,16 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="first N shipped prompts (default: all)")
     parser.add_argument("--home", type=Path, default=None, help="state directory (default: a temporary one)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each side counts")
+    parser.add_argument("--tag", default="", help="results go to generation_throughput-TAG.json")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key.path=value config overrides, e.g. a bigger offline model: training.tiny_model.hidden_size=512",
+    )
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="alignflow-genbench-"))
     overrides = [f"runtime.home={home}"] + ([f"generation.max_prompts={args.prompts}"] if args.prompts else [])
+    overrides += args.overrides
     cfg = load_config(ROOT / "conf" / "pipeline.yaml", overrides)
     configure_environment(cfg)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -144,6 +151,7 @@ def main() -> None:
     torch_threads, stage_threads = torch.get_num_threads(), cpu_threads_each(cfg.generation.generators)
     summary = {
         "model": "builtin:tiny-llama (conf/pipeline.yaml)",
+        "overrides": args.overrides,
         "prompts": len(rows),
         "generators": [
             g.model_dump(include={"temperature", "max_new_tokens", "num_generations"})
@@ -162,14 +170,15 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU (shared, noisy)",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2))
+    results_file = RESULTS.with_name(f"{RESULTS.stem}-{args.tag}.json") if args.tag else RESULTS
+    results_file.write_text(json.dumps(summary, indent=2))
     print("\n| setup | responses | tokens | wall s | generate s | responses/s (wall) | responses/s (generate) "
           "| tokens/s (generate) |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for name, r in results.items():
         print(f"| {name} | {r['responses']} | {r['tokens']:,} | {r['wall_s']} | {r['generate_s']} "
               f"| {r['responses_per_s_wall']} | {r['responses_per_s_generate']} | {r['tokens_per_s_generate']:,} |")  # fmt: skip
     print(f"\ndistilabel / direct, responses/s: {summary['ratio_generate']} over generation, "
-          f"{summary['ratio_wall']} over the whole wall (target >= 0.8). Wrote {RESULTS}")  # fmt: skip
+          f"{summary['ratio_wall']} over the whole wall (target >= 0.8). Wrote {results_file}")  # fmt: skip
 
 
 if __name__ == "__main__":
