@@ -140,9 +140,7 @@ def train(
     """Train on Ray; report the effective TRL config first and the training curves after."""
     logger = get_run_logger()
     # Named by content, so a re-run after a crash or a kill resumes from the last checkpoint.
-    ray_run = train_mod.run_name_for(
-        storage, f"{run_name}-{sha256_text(training.model_dump_json(), model.sha256, train_data.sha256)[:12]}"
-    )
+    ray_run = train_mod.content_run_name(storage, run_name, training, model, train_data)
     effective = train_mod.effective_config(training)
     for note in effective["notes"]:
         logger.warning("effective config: %s", note)

@@ -35,7 +35,7 @@ from tasks import compare as compare_mod
 from tasks import register as register_mod
 from tasks import train as train_mod
 from tasks.curves import plot_comparison_curves
-from tasks.state import Ref, artifact_root, configure_environment, sha256_text, tracking_uri
+from tasks.state import Ref, artifact_root, configure_environment, tracking_uri
 
 DEFAULT_COMPARISON = "compare"  # conf/compare.yaml
 
@@ -63,8 +63,9 @@ def train_recipe(
     register_mod.log_text(
         tracking, mlflow_run_id, json.dumps(effective, indent=2, default=str), "train/effective_config.json"
     )
-    content = sha256_text(training.model_dump_json(), base.sha256, train_data.sha256)[:12]
-    ray_run = train_mod.run_name_for(storage, f"{run_prefix}-{compare_mod.slug(recipe.name)}-{content}")
+    ray_run = train_mod.content_run_name(
+        storage, f"{run_prefix}-{compare_mod.slug(recipe.name)}", training, base, train_data
+    )
     ref, summary = train_mod.train_stages(
         training, base, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
     )

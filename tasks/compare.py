@@ -33,16 +33,7 @@ COLUMNS = (
     "detail",
 )
 QUALITY = ("preference_accuracy", "reward_margin", "chosen_nll")
-QUALITY_COLUMNS = (
-    "recipe",
-    "status",
-    "stages",
-    "preference_accuracy",
-    "reward_margin",
-    "win_rate",
-    "win_rate_vs",
-    "chosen_nll",
-)
+QUALITY_COLUMNS = COLUMNS[: COLUMNS.index("chosen_nll") + 1]
 HEADERS = {
     "preference_accuracy": "pref. accuracy",
     "reward_margin": "reward margin",

@@ -446,6 +446,13 @@ def run_name_for(storage_path: str, base: str) -> str:
         attempt += 1
 
 
+def content_run_name(storage_path: str, prefix: str, training: TrainingConfig, model: Ref, data: Ref) -> str:
+    """run_name_for() on `prefix` plus a hash of what the training reads: the config, the model and the data."""
+    return run_name_for(
+        storage_path, f"{prefix}-{sha256_text(training.model_dump_json(), model.sha256, data.sha256)[:12]}"
+    )
+
+
 def _mark_done(storage_path: str, run_name: str, summary: dict) -> None:
     import fsspec
 
