@@ -78,10 +78,10 @@ class Stack:
         deadline = time.monotonic() + timeout
         while True:
             runs = [self.flow_run(i) for i in run_ids]
-            if all(r["state"]["type"] in TERMINAL for r in runs):
+            if all(_state(r) in TERMINAL for r in runs):
                 return runs
             if time.monotonic() > deadline:
-                states = [(r["name"], r["state"]["name"]) for r in runs]
+                states = [(r["name"], (r.get("state") or {}).get("name")) for r in runs]
                 pytest.fail(f"flow runs not finished after {timeout}s: {states}; worker output: {self.log}")
             time.sleep(2)
 
@@ -168,6 +168,11 @@ def _time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _state(run: dict) -> str | None:
+    """A run's state type; None for a run just created, whose state the API has not set yet."""
+    return (run.get("state") or {}).get("type")
+
+
 def _window(run: dict) -> tuple[dt.datetime, dt.datetime]:
     """When a flow or task run was Running: start_time to end_time."""
     return _time(run["start_time"]), _time(run["end_time"])
@@ -192,8 +197,8 @@ def _wait_for_data(stack, run_id: str, timeout: float = RUN_TIMEOUT) -> None:
     """Until the run's dataset is generated and validated, so a second run reuses it instead of racing it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        validated = [t for t in stack.task_runs(run_id, "validate") if t["state"]["type"] == "COMPLETED"]
-        if validated or stack.flow_run(run_id)["state"]["type"] in TERMINAL:
+        validated = [t for t in stack.task_runs(run_id, "validate") if _state(t) == "COMPLETED"]
+        if validated or _state(stack.flow_run(run_id)) in TERMINAL:
             return
         time.sleep(2)
     pytest.fail(f"nightly run {run_id} never validated its data; worker output: {stack.log}")
