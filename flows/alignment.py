@@ -535,15 +535,7 @@ def alignment(config: PipelineConfig) -> dict:
         opponent = (str(champion_dir), "champion") if champion_dir else (base.loadable, "base")
         win = _timed(seconds, "evaluate", win_rate, config, model, *opponent, test_ref)
         metrics["win_rate"] = {k: v for k, v in win.items() if k != "rows"}
-        register_mod.log_metrics(
-            tracking,
-            run_id,
-            {
-                "eval/win_rate": win["win_rate"],
-                "eval/judge/candidate_score": win["candidate_score"],
-                f"eval/judge/{win['against']}_score": win["opponent_score"],
-            },
-        )
+        register_mod.log_win_rate(tracking, run_id, win)
         register_mod.log_metrics(
             tracking,
             run_id,

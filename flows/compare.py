@@ -181,15 +181,7 @@ def _log_recipe_outcome(tracking: str, run_id: str, outcome: dict) -> None:
     # eval/<metric> as the alignment flow logs them: the gate reads a champion's metrics from there.
     register_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
     register_mod.log_metrics(tracking, run_id, {f"eval/base/{k}": v for k, v in metrics["base"].items()})
-    register_mod.log_metrics(
-        tracking,
-        run_id,
-        {
-            "eval/win_rate": win["win_rate"],
-            "eval/judge/candidate_score": win["candidate_score"],
-            f"eval/judge/{win['against']}_score": win["opponent_score"],
-        },
-    )
+    register_mod.log_win_rate(tracking, run_id, win)
     register_mod.end_run(tracking, run_id)
 
 
