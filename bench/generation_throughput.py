@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conf.loader import load_config  # noqa: E402
-from tasks.state import configure_environment  # noqa: E402
+from alignflow.conf.loader import load_config  # noqa: E402
+from alignflow.tasks.runtime.state import configure_environment  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "generation_throughput.json"
 
@@ -50,7 +50,7 @@ def count_tokens(tokenizer, texts: list[str]) -> int:
 def distilabel_stage(cfg, rows: list[dict], model_path: str, out: Path) -> tuple[dict, list[str]]:
     import pandas as pd
 
-    from tasks.generate import generate_preferences
+    from alignflow.tasks.generation.pipeline import generate_preferences
 
     started = time.perf_counter()
     _, report = generate_preferences(rows, cfg.generation, [model_path] * len(cfg.generation.generators), out)
@@ -64,7 +64,7 @@ def direct_generate(cfg, rows: list[dict], model_path: str) -> tuple[dict, list[
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from tasks.llms import generation_kwargs
+    from alignflow.tasks.generation.llms import generation_kwargs
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -120,8 +120,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from tasks.prompts import load_prompts
-    from tasks.tiny_model import resolve_model
+    from alignflow.tasks.generation.prompts import load_prompts
+    from alignflow.tasks.runtime.tiny_model import resolve_model
 
     model_path = str(resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, home / "models"))
     rows = load_prompts(cfg.generation.prompts, cfg.generation.max_prompts)
@@ -146,7 +146,7 @@ def main() -> None:
     direct, stage = results["direct transformers generate"], results["distilabel stage"]
     import torch
 
-    from tasks.llms import cpu_threads_each
+    from alignflow.tasks.generation.llms import cpu_threads_each
 
     torch_threads, stage_threads = torch.get_num_threads(), cpu_threads_each(cfg.generation.generators)
     summary = {

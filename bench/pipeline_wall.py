@@ -21,15 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conf.loader import load_config  # noqa: E402
-from tasks.state import configure_environment  # noqa: E402
+from alignflow.conf.loader import load_config  # noqa: E402
+from alignflow.tasks.runtime.state import configure_environment  # noqa: E402
 
 
 def main(overrides: list[str]) -> None:
     home = Path(tempfile.mkdtemp(prefix="alignflow-bench-"))
     config = load_config(ROOT / "conf" / "pipeline.yaml", [f"runtime.home={home}", *overrides])
     configure_environment(config)
-    from flows.alignment import alignment
+    from alignflow.flows.alignment import alignment
 
     rows = []
     for label in ("cold", "warm"):

@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conf.loader import load_config  # noqa: E402
-from tasks.state import Ref, configure_environment, sha256_file  # noqa: E402
+from alignflow.conf.loader import load_config  # noqa: E402
+from alignflow.tasks.runtime.state import Ref, configure_environment, sha256_file  # noqa: E402
 
 H100_BF16_DENSE_FLOPS = 989e12
 
@@ -42,7 +42,7 @@ def synthetic_pairs(path: Path, rows: int, words: int, seed: int = 0) -> Ref:
 
     import pandas as pd
 
-    from tasks.prompts import load_prompts
+    from alignflow.tasks.generation.prompts import load_prompts
 
     prompts = load_prompts()
     vocab = " ".join(p["reference"] for p in prompts).split()
@@ -62,7 +62,7 @@ def plain_trl(training, model_path: str, data: Ref, out: Path) -> dict:
     """The same recipe as a Ray worker runs, in this process, without Ray."""
     import torch
 
-    from tasks.train import build_trainer
+    from alignflow.tasks.training.train import build_trainer
 
     if not training.scaling.use_gpu:
         # A Ray worker gets resources_per_worker CPUs and sets its torch threads to match;
@@ -82,7 +82,7 @@ def plain_trl(training, model_path: str, data: Ref, out: Path) -> dict:
 
 
 def under_ray(training, model_path: str, data: Ref, storage: Path, name: str) -> dict:
-    from tasks.train import train_model
+    from alignflow.tasks.training.train import train_model
 
     started = time.perf_counter()
     _, summary = train_model(training, model_path, data, str(storage), name, "sqlite:///" + str(storage / "m.db"), None)
@@ -118,7 +118,7 @@ def rate(row: dict) -> float:
 
 
 def cpu_bench(home: Path, steps: int) -> dict:
-    from tasks.tiny_model import resolve_model
+    from alignflow.tasks.runtime.tiny_model import resolve_model
 
     cfg = load_config(ROOT / "conf" / "pipeline.yaml", [f"runtime.home={home}", f"training.max_steps={steps}",
                                                          "training.logging_steps=1", "training.save_steps=1000"])  # fmt: skip
@@ -158,7 +158,7 @@ def qwen_shaped_model(path: Path, shape: dict, dtype: str) -> str:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from tasks.tiny_model import resolve_model
+    from alignflow.tasks.runtime.tiny_model import resolve_model
 
     model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True)).to(getattr(torch, dtype))
     model.save_pretrained(path)
@@ -186,7 +186,7 @@ def trl_defaults_run(training, model_path: str, data: Ref, out: Path) -> dict:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.train import to_conversational, trl_classes
+    from alignflow.tasks.training.train import to_conversational, trl_classes
 
     config_class, trainer_class = trl_classes(training.method)
     args = config_class(output_dir=str(out), max_steps=training.max_steps, max_length=training.max_length,

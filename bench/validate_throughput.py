@@ -100,8 +100,8 @@ def synthesize(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
 
 
 def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
-    from conf.schema import ValidationConfig
-    from tasks.validate import validate_file
+    from alignflow.conf.schema import ValidationConfig
+    from alignflow.tasks.validation.validator import validate_file
 
     tokenizer = None
     if tokenizer_dir:
@@ -129,13 +129,13 @@ def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from conf.schema import PipelineConfig
-    from tasks.state import configure_environment
+    from alignflow.conf.schema import PipelineConfig
+    from alignflow.tasks.runtime.state import configure_environment
 
     tmp = Path(tempfile.mkdtemp(prefix="alignflow-bench-validate-"))
     configure_environment(PipelineConfig(runtime={"home": tmp / "home"}))
     try:
-        from tasks.tiny_model import _corpus, _train_tokenizer
+        from alignflow.tasks.runtime.tiny_model import _corpus, _train_tokenizer
 
         tokenizer_dir = tmp / "tokenizer"
         _train_tokenizer(_corpus(), 2048).save_pretrained(tokenizer_dir)

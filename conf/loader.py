@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from conf.schema import PipelineConfig
+from alignflow.conf.schema import PipelineConfig
 
-DEFAULT_PROFILE = Path(__file__).with_name("pipeline.yaml")
+CONF_DIR = Path(__file__).resolve().parent  # the profiles and prompt sets shipped with the package
+DEFAULT_PROFILE = CONF_DIR / "pipeline.yaml"
 
 
 class ConfigError(ValueError):

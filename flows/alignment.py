@@ -22,20 +22,28 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run
 
-from conf.loader import config_hash, flatten
-from conf.schema import GenerationConfig, PipelineConfig, TrainingConfig, ValidationConfig
-from flows.limits import TRAIN_LIMIT_TAG
-from flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
-from flows.notify import failure_hook
-from tasks import evaluate as evaluate_mod
-from tasks import generate as generate_mod
-from tasks import register as register_mod
-from tasks import train as train_mod
-from tasks import validate as validate_mod
-from tasks.curves import plot_training_curves
-from tasks.prompts import load_prompts, prompts_path, source_sha256
-from tasks.state import Ref, artifact_root, configure_environment, sha256_file, sha256_text, sha256_tree, tracking_uri
-from tasks.tiny_model import resolve_model
+from alignflow.conf.loader import config_hash, flatten
+from alignflow.conf.schema import GenerationConfig, PipelineConfig, TrainingConfig, ValidationConfig
+from alignflow.flows.limits import TRAIN_LIMIT_TAG
+from alignflow.flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
+from alignflow.flows.notify import failure_hook
+from alignflow.tasks.evaluation import metrics as evaluate_mod
+from alignflow.tasks.generation import pipeline as generate_mod
+from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
+from alignflow.tasks.registry import store as register_mod
+from alignflow.tasks.runtime.state import (
+    Ref,
+    artifact_root,
+    configure_environment,
+    sha256_file,
+    sha256_text,
+    sha256_tree,
+    tracking_uri,
+)
+from alignflow.tasks.runtime.tiny_model import resolve_model
+from alignflow.tasks.training import train as train_mod
+from alignflow.tasks.training.curves import plot_training_curves
+from alignflow.tasks.validation import validator as validate_mod
 
 CONTENT = INPUTS + TASK_SOURCE  # cache on what the stage reads and the code that reads it
 
@@ -66,7 +74,7 @@ def generate(
     ray_address: str | None = None,
 ) -> tuple[Ref, dict]:
     """Synthetic pairs from the prompts (or the user's own pairs, snapshotted); the report as an artifact."""
-    from tasks.preference_data import import_preference_data
+    from alignflow.tasks.generation.byo import import_preference_data
 
     logger = get_run_logger()
     if generation.preference_data:
@@ -187,7 +195,7 @@ def export_champion(tracking: str, name: str, dest: Path) -> Path | None:
 @task(name="win-rate", cache_policy=NO_CACHE)
 def win_rate(config: PipelineConfig, candidate: Ref, opponent: str, against: str, test_data: Ref) -> dict:
     """Candidate vs champion (or base) answers to held-out prompts, rated by the offline judge."""
-    from tasks import judge as judge_mod
+    from alignflow.tasks.generation import judge as judge_mod
 
     ev = config.evaluation
     try:
@@ -222,7 +230,7 @@ def register(
 ) -> dict:
     """Register (once per MLflow run), tag lineage and the gate's outcome, write the model card,
     and promote when the gate passes and the champion is still the one evaluated against."""
-    from tasks.promotion import PromotionRefused
+    from alignflow.tasks.registry.promotion import PromotionRefused
 
     gate = config.registry.gate
     name = config.registry.model_name

@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from conf.loader import DEFAULT_PROFILE, ConfigError, load_config
-from conf.schema import PipelineConfig
+from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, load_config
+from alignflow.conf.schema import PipelineConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -55,7 +55,7 @@ def _load(config: Path | None, overrides: list[str]) -> PipelineConfig:
 
 def _check_api_keys(cfg: PipelineConfig) -> None:
     """An endpoint's key variable that is not set: exit 2, naming the key, before anything starts."""
-    from tasks.endpoints import MissingApiKey, check_api_keys
+    from alignflow.tasks.generation.endpoints import MissingApiKey, check_api_keys
 
     try:
         check_api_keys(cfg.generation)
@@ -74,7 +74,7 @@ def run(
     """Run the whole pipeline as one Prefect flow."""
     cfg = _load(config, overrides or [])
     _check_api_keys(cfg)
-    from tasks.state import configure_environment
+    from alignflow.tasks.runtime.state import configure_environment
 
     root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported
     console.print(
@@ -82,7 +82,7 @@ def run(
         f"workers={cfg.training.scaling.num_workers}, state={root}"
     )
     started = time.perf_counter()
-    from flows.alignment import GateFailed, alignment
+    from alignflow.flows.alignment import GateFailed, alignment
 
     try:
         result = alignment(cfg)
@@ -137,14 +137,14 @@ def compare(
 ) -> None:
     """Train several recipes on one validated dataset and compare them (exit 1 when none completed)."""
     cfg = _load(config or COMPARE_PROFILE, overrides or [])
-    from conf.schema import expand_recipes
+    from alignflow.conf.schema import expand_recipes
 
     recipes = expand_recipes(cfg.comparison.recipes)
     if not recipes:
         console.print(f"[red]config error[/red] {config or COMPARE_PROFILE}: comparison.recipes: no recipes to compare")
         console.print("Declare them under comparison.recipes (see conf/compare.yaml), then run again.")
         raise typer.Exit(2)
-    from tasks.state import configure_environment
+    from alignflow.tasks.runtime.state import configure_environment
 
     root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported
     console.print(
@@ -152,8 +152,8 @@ def compare(
         f"{cfg.comparison.max_parallel} at a time, state={root}"
     )
     started = time.perf_counter()
-    from flows.alignment import GateFailed
-    from flows.compare import compare as compare_flow
+    from alignflow.flows.alignment import GateFailed
+    from alignflow.flows.compare import compare as compare_flow
 
     try:
         result = compare_flow(cfg)
@@ -169,7 +169,7 @@ def compare(
 
 
 def _print_comparison(result: dict, wall: float, root: Path) -> None:
-    from tasks.compare import COST_COLUMNS, HEADERS, QUALITY_COLUMNS
+    from alignflow.tasks.evaluation.comparison import COST_COLUMNS, HEADERS, QUALITY_COLUMNS
 
     def cell(value) -> str:
         return escape("-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
@@ -218,8 +218,8 @@ def validate(
 ) -> None:
     """Check a preference dataset on its own (the flow's validate stage); exit 1 when the gate fails."""
     cfg = _load(config, overrides or [])
-    from tasks import validate as validate_mod
-    from tasks.state import configure_environment, home
+    from alignflow.tasks.runtime.state import configure_environment, home
+    from alignflow.tasks.validation import validator as validate_mod
 
     try:
         validate_mod.check_readable(data)  # before anything slow: a bad path costs nothing
@@ -231,7 +231,7 @@ def validate(
     if not no_tokenizer and "too_long" in (*cfg.validation.errors, *cfg.validation.warnings):
         from transformers import AutoTokenizer
 
-        from tasks.tiny_model import resolve_model
+        from alignflow.tasks.runtime.tiny_model import resolve_model
 
         model = resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models")
         tokenizer = AutoTokenizer.from_pretrained(str(model))
@@ -269,11 +269,11 @@ def validate(
     console.print(f"[green]gate passed[/green] ({result['rows_per_second']} rows/s)")
 
 
-from flows.registry_cli import add_commands  # noqa: E402  (promote, rollback, history)
+from alignflow.flows.registry_cli import add_commands  # noqa: E402  (promote, rollback, history)
 
 add_commands(app)
 
-from flows.serve import add_commands as add_serve_commands  # noqa: E402  (serve, deploy)
+from alignflow.flows.serve import add_commands as add_serve_commands  # noqa: E402  (serve, deploy)
 
 add_serve_commands(app)
 

@@ -26,16 +26,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from conf.loader import ConfigError, config_hash, flatten, load_config
-from conf.schema import PipelineConfig, Recipe, expand_recipes
-from flows.alignment import evaluate, export_champion, prepare_data, register, win_rate
-from flows.notify import failure_hook
-from flows.profiles import profile_path
-from tasks import compare as compare_mod
-from tasks import register as register_mod
-from tasks import train as train_mod
-from tasks.curves import plot_comparison_curves
-from tasks.state import Ref, artifact_root, configure_environment, tracking_uri
+from alignflow.conf.loader import ConfigError, config_hash, flatten, load_config
+from alignflow.conf.schema import PipelineConfig, Recipe, expand_recipes
+from alignflow.flows.alignment import evaluate, export_champion, prepare_data, register, win_rate
+from alignflow.flows.notify import failure_hook
+from alignflow.flows.profiles import profile_path
+from alignflow.tasks.evaluation import comparison as compare_mod
+from alignflow.tasks.registry import store as register_mod
+from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, tracking_uri
+from alignflow.tasks.training import train as train_mod
+from alignflow.tasks.training.curves import plot_comparison_curves
 
 DEFAULT_COMPARISON = "compare"  # conf/compare.yaml
 

@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from conf.loader import ConfigError, load_config
-from conf.schema import PipelineConfig
-from flows.alignment import alignment
-from flows.notify import failure_hook
-from flows.profiles import DEFAULT, profile_names, profile_path, resolve_config
+from alignflow.conf.loader import ConfigError, load_config
+from alignflow.conf.schema import PipelineConfig
+from alignflow.flows.alignment import alignment
+from alignflow.flows.notify import failure_hook
+from alignflow.flows.profiles import DEFAULT, profile_names, profile_path, resolve_config
 
 # Built from the files, so a new profile appears in the UI's choice after the next `prefect deploy`.
 Profile = Literal[profile_names()]  # type: ignore[valid-type]

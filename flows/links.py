@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from urllib.parse import quote
 
-from conf.schema import PipelineConfig
+from alignflow.conf.schema import PipelineConfig
 
 MLFLOW_UI_ENV = "ALIGNFLOW_MLFLOW_UI_URL"  # set by `make serve` for the runs its worker starts
 

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conf.schema import PipelineConfig
-from flows.links import mlflow_run_url, mlflow_ui_url
+from alignflow.conf.schema import PipelineConfig
+from alignflow.flows.links import mlflow_run_url, mlflow_ui_url
 
 ATTEMPTS = 3
 
@@ -37,7 +37,7 @@ def _mlflow_run(config: PipelineConfig, flow_run_id: str) -> dict[str, str | Non
     try:
         from mlflow import MlflowClient
 
-        from tasks.state import tracking_uri
+        from alignflow.tasks.runtime.state import tracking_uri
 
         tracking = tracking_uri(config)
         client = MlflowClient(tracking)

@@ -1,6 +1,6 @@
 """The YAML profiles under conf/ and how a deployment run's knobs resolve into a config.
 
-Light on purpose (conf.loader and the standard library only): `alignflow serve/deploy`
+Light on purpose (alignflow.conf.loader and the standard library only): `alignflow serve/deploy`
 check their defaults with it before anything starts.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conf.loader import DEFAULT_PROFILE, ConfigError, load_config
-from conf.schema import PipelineConfig
+from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, load_config
+from alignflow.conf.schema import PipelineConfig
 
 CONF_DIR = DEFAULT_PROFILE.parent
 DEFAULT = DEFAULT_PROFILE.stem  # "pipeline", the embedded default

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from tasks import promotion
+from alignflow.tasks.registry import promotion
 
 
 def _flow_run_ref() -> str | None:

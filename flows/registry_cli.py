@@ -1,6 +1,6 @@
 """`alignflow promote | rollback | history`: the registry commands of the CLI.
 
-They call tasks.promotion directly (no Prefect API to start), so they answer in about a
+They call alignflow.tasks.registry.promotion directly (no Prefect API to start), so they answer in about a
 second; flows/promotion.py wraps the same functions as Prefect flows for the UI. mlflow is
 imported only when a command runs. Exit codes: 0 done, 1 refused (unknown version, nothing
 to roll back to, no such model, registry unreachable), 2 bad usage.
@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from conf.loader import ConfigError, load_config
+from alignflow.conf.loader import ConfigError, load_config
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -42,8 +42,8 @@ def _tracking(tracking_uri: str | None, config: Path | None) -> str:
     except ConfigError as exc:
         console.print(f"[red]config error[/red] {exc}")
         raise typer.Exit(2) from None
-    from tasks.state import configure_environment
-    from tasks.state import tracking_uri as configured
+    from alignflow.tasks.runtime.state import configure_environment
+    from alignflow.tasks.runtime.state import tracking_uri as configured
 
     configure_environment(cfg)
     return cfg.runtime.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or configured(cfg)
@@ -51,7 +51,7 @@ def _tracking(tracking_uri: str | None, config: Path | None) -> str:
 
 def _call(fn, *args, **kwargs):
     """Run a promotion function; refusals and registry errors exit 1 with the reason."""
-    from tasks.promotion import PromotionRefused
+    from alignflow.tasks.registry.promotion import PromotionRefused
 
     try:
         return fn(*args, **kwargs)
@@ -74,7 +74,7 @@ def promote(
     if not reason.strip():
         console.print("[red]usage[/red]: --reason must say why")
         raise typer.Exit(2)
-    from tasks import promotion
+    from alignflow.tasks.registry import promotion
 
     result = _call(promotion.promote, _tracking(tracking_uri, config), name, str(version), reason)
     if not result["changed"]:
@@ -93,7 +93,7 @@ def rollback(
     config: ConfigOption = None,
 ) -> None:
     """Give the champion alias back to the previous champion."""
-    from tasks import promotion
+    from alignflow.tasks.registry import promotion
 
     result = _call(promotion.rollback, _tracking(tracking_uri, config), name, reason)
     console.print(
@@ -109,7 +109,7 @@ def history(
     config: ConfigOption = None,
 ) -> None:
     """List the champions of a model, oldest first (gate promotions, manual promotions, rollbacks)."""
-    from tasks import promotion
+    from alignflow.tasks.registry import promotion
 
     events = _call(promotion.history, _tracking(tracking_uri, config), name)
     if as_json:

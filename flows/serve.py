@@ -31,7 +31,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from conf.loader import ConfigError, load_config
+from alignflow.conf.loader import ConfigError, load_config
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -115,7 +115,7 @@ async def _prepare_server(profile: str | None, overrides: list[str]) -> list[str
     from prefect.exceptions import ObjectAlreadyExists
     from prefect.workers.process import ProcessWorker
 
-    from flows.limits import ensure_limits
+    from alignflow.flows.limits import ensure_limits
 
     async with get_client() as client:
         with contextlib.suppress(ObjectAlreadyExists):  # an existing pool keeps its settings
@@ -162,7 +162,7 @@ def deploy_all(profile: str | None = None, overrides: list[str] | None = None) -
 
 def _check(profile: str | None, overrides: list[str]):
     """Validate the defaults the way a run will (exit 2 naming the key), before anything starts."""
-    from flows.profiles import profile_path
+    from alignflow.flows.profiles import profile_path
 
     try:
         return load_config(profile_path(profile) if profile else None, overrides)
@@ -193,7 +193,7 @@ def serve(
     """Local Prefect server + UI, the deployments and a worker, and the MLflow UI; Ctrl-C stops them all."""
     overrides = list(overrides or [])
     config = _check(profile, [*overrides, *([f"runtime.home={home}"] if home else [])])
-    from tasks.state import configure_environment, tracking_uri
+    from alignflow.tasks.runtime.state import configure_environment, tracking_uri
 
     if home:  # the worker's runs fall back to $ALIGNFLOW_HOME: make it the one asked for
         os.environ["ALIGNFLOW_HOME"] = str(home.expanduser().resolve())

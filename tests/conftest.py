@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conf.loader import load_config
-from conf.schema import PipelineConfig
+from alignflow.conf.loader import load_config
+from alignflow.conf.schema import PipelineConfig
 
 STATE = Path(tempfile.mkdtemp(prefix="alignflow-test-"))
 
@@ -43,7 +43,7 @@ def small_config(*overrides: str) -> PipelineConfig:
 
 
 # Point every library at the temporary state directory before any of them is imported.
-from tasks.state import configure_environment  # noqa: E402
+from alignflow.tasks.runtime.state import configure_environment  # noqa: E402
 
 configure_environment(small_config())
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
@@ -56,7 +56,7 @@ def state_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from tasks.tiny_model import resolve_model
+    from alignflow.tasks.runtime.tiny_model import resolve_model
 
     cfg = small_config()
     return Path(resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, STATE / "models"))
@@ -67,7 +67,7 @@ def pairs_frame():
     """A small, valid preference dataset in the shape the generate stage writes."""
     import pandas as pd
 
-    from tasks.prompts import load_prompts
+    from alignflow.tasks.generation.prompts import load_prompts
 
     rows = load_prompts(max_prompts=24)
     return pd.DataFrame(
@@ -84,7 +84,7 @@ def pairs_frame():
 def ray_session():
     import ray
 
-    from tasks.train import ensure_ray
+    from alignflow.tasks.training.train import ensure_ray
 
     ensure_ray(None, {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRL_", "ALIGNFLOW", "RAY_TRAIN"))})
     yield

@@ -1,4 +1,4 @@
-"""tasks.generate.binarize and generator_labels: best vs worst, and the reasons no pair is made."""
+"""alignflow.tasks.generation.pipeline.binarize and generator_labels: best vs worst, and the reasons no pair is made."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conf.schema import GenerationConfig, GeneratorConfig
-from tasks.generate import binarize, generator_labels
+from alignflow.conf.schema import GenerationConfig, GeneratorConfig
+from alignflow.tasks.generation.pipeline import binarize, generator_labels
 
 
 def labels_for(n: int) -> list[str]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from conftest import small_config
 
-from tasks.compare import COLUMNS
-from tasks.state import tracking_uri
+from alignflow.tasks.evaluation.comparison import COLUMNS
+from alignflow.tasks.runtime.state import tracking_uri
 
 NAME = "test-compare"
 RECIPES = [
@@ -31,7 +31,7 @@ RECIPES = [
 
 @pytest.fixture(scope="module")
 def compared(prefect_harness, ray_session):
-    from flows.compare import compare
+    from alignflow.flows.compare import compare
 
     return compare(small_config(*RECIPES))
 
@@ -66,7 +66,7 @@ def test_failing_recipe_is_marked_failed_with_its_reason(compared):
 def test_nested_runs_and_only_the_best_is_registered(compared):
     from mlflow import MlflowClient
 
-    from tasks.register import child_runs
+    from alignflow.tasks.registry.store import child_runs
 
     uri = tracking_uri(small_config())
     client = MlflowClient(uri)

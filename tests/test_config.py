@@ -1,4 +1,4 @@
-"""conf.loader: the embedded profile, key.path=value overrides, errors that name the key, and the CLI's exit 2."""
+"""alignflow.conf.loader: the embedded profile, key.path=value overrides, errors that name the key, and the CLI's exit 2."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, config_hash, flatten, load_config
-from conf.schema import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, PipelineConfig
+from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, config_hash, flatten, load_config
+from alignflow.conf.schema import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ALIGNFLOW = REPO / ".venv" / "bin" / "alignflow"
@@ -212,7 +212,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize(("override", "key"), [("training.beta=abc", "training.beta"), ("nosuch.key=1", "nosuch")])
 def test_cli_config_error_exits_2(tmp_path, override, key):
     exe = str(ALIGNFLOW) if ALIGNFLOW.exists() else None
-    cmd = [exe, "run", override] if exe else [sys.executable, "-m", "flows.cli", "run", override]
+    cmd = [exe, "run", override] if exe else [sys.executable, "-m", "alignflow.flows.cli", "run", override]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=10)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert key in proc.stdout + proc.stderr
@@ -222,7 +222,7 @@ def test_cli_config_error_exits_2(tmp_path, override, key):
 
 def test_cli_config_error_imports_nothing_heavy(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "flows.cli", "run", "training.beta=abc"],
+        [sys.executable, "-X", "importtime", "-m", "alignflow.flows.cli", "run", "training.beta=abc"],
         cwd=REPO,
         env=_env(tmp_path),
         capture_output=True,
@@ -231,7 +231,7 @@ def test_cli_config_error_imports_nothing_heavy(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "conf.loader" in imported  # the importtime output was parsed
+    assert "alignflow.conf.loader" in imported  # the importtime output was parsed
     top_level = {name.split(".")[0] for name in imported}
     for heavy in ("prefect", "ray", "torch", "transformers", "mlflow"):
         assert heavy not in top_level, f"{heavy} was imported on a config error"

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from conf.loader import ConfigError, load_config
+from alignflow.conf.loader import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -65,7 +65,7 @@ def test_entrypoints_are_flows_with_typed_parameters(prefect_yaml):
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.importtools import import_object
 
-    from flows.profiles import profile_names
+    from alignflow.flows.profiles import profile_names
 
     flows = {d["name"]: import_object(d["entrypoint"]) for d in prefect_yaml["deployments"]}
     assert all(isinstance(f, Flow) for f in flows.values())
@@ -82,7 +82,7 @@ def test_entrypoints_are_flows_with_typed_parameters(prefect_yaml):
 
 
 def test_knobs_resolve_over_the_profile_and_overrides():
-    from flows.profiles import resolve_config
+    from alignflow.flows.profiles import resolve_config
 
     config = resolve_config("recipes/orpo", beta=0.3, overrides=["training.beta=0.2", "training.max_steps=5"])
     assert config.training.method == "orpo"  # the profile's, no knob set

@@ -215,7 +215,7 @@ def test_custom_run_from_the_ui_registers_an_orpo_model(stack, nightly_runs, tmp
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    from tasks.state import tracking_uri
+    from alignflow.tasks.runtime.state import tracking_uri
 
     on_demand = stack.deployment("alignment-on-demand")
     before = {r["id"] for r in stack.post("/flow_runs/filter", {"deployments": {"id": {"any_": [on_demand["id"]]}}})}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.evaluate import evaluate_models
+from alignflow.tasks.evaluation.metrics import evaluate_models
 
 
 def test_base_model_against_itself_has_no_preference(tiny_model_path, pairs_frame, tmp_path):

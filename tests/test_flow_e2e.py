@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from conftest import small_config
 
-from tasks.state import tracking_uri
+from alignflow.tasks.runtime.state import tracking_uri
 
 NAME = "test-e2e"
 
 
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, ray_session):
-    from flows.alignment import alignment
+    from alignflow.flows.alignment import alignment
 
     return alignment(small_config(f"registry.model_name={NAME}"))
 
@@ -37,7 +37,7 @@ def test_first_run_registers_a_champion_with_lineage(first_run):
 def test_second_run_reuses_data_and_gates_the_champion(first_run):
     from mlflow import MlflowClient
 
-    from flows.alignment import alignment
+    from alignflow.flows.alignment import alignment
 
     second = alignment(small_config(f"registry.model_name={NAME}"))
     assert second["dataset"] == first_run["dataset"]  # generation was a cache hit
@@ -53,7 +53,7 @@ def test_second_run_reuses_data_and_gates_the_champion(first_run):
 
 
 def test_validation_gate_stops_before_training(first_run):
-    from flows.alignment import GateFailed, alignment
+    from alignflow.flows.alignment import GateFailed, alignment
 
     with pytest.raises(GateFailed, match="validation.min_pairs"):
         alignment(small_config(f"registry.model_name={NAME}-gate", "validation.min_pairs=100000"))

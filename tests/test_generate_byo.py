@@ -8,9 +8,9 @@ import json
 import pytest
 from conftest import small_config
 
-from tasks.preference_data import PreferenceDataError, import_preference_data
-from tasks.prompts import load_prompts
-from tasks.validate import read_pairs, validate_file
+from alignflow.tasks.generation.byo import PreferenceDataError, import_preference_data
+from alignflow.tasks.generation.prompts import load_prompts
+from alignflow.tasks.validation.validator import read_pairs, validate_file
 
 ROWS = load_prompts(max_prompts=12)
 
@@ -74,7 +74,7 @@ def test_each_form_is_imported_and_validated_into_explicit_strings(form, tmp_pat
 def test_datasets_folder_and_training_on_an_implicit_prompt_split(tmp_path, tiny_model_path):
     import datasets
 
-    from tasks.train import build_trainer
+    from alignflow.tasks.training.train import build_trainer
 
     folder = tmp_path / "hh"
     datasets.DatasetDict({"train": datasets.Dataset.from_list(records("conversational_implicit_prompt"))}).save_to_disk(

@@ -1,6 +1,6 @@
 """A re-run reuses the generated data without one LLM call: through the flow's own generate path.
 
-`flows.alignment.generate_data` is what the alignment flow runs for stage 1 (the Prefect
+`alignflow.flows.alignment.generate_data` is what the alignment flow runs for stage 1 (the Prefect
 `generate` task on its content key, results persisted); here it runs inside a small flow,
 twice, against the OpenAI-compatible test server, which counts every request.
 """
@@ -25,7 +25,7 @@ def server():
 def generate_only(prefect_harness, state_dir):
     from prefect import flow
 
-    from flows.alignment import generate_data
+    from alignflow.flows.alignment import generate_data
 
     @flow(name="generate-only")
     def generate_only(config):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conf.loader import ConfigError, flatten, load_config
+from alignflow.conf.loader import ConfigError, flatten, load_config
 
 
 def test_judge_shorthand_and_mapping():
@@ -82,7 +82,7 @@ def test_cli_exits_2_naming_the_key_when_an_endpoint_key_variable_is_unset(tmp_p
     env.update(ALIGNFLOW_HOME=str(tmp_path / "home"), COLUMNS="200")
     override = "generation.judge={kind: ultrafeedback, llm: {provider: openai, model: m, api_key_env: ALIGNFLOW_TEST_UNSET_KEY}}"
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", override],
+        [sys.executable, "-m", "alignflow.flows.cli", "run", override],
         cwd=repo,
         env=env,
         capture_output=True,

@@ -15,8 +15,8 @@ import pytest
 from conftest import small_config
 from fake_openai_server import API_KEY, KEY_VARIABLE, endpoint, running
 
-from conf.loader import flatten
-from tasks.generate import GenerationFailed, generate_preferences
+from alignflow.conf.loader import flatten
+from alignflow.tasks.generation.pipeline import GenerationFailed, generate_preferences
 
 PROMPTS = [
     "Explain photosynthesis.",
@@ -141,7 +141,7 @@ def test_too_low_success_rate_fails_and_a_rerun_retries_only_failed_rows(first_r
 def test_a_rejected_key_is_the_row_error_without_the_key(server):
     from pydantic import SecretStr
 
-    from tasks.llms import EndpointLLM
+    from alignflow.tasks.generation.llms import EndpointLLM
 
     _, url = server
     wrong = "sk-wrong-key-0123456789"

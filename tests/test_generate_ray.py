@@ -8,7 +8,7 @@ import yaml
 from conftest import small_config
 from fake_openai_server import endpoint, running
 
-from tasks.generate import generate_preferences
+from alignflow.tasks.generation.pipeline import generate_preferences
 
 ROWS = [
     {"id": f"r{i}", "prompt": p, "reference": ""}

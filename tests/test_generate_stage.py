@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from conftest import small_config
 
-from tasks.generate import PAIR_COLUMNS, generate_preferences
-from tasks.prompts import load_prompts
+from alignflow.tasks.generation.pipeline import PAIR_COLUMNS, generate_preferences
+from alignflow.tasks.generation.prompts import load_prompts
 
 
 def test_generate_writes_pairs_candidates_and_lineage(tiny_model_path, tmp_path):

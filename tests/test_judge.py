@@ -1,4 +1,4 @@
-"""tasks.judge: the offline judge ranks the reference above degraded answers, deterministically, in [0, 1]."""
+"""alignflow.tasks.generation.judge: the offline judge ranks the reference above degraded answers, deterministically, in [0, 1]."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.judge import parse_ultrafeedback, rating, rating_to_score, score, valid_ratings
-from tasks.prompts import load_prompts
+from alignflow.tasks.generation.judge import parse_ultrafeedback, rating, rating_to_score, score, valid_ratings
+from alignflow.tasks.generation.prompts import load_prompts
 
 PROMPT = "Why is the sky blue on a clear sunny day?"
 REFERENCE = (

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import small_config
 
-from tasks.state import tracking_uri
+from alignflow.tasks.runtime.state import tracking_uri
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def receiver():
 def test_failed_stage_marks_the_mlflow_run_failed_and_notifies(receiver, prefect_harness):
     from mlflow import MlflowClient
 
-    from flows.alignment import alignment
+    from alignflow.flows.alignment import alignment
 
     url, received, behaviour = receiver
     behaviour["fail"] = 1  # the first delivery gets a 503: the hook retries
@@ -65,8 +65,8 @@ def test_failed_stage_marks_the_mlflow_run_failed_and_notifies(receiver, prefect
 
 
 def test_bad_knob_fails_before_compute_and_still_notifies(receiver, prefect_harness):
-    from conf.loader import ConfigError
-    from flows.deployments import run_alignment
+    from alignflow.conf.loader import ConfigError
+    from alignflow.flows.deployments import run_alignment
 
     url, received, _ = receiver
     with pytest.raises(ConfigError, match="training.beta"):
@@ -77,8 +77,8 @@ def test_bad_knob_fails_before_compute_and_still_notifies(receiver, prefect_harn
 
 
 def test_a_dead_receiver_does_not_hide_the_failure(prefect_harness):
-    from conf.loader import ConfigError
-    from flows.deployments import run_alignment
+    from alignflow.conf.loader import ConfigError
+    from alignflow.flows.deployments import run_alignment
 
     # Nothing listens on port 9 (discard): delivery fails, is logged, and the run keeps its own error.
     with pytest.raises(ConfigError, match="training.beta"):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conf.loader import flatten, load_config
-from conf.schema import PipelineConfig
+from alignflow.conf.loader import flatten, load_config
+from alignflow.conf.schema import PipelineConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PROFILES = sorted([CONF / "pipeline.yaml", *(CONF / "recipes").glob("*.yaml")])

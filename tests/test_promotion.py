@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conf.schema import GateConfig
-from tasks import promotion, register
+from alignflow.conf.schema import GateConfig
+from alignflow.tasks.registry import promotion
+from alignflow.tasks.registry import store as register
 
 
 def test_gate_thresholds_apply_whatever_the_champion():
@@ -35,9 +36,9 @@ def test_history_replay_gives_the_previous_champion():
 
 
 def test_win_rate_of_a_model_against_itself_is_one_half(tiny_model_path, pairs_frame, tmp_path):
-    from tasks.evaluate import held_out_prompts, win_rate
-    from tasks.judge import score
-    from tasks.prompts import load_prompts
+    from alignflow.tasks.evaluation.metrics import held_out_prompts, win_rate
+    from alignflow.tasks.generation.judge import score
+    from alignflow.tasks.generation.prompts import load_prompts
 
     path = tmp_path / "test.parquet"
     pairs_frame.to_parquet(path, index=False)
@@ -95,7 +96,7 @@ def test_promotion_lock_times_out_and_breaks_stale_locks(sqlite_model):
 
 
 def test_promote_and_rollback_prefect_flows(sqlite_model, prefect_harness):
-    from flows.promotion import promote_model, rollback_model
+    from alignflow.flows.promotion import promote_model, rollback_model
 
     uri, client = sqlite_model
     promote_model(name="m", version=1, reason="first", tracking_uri=uri, user="dana")

@@ -1,4 +1,4 @@
-"""tasks.prompts: the shipped prompt set and a user's jsonl file."""
+"""alignflow.tasks.generation.prompts: the shipped prompt set and a user's jsonl file."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from conf.schema import BUILTIN_PROMPTS
-from tasks.prompts import SHIPPED_PROMPTS, load_prompts, prompts_path, source_sha256
+from alignflow.conf.schema import BUILTIN_PROMPTS
+from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS, load_prompts, prompts_path, source_sha256
 
 
 def test_shipped_set_is_large_unique_and_has_references():

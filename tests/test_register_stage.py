@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from conftest import small_config
 
-from conf.schema import GateConfig
-from tasks import register
-from tasks.state import artifact_root, tracking_uri
+from alignflow.conf.schema import GateConfig
+from alignflow.tasks.registry import store as register
+from alignflow.tasks.runtime.state import artifact_root, tracking_uri
 
 
 def test_decide():

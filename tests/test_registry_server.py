@@ -21,8 +21,9 @@ import pytest
 import requests
 from conftest import small_config
 
-from conf.schema import GateConfig
-from tasks import promotion, register
+from alignflow.conf.schema import GateConfig
+from alignflow.tasks.registry import promotion
+from alignflow.tasks.registry import store as register
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -284,7 +285,7 @@ def test_champion_serves_generation_over_http(server, two_versions, tmp_path):
 def test_flow_registers_with_lineage_on_the_server(server, prefect_harness, ray_session):
     from mlflow import MlflowClient
 
-    from flows.alignment import alignment
+    from alignflow.flows.alignment import alignment
 
     name = "test-server-flow"
     result = alignment(small_config(f"registry.model_name={name}", f"runtime.tracking_uri={server}"))

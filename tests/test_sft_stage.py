@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import small_config
 
-from tasks.register import start_run
-from tasks.state import Ref, sha256_file, sha256_tree, tracking_uri
+from alignflow.tasks.registry.store import start_run
+from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_tree, tracking_uri
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,8 @@ def train_ref(pairs_frame, tmp_path_factory) -> Ref:
 def test_sft_then_dpo_in_the_train_task(prefect_harness, ray_session, tiny_model_path, train_ref, state_dir):
     from mlflow import MlflowClient
 
-    from flows.alignment import train
-    from tasks.train import finished_stage
+    from alignflow.flows.alignment import train
+    from alignflow.tasks.training.train import finished_stage
 
     cfg = small_config("training.sft.enabled=true", "training.sft.max_steps=1", "training.max_steps=1",
                        "training.scaling.num_workers=1", "training.loss_type=[sigmoid]")  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import small_config
 
-from tasks.state import sha256_file
-from tasks.tiny_model import build_tiny_model
+from alignflow.tasks.runtime.state import sha256_file
+from alignflow.tasks.runtime.tiny_model import build_tiny_model
 
 
 def test_build_is_deterministic(tmp_path):
@@ -34,7 +34,7 @@ def test_resolved_model_chats_and_generates(tiny_model_path):
 
 
 def test_a_path_passes_through(tmp_path):
-    from tasks.tiny_model import resolve_model
+    from alignflow.tasks.runtime.tiny_model import resolve_model
 
     cfg = small_config()
     assert resolve_model("/models/llama", cfg.training.tiny_model, tmp_path) == "/models/llama"

@@ -14,9 +14,9 @@ import psutil
 import pytest
 from conftest import SMALL, STATE, small_config
 
-from tasks.register import start_run
-from tasks.state import Ref, sha256_file, tracking_uri
-from tasks.train import train_model
+from alignflow.tasks.registry.store import start_run
+from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
+from alignflow.tasks.training.train import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,14 +106,14 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny_mod
 def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_harness, ray_session, state_dir):
     from mlflow import MlflowClient
 
-    from flows.alignment import alignment
+    from alignflow.flows.alignment import alignment
 
     overrides = ["registry.model_name=test-resume", "training.max_steps=40", "training.save_steps=5",
                  "training.per_device_train_batch_size=2", "training.num_train_epochs=100"]  # fmt: skip
     cfg = small_config(*overrides)
     uri = tracking_uri(cfg)
     env = {**os.environ, "ALIGNFLOW_HOME": str(STATE)}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *SMALL, *overrides], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "alignflow.flows.cli", "run", *SMALL, *overrides], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         client = MlflowClient(uri)

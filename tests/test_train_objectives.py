@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import small_config
 
-from tasks.state import Ref, sha256_file, tracking_uri
-from tasks.train import effective_config, train_model
+from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
+from alignflow.tasks.training.train import effective_config, train_model
 
 OBJECTIVES = {
     "dpo-sigmoid": ["training.method=dpo", "training.loss_type=[sigmoid]"],

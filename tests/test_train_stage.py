@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import small_config
 
-from tasks.register import start_run
-from tasks.state import Ref, sha256_file, tracking_uri
-from tasks.train import train_model
+from alignflow.tasks.registry.store import start_run
+from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
+from alignflow.tasks.training.train import train_model
 
 
 @pytest.fixture(scope="module")

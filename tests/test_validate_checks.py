@@ -1,4 +1,4 @@
-"""tasks.validate without a tokenizer: checks, quarantine, gate, grouped split, outputs, reading files."""
+"""alignflow.tasks.validation.validator without a tokenizer: checks, quarantine, gate, grouped split, outputs, reading files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conf.schema import ValidationConfig
-from tasks.validate import CHECKS, DatasetError, read_pairs, split_by_prompt, validate_file, validate_pairs
+from alignflow.conf.schema import ValidationConfig
+from alignflow.tasks.validation.validator import (
+    CHECKS,
+    DatasetError,
+    read_pairs,
+    split_by_prompt,
+    validate_file,
+    validate_pairs,
+)
 
 VALID = {"prompt": "What is 2 + 2?", "chosen": "It is 4.", "rejected": "It is 5."}
 

@@ -9,15 +9,15 @@ import pytest
 from conftest import SMALL
 from typer.testing import CliRunner
 
-from conf.schema import ValidationConfig
-from flows.cli import app
-from tasks.validate import validate_file, validate_pairs
+from alignflow.conf.schema import ValidationConfig
+from alignflow.flows.cli import app
+from alignflow.tasks.validation.validator import validate_file, validate_pairs
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """The offline tiny model's tokenizer (BPE + chat template) alone: seconds, not the model's minute."""
-    from tasks.tiny_model import _corpus, _train_tokenizer
+    from alignflow.tasks.runtime.tiny_model import _corpus, _train_tokenizer
 
     target = tmp_path_factory.mktemp("tokenizer")
     _train_tokenizer(_corpus(), 512).save_pretrained(target)
@@ -111,7 +111,7 @@ def test_cli_does_not_import_heavy_libraries(tmp_path):
 
     write_pairs(tmp_path / "pairs.jsonl", 25)
     code = (
-        "import sys; from flows.cli import main; sys.argv = ['alignflow', 'validate', "
+        "import sys; from alignflow.flows.cli import main; sys.argv = ['alignflow', 'validate', "
         f"{str(tmp_path / 'pairs.jsonl')!r}, '--no-tokenizer', '--out', {str(tmp_path / 'o')!r}]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'prefect', 'ray', 'mlflow') if m in sys.modules))"

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from alignflow.flows.cli import app
 
 GOOD = [{"prompt": f"Question {i}?", "chosen": f"A careful answer {i}.", "rejected": f"Nope {i}"} for i in range(30)]
 
@@ -285,7 +285,7 @@ def test_unreadable_file(tmp_path):
 
 
 def test_line_too_long_is_refused_not_loaded(tmp_path, monkeypatch):
-    import tasks.validate as validate_mod
+    import alignflow.tasks.validation.validator as validate_mod
 
     monkeypatch.setattr(validate_mod, "MAX_LINE_BYTES", 1000)
     path = tmp_path / "huge.jsonl"

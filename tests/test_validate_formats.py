@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from conf.schema import ValidationConfig
-from tasks.validate import FORMATS, read_pairs, validate_file, validate_pairs
+from alignflow.conf.schema import ValidationConfig
+from alignflow.tasks.validation.validator import FORMATS, read_pairs, validate_file, validate_pairs
 
 
 def lenient(**kw) -> ValidationConfig:

@@ -15,8 +15,8 @@ import pandas as pd
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conf.schema import ValidationConfig
-from tasks.validate import CHECKS, DATASET_CHECKS, validate_file, validate_pairs
+from alignflow.conf.schema import ValidationConfig
+from alignflow.tasks.validation.validator import CHECKS, DATASET_CHECKS, validate_file, validate_pairs
 
 TEXT = st.text(alphabet=st.sampled_from(list("ab \n\t\x01é")), max_size=6)
 VALUE = st.one_of(TEXT, TEXT, TEXT, st.none(), st.integers(-2, 2), st.just([{"role": "user", "content": "x"}]))

@@ -14,9 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-from conf.schema import BUILTIN_TINY_MODEL, TinyModelConfig
-from tasks.prompts import SHIPPED_PROMPTS, load_prompts
-from tasks.state import sha256_file, sha256_text
+from alignflow.conf.schema import BUILTIN_TINY_MODEL, TinyModelConfig
+from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS, load_prompts
+from alignflow.tasks.runtime.state import sha256_file, sha256_text
 
 BUILD_VERSION = "1"  # bump when the build below changes what it produces
 

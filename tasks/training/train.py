@@ -17,9 +17,9 @@ import os
 import time
 from pathlib import Path
 
-from conf.schema import TrainingConfig
-from tasks import cost
-from tasks.state import Ref, sha256_text, sha256_tree
+from alignflow.conf.schema import TrainingConfig
+from alignflow.tasks.runtime.state import Ref, sha256_text, sha256_tree
+from alignflow.tasks.training import cost
 
 # TrainingConfig keys that are TRL/transformers fields, passed through under their own names.
 TRL_FIELDS = (
@@ -137,7 +137,7 @@ def effective_config(training: TrainingConfig) -> dict:
         "notes": notes,
     }
     if training.sft.enabled:
-        from tasks import sft
+        from alignflow.tasks.training import sft
 
         effective["sft"] = sft.effective_config(training)
         notes.extend(effective["sft"]["notes"])
@@ -355,7 +355,7 @@ def train_loop(loop: dict) -> None:
     stage = loop.get("stage", "preference")
     callbacks = _callbacks(rank, loop["tracking_uri"], loop["run_id"], "sft" if stage == "sft" else "train")
     if stage == "sft":
-        from tasks.sft import build_sft_trainer
+        from alignflow.tasks.training.sft import build_sft_trainer
 
         trainer, tokenizer = build_sft_trainer(training, loop["model_path"], loop["train_path"], str(scratch),
                                                callbacks=callbacks)  # fmt: skip
@@ -410,7 +410,10 @@ def ensure_ray(address: str | None, env_vars: dict[str, str]) -> None:
         log_to_driver=True,
         logging_level="WARNING",
         logging_config=ray.LoggingConfig(log_level="WARNING"),
-        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "tasks.train.quiet_ray_logs"},
+        runtime_env={
+            "env_vars": env_vars,
+            "worker_process_setup_hook": "alignflow.tasks.training.train.quiet_ray_logs",
+        },
     )
 
 

@@ -17,7 +17,7 @@ from distilabel.steps.tasks import TextGeneration, UltraFeedback
 from distilabel.typing import StepOutput
 from tqdm.auto import tqdm
 
-from tasks import judge
+from alignflow.tasks.generation import judge
 
 _bars: dict[str, Any] = {}  # one bar per step; each step runs in its own process or Ray actor
 

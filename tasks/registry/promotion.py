@@ -62,8 +62,8 @@ def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the embedded default's (SQLite in the state directory)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    from conf.loader import load_config
-    from tasks.state import tracking_uri
+    from alignflow.conf.loader import load_config
+    from alignflow.tasks.runtime.state import tracking_uri
 
     return tracking_uri(load_config())
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conf.schema import BUILTIN_PROMPTS
-from tasks.state import sha256_file, sha256_tree
+from alignflow.conf.loader import CONF_DIR
+from alignflow.conf.schema import BUILTIN_PROMPTS
+from alignflow.tasks.runtime.state import sha256_file, sha256_tree
 
-SHIPPED_PROMPTS = Path(__file__).resolve().parent.parent / "conf" / "prompts" / "default.jsonl"
+SHIPPED_PROMPTS = CONF_DIR / "prompts" / "default.jsonl"
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 

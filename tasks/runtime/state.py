@@ -16,7 +16,7 @@ from pathlib import Path
 import fsspec
 from pydantic import BaseModel
 
-from conf.schema import PipelineConfig
+from alignflow.conf.schema import PipelineConfig
 
 
 class Ref(BaseModel):

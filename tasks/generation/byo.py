@@ -21,8 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
-from tasks import validate as validate_mod
-from tasks.state import Ref, sha256_file
+from alignflow.tasks.runtime.state import Ref, sha256_file
+from alignflow.tasks.validation import validator as validate_mod
 
 
 class PreferenceDataError(ValueError):

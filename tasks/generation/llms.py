@@ -28,8 +28,8 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.models.llms import OpenAILLM, TransformersLLM
 from pydantic import Field, SecretStr
 
-from conf.schema import LLMConfig
-from tasks.endpoints import api_key
+from alignflow.conf.schema import LLMConfig
+from alignflow.tasks.generation.endpoints import api_key
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 TRANSFORMERS_REPETITION_PENALTY = 1.1

@@ -12,7 +12,7 @@ import subprocess
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
-from conf.schema import GateConfig
+from alignflow.conf.schema import GateConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -403,12 +403,12 @@ def tag_and_alias(
 ) -> None:
     """Tag the version, make it `challenger`, and when `promote` hand it `champion`.
 
-    Promotion goes through tasks.promotion (lock, who/when/why tags, history) as source
+    Promotion goes through alignflow.tasks.registry.promotion (lock, who/when/why tags, history) as source
     `gate`; `expected_champion` makes it refuse when the champion moved since evaluation.
     """
     from mlflow import MlflowClient
 
-    from tasks import promotion
+    from alignflow.tasks.registry import promotion
 
     client = MlflowClient(tracking_uri)
     for key, value in tags.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from conf.schema import TrainingConfig
+from alignflow.conf.schema import TrainingConfig
 
 # training.sft keys passed to SFTConfig under their own names (None: the training section's value).
 SFT_FIELDS = (
@@ -80,7 +80,7 @@ def build_sft_trainer(training: TrainingConfig, model_path: str, train_path: str
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from tasks.train import load_model, peft_config
+    from alignflow.tasks.training.train import load_model, peft_config
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:

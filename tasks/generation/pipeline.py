@@ -39,9 +39,9 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from conf.schema import GenerationConfig
-from tasks.endpoints import llm_slots
-from tasks.state import Ref, sha256_file, sha256_text
+from alignflow.conf.schema import GenerationConfig
+from alignflow.tasks.generation.endpoints import llm_slots
+from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text
 
 PAIR_COLUMNS = [
     "prompt_id",
@@ -103,7 +103,9 @@ def candidate_settings(generation: GenerationConfig) -> str:
 
 def code_version() -> str:
     """Hash of the code that shapes generated data, so a judge or binarization change is a cache miss."""
-    from tasks import distilabel_steps, endpoints, judge, llms, preference_data, prompts
+    from alignflow.tasks.generation import byo as preference_data
+    from alignflow.tasks.generation import endpoints, judge, llms, prompts
+    from alignflow.tasks.generation import steps as distilabel_steps
 
     modules = (judge, distilabel_steps, endpoints, llms, prompts, preference_data)
     return sha256_text(*(Path(m.__file__).read_text() for m in modules), Path(__file__).read_text())
@@ -119,8 +121,13 @@ def build_pipeline(
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from tasks.distilabel_steps import CollectCandidates, OfflineJudge, TrackedTextGeneration, UltraFeedbackJudge
-    from tasks.llms import build_llm, cpu_threads_each
+    from alignflow.tasks.generation.llms import build_llm, cpu_threads_each
+    from alignflow.tasks.generation.steps import (
+        CollectCandidates,
+        OfflineJudge,
+        TrackedTextGeneration,
+        UltraFeedbackJudge,
+    )
 
     slots = llm_slots(generation)
     batch = generation.input_batch_size
@@ -200,7 +207,7 @@ def run_pipeline(
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True))[:16]
     pipeline = build_pipeline(rows, generation, model_paths, cache, seed)
     if generation.ray:
-        from tasks.train import FORWARDED_ENV
+        from alignflow.tasks.training.train import FORWARDED_ENV
 
         env = {k: os.environ[k] for k in (*FORWARDED_ENV, "DISTILABEL_LOG_LEVEL") if k in os.environ}
         pipeline = pipeline.ray(
@@ -218,7 +225,7 @@ def _ray_gcs_address(address: str | None) -> str:
     """Join (or start) the Ray cluster here; the spawned pipeline process connects to the same one."""
     import ray
 
-    from tasks.train import FORWARDED_ENV, ensure_ray
+    from alignflow.tasks.training.train import FORWARDED_ENV, ensure_ray
 
     if address and address.startswith("ray://"):
         return address  # Ray Client: the pipeline process connects itself
@@ -340,7 +347,7 @@ def generate_preferences(
     `model_paths[i]` is the local model of llm_slots()[i] (None or missing for endpoints).
     Raises GenerationFailed, after writing every file, when the success rate is too low.
     """
-    from tasks.endpoints import check_api_keys
+    from alignflow.tasks.generation.endpoints import check_api_keys
 
     out_dir.mkdir(parents=True, exist_ok=True)
     slots = llm_slots(generation)
