@@ -100,7 +100,7 @@ def synthesize(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
 
 
 def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
-    from alignflow.conf.schema import ValidationConfig
+    from alignflow.conf.validation import ValidationConfig
     from alignflow.tasks.validation.validator import validate_file
 
     tokenizer = None

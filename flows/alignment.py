@@ -22,8 +22,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run
 
+from alignflow.conf.generation import GenerationConfig
 from alignflow.conf.loader import config_hash, flatten
-from alignflow.conf.schema import GenerationConfig, PipelineConfig, TrainingConfig, ValidationConfig
+from alignflow.conf.schema import PipelineConfig
+from alignflow.conf.training import TrainingConfig
+from alignflow.conf.validation import ValidationConfig
 from alignflow.flows.limits import TRAIN_LIMIT_TAG
 from alignflow.flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
 from alignflow.flows.notify import failure_hook

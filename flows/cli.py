@@ -137,7 +137,7 @@ def compare(
 ) -> None:
     """Train several recipes on one validated dataset and compare them (exit 1 when none completed)."""
     cfg = _load(config or COMPARE_PROFILE, overrides or [])
-    from alignflow.conf.schema import expand_recipes
+    from alignflow.conf.comparison import expand_recipes
 
     recipes = expand_recipes(cfg.comparison.recipes)
     if not recipes:

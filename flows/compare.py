@@ -26,8 +26,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
+from alignflow.conf.comparison import Recipe, expand_recipes
 from alignflow.conf.loader import ConfigError, config_hash, flatten, load_config
-from alignflow.conf.schema import PipelineConfig, Recipe, expand_recipes
+from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.alignment import evaluate, export_champion, prepare_data, register, win_rate
 from alignflow.flows.notify import failure_hook
 from alignflow.flows.profiles import profile_path

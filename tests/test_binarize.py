@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignflow.conf.schema import GenerationConfig, GeneratorConfig
+from alignflow.conf.generation import GenerationConfig, GeneratorConfig
 from alignflow.tasks.generation.pipeline import binarize, generator_labels
 
 

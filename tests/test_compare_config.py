@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from alignflow.conf.comparison import expand_recipes, grid_points, knob_label
 from alignflow.conf.loader import ConfigError, load_config
-from alignflow.conf.schema import expand_recipes, grid_points, knob_label
 from alignflow.tasks.evaluation.comparison import best_row, cost_ratio, failed_row, short_reason, slug
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL
 from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, config_hash, flatten, load_config
-from alignflow.conf.schema import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, PipelineConfig
+from alignflow.conf.schema import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ALIGNFLOW = REPO / ".venv" / "bin" / "alignflow"

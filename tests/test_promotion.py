@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignflow.conf.schema import GateConfig
+from alignflow.conf.evaluation import GateConfig
 from alignflow.tasks.registry import promotion
 from alignflow.tasks.registry import store as register
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from alignflow.conf.schema import BUILTIN_PROMPTS
+from alignflow.conf.base import BUILTIN_PROMPTS
 from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS, load_prompts, prompts_path, source_sha256
 
 

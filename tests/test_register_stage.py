@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import small_config
 
-from alignflow.conf.schema import GateConfig
+from alignflow.conf.evaluation import GateConfig
 from alignflow.tasks.registry import store as register
 from alignflow.tasks.runtime.state import artifact_root, tracking_uri
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 from conftest import small_config
 
-from alignflow.conf.schema import GateConfig
+from alignflow.conf.evaluation import GateConfig
 from alignflow.tasks.registry import promotion
 from alignflow.tasks.registry import store as register
 

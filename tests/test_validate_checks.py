@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignflow.conf.schema import ValidationConfig
+from alignflow.conf.validation import ValidationConfig
 from alignflow.tasks.validation.validator import (
     CHECKS,
     DatasetError,

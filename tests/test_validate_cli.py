@@ -9,7 +9,7 @@ import pytest
 from conftest import SMALL
 from typer.testing import CliRunner
 
-from alignflow.conf.schema import ValidationConfig
+from alignflow.conf.validation import ValidationConfig
 from alignflow.flows.cli import app
 from alignflow.tasks.validation.validator import validate_file, validate_pairs
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from alignflow.conf.schema import ValidationConfig
+from alignflow.conf.validation import ValidationConfig
 from alignflow.tasks.validation.validator import FORMATS, read_pairs, validate_file, validate_pairs
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from alignflow.conf.schema import ValidationConfig
+from alignflow.conf.validation import ValidationConfig
 from alignflow.tasks.validation.validator import CHECKS, DATASET_CHECKS, validate_file, validate_pairs
 
 TEXT = st.text(alphabet=st.sampled_from(list("ab \n\t\x01é")), max_size=6)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from alignflow.conf.schema import TrainingConfig
+from alignflow.conf.training import TrainingConfig
 
 COLUMNS = (
     "recipe",

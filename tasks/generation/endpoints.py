@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from alignflow.conf.schema import GenerationConfig, LLMConfig
+from alignflow.conf.generation import GenerationConfig, LLMConfig
 
 NO_KEY = "EMPTY"  # what vLLM and TGI expect when they run without authentication
 

@@ -28,7 +28,7 @@ from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.models.llms import OpenAILLM, TransformersLLM
 from pydantic import Field, SecretStr
 
-from alignflow.conf.schema import LLMConfig
+from alignflow.conf.generation import LLMConfig
 from alignflow.tasks.generation.endpoints import api_key
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

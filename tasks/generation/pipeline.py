@@ -39,7 +39,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from alignflow.conf.schema import GenerationConfig
+from alignflow.conf.generation import GenerationConfig
 from alignflow.tasks.generation.endpoints import llm_slots
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text
 

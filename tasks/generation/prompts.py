@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alignflow.conf.base import BUILTIN_PROMPTS
 from alignflow.conf.loader import CONF_DIR
-from alignflow.conf.schema import BUILTIN_PROMPTS
 from alignflow.tasks.runtime.state import sha256_file, sha256_tree
 
 SHIPPED_PROMPTS = CONF_DIR / "prompts" / "default.jsonl"

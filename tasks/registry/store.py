@@ -12,7 +12,7 @@ import subprocess
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
-from alignflow.conf.schema import GateConfig
+from alignflow.conf.evaluation import GateConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 

@@ -14,7 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
-from alignflow.conf.schema import BUILTIN_TINY_MODEL, TinyModelConfig
+from alignflow.conf.base import BUILTIN_TINY_MODEL
+from alignflow.conf.training import TinyModelConfig
 from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS, load_prompts
 from alignflow.tasks.runtime.state import sha256_file, sha256_text
 

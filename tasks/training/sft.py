@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from alignflow.conf.schema import TrainingConfig
+from alignflow.conf.training import TrainingConfig
 
 # training.sft keys passed to SFTConfig under their own names (None: the training section's value).
 SFT_FIELDS = (

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from alignflow.conf.schema import TrainingConfig
+from alignflow.conf.training import TrainingConfig
 from alignflow.tasks.runtime.state import Ref, sha256_text, sha256_tree
 from alignflow.tasks.training import cost
 

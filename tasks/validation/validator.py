@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alignflow.conf.schema import ValidationConfig
+from alignflow.conf.validation import ValidationConfig
 
 REPORT_VERSION = 1
 REQUIRED = ("prompt", "chosen", "rejected")

@@ -1,0 +1,14 @@
+"""The base of every config section."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+BUILTIN_TINY_MODEL = "builtin:tiny-llama"
+BUILTIN_PROMPTS = "builtin:default"
+
+
+class Section(BaseModel):
+    """Unknown keys are errors, and assignments are validated too: a typo stops the run before compute."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -1,0 +1,143 @@
+"""`comparison`: recipes (and grids of knobs) trained side by side on one split by `alignflow compare`."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from alignflow.conf.base import Section
+from alignflow.conf.training import TrainingConfig
+
+COMPARISON_METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "win_rate")
+RecipeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=64)]
+
+
+class Recipe(NamedTuple):
+    """One expanded recipe: a readable name (`orpo[beta=0.1]`) and the training section it runs."""
+
+    name: str
+    training: TrainingConfig
+
+
+def knob_label(value: Any) -> str:
+    """A grid value as it reads in a recipe name: `0.1`, `true`, `sigmoid+sft`."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "+".join(knob_label(v) for v in value)
+    return str(value)
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of a grid, in declaration order: {beta: [a, b], loss_type: [c]} -> 2 points."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def with_knobs(training: BaseModel, point: dict[str, Any]) -> TrainingConfig:
+    """`training` with the knobs of one grid point set (`sft.learning_rate` reaches into a sub-section)."""
+    data = training.model_dump(exclude={"grid"})
+    for key, value in point.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"{key}: {part} is not a section of training")
+            node = node[part]
+        node[leaf] = value
+    return TrainingConfig.model_validate(data)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'training'}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+        for e in exc.errors()
+    )
+
+
+class RecipeConfig(TrainingConfig):
+    """One recipe of a comparison: the profile's `training` section with this recipe's keys on top, and an
+    optional grid of knobs whose every combination becomes a recipe of its own."""
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Knob (a training key, `sft.learning_rate` for a sub-section) -> values; the cartesian "
+        "product expands into recipes named like `orpo[beta=0.1]`.",
+    )
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _nested_knobs_are_dotted(cls, grid: Any) -> Any:
+        """`{sft: {learning_rate: [..]}}` (what `grid.sft.learning_rate=[..]` overrides build) is `sft.learning_rate`."""
+        if not isinstance(grid, dict):
+            return grid
+        flat: dict[str, Any] = {}
+        for key, value in grid.items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in cls._nested_knobs_are_dotted(value).items()})
+            else:
+                flat[key] = value
+        return flat
+
+    @field_validator("grid")
+    @classmethod
+    def _every_point_is_a_valid_recipe(cls, grid: dict[str, list[Any]], info: ValidationInfo) -> dict[str, list[Any]]:
+        empty = [key for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"{', '.join(empty)}: give at least one value")
+        fields = set(TrainingConfig.model_fields)
+        if not fields <= set(info.data):  # a training key already failed: that error is reported on its own
+            return grid
+        training = TrainingConfig.model_construct(**{k: info.data[k] for k in fields})
+        for point in grid_points(grid):
+            try:
+                with_knobs(training, point)
+            except ValidationError as exc:
+                label = ",".join(f"{k}={knob_label(v)}" for k, v in point.items())
+                raise ValueError(f"grid point [{label}]: {_problems(exc)}") from None
+        return grid
+
+
+def expand_recipes(recipes: dict[str, RecipeConfig]) -> list[Recipe]:
+    """The recipes a comparison trains: one per recipe without a grid, one per grid point otherwise."""
+    expanded = []
+    for name, recipe in recipes.items():
+        if not recipe.grid:
+            expanded.append(Recipe(name, with_knobs(recipe, {})))
+            continue
+        for point in grid_points(recipe.grid):
+            label = ",".join(f"{k}={knob_label(v)}" for k, v in point.items())
+            expanded.append(Recipe(f"{name}[{label}]", with_knobs(recipe, point)))
+    return expanded
+
+
+class ComparisonConfig(Section):
+    """`alignflow compare`: several recipes trained on one validated split and measured on the same held-out pairs."""
+
+    recipes: dict[RecipeName, RecipeConfig] = Field(
+        default_factory=dict,
+        description="Name -> training keys that differ from the `training` section (plus an optional `grid`).",
+    )
+    metric: Literal[COMPARISON_METRICS] = Field(
+        "preference_accuracy", description="Held-out metric that picks the best recipe (higher is better)."
+    )
+    register_best: bool = Field(
+        True, description="The best recipe goes through registry.gate (challenger, maybe champion); others stay runs."
+    )
+    max_parallel: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Recipes training at once, side by side on the Ray cluster, each in its own "
+        "training.scaling resources (1: one after the other, for clean timings).",
+    )
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> ComparisonConfig:
+        names = [r.name for r in expand_recipes(self.recipes)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"recipes expand to the same name twice: {', '.join(twice)}")
+        return self

@@ -1,0 +1,63 @@
+"""`evaluation` and `registry`: how a candidate is measured, and the gate it must pass to become champion."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from alignflow.conf.base import Section
+
+
+class EvaluationConfig(Section):
+    max_pairs: int | None = Field(None, ge=1, description="Score at most this many held-out pairs (None: all).")
+    batch_size: int = Field(16, ge=1)
+    win_rate_prompts: int = Field(
+        16,
+        ge=1,
+        description="Held-out prompts (a seeded sample when there are more) on which the candidate and the "
+        "champion (or the base model when there is none) each generate an answer for the judge.",
+    )
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per answer for the win rate.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature (0: greedy).")
+    seed: int = Field(0, description="Seeds the prompt sample and the sampling of every answer.")
+    samples: int = Field(8, ge=0, description="Rows of (prompt, champion, candidate) in the samples table.")
+
+
+GATE_THRESHOLD_METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "win_rate")
+
+
+class GateConfig(Section):
+    metric: Literal["preference_accuracy", "reward_margin", "logp_accuracy"] = Field(
+        "preference_accuracy", description="Held-out metric that decides promotion (higher is better)."
+    )
+    min_improvement: float = Field(0.0, ge=0.0, description="The candidate must beat the champion by more than this.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Minimum the candidate must reach on each named metric, whatever the champion does: "
+        f"keys among {', '.join(GATE_THRESHOLD_METRICS)}.",
+    )
+    max_chosen_nll: float | None = Field(
+        None,
+        gt=0.0,
+        description="The candidate's held-out NLL of chosen responses must not exceed this (None: no limit).",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_threshold_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(GATE_THRESHOLD_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; expected some of {list(GATE_THRESHOLD_METRICS)}")
+        return value
+
+
+class RegistryConfig(Section):
+    model_name: str = Field("alignflow-tiny", min_length=1, description="Registered model name in MLflow.")
+    experiment: str = Field("alignflow", min_length=1)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    auto_promote: bool = Field(
+        True,
+        description="A candidate that passes the gate becomes champion; false: it stays challenger until "
+        "`alignflow promote` (the gate outcome is recorded either way).",
+    )

@@ -1,0 +1,154 @@
+"""`generation`: prompt sources, generator LLMs (local or OpenAI-compatible endpoints), the judge, binarization."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, Section
+
+ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+JUDGE_ASPECTS = ("overall-rating", "helpfulness", "honesty", "instruction-following", "truthfulness")
+
+
+class LLMConfig(Section):
+    """One LLM: a local transformers model, or any OpenAI-compatible endpoint (vLLM, TGI, hosted APIs).
+
+    Both run through distilabel (TransformersLLM, OpenAILLM). An API key is never part of the
+    config: `api_key_env` names the environment variable that holds it.
+    """
+
+    provider: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers: a local model in-process; openai: an OpenAI-compatible endpoint."
+    )
+    model: str = Field(
+        BUILTIN_TINY_MODEL,
+        min_length=1,
+        description="transformers: `builtin:tiny-llama` or a local HF model path; openai: the served model name.",
+    )
+    base_url: str | None = Field(
+        None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (`vllm serve`); None: api.openai.com."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="openai: NAME of the environment variable holding the API key (None: no key, local servers).",
+    )
+    timeout: float = Field(120.0, gt=0.0, description="openai: seconds per request before it counts as timed out.")
+    max_retries: int = Field(
+        3, ge=0, le=20, description="openai: retries of HTTP 5xx/429/408 and time-outs, with exponential backoff."
+    )
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="0: greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1, le=32768)
+    repetition_penalty: float | None = Field(
+        None,
+        ge=1.0,
+        le=3.0,
+        description="None: 1.1 for transformers (tiny models loop without it), not sent to endpoints; "
+        "a value is sent to endpoints as `repetition_penalty` (vLLM, TGI).",
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_fields_need_openai(self) -> LLMConfig:
+        # Checked here, not with a field pattern: a field error echoes its input, and what a user
+        # pastes by mistake into api_key_env is usually the key itself.
+        if self.api_key_env is not None and not re.fullmatch(ENV_VAR_NAME, self.api_key_env):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (letters, digits, _), never the key itself"
+            )
+        if self.provider == "transformers":
+            given = [k for k in ("base_url", "api_key_env") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for provider: openai")
+        if self.base_url is not None:
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
+            if "@" in self.base_url.split("//", 1)[1].split("/", 1)[0] or "key=" in self.base_url.lower():
+                raise ValueError(
+                    "base_url must not carry credentials: put the key in the variable named by api_key_env"
+                )
+        return self
+
+
+class GeneratorConfig(LLMConfig):
+    """One model that writes candidate responses (a distilabel TextGeneration step)."""
+
+    num_generations: int = Field(1, ge=1, le=16, description="Responses per prompt from this generator.")
+
+
+class JudgeConfig(Section):
+    """Who rates the candidates: the offline scorer, or an UltraFeedback-style LLM judge."""
+
+    kind: Literal["offline", "ultrafeedback"] = Field(
+        "offline", description="offline: deterministic reference-based scorer; ultrafeedback: an LLM (distilabel)."
+    )
+    aspect: Literal[JUDGE_ASPECTS] = Field("overall-rating", description="UltraFeedback aspect the LLM rates on.")
+    llm: LLMConfig | None = Field(None, description="The judge LLM (required for ultrafeedback).")
+    parse_retries: int = Field(
+        2, ge=0, le=10, description="Ask the judge again when its answer does not parse (then the row fails)."
+    )
+    retry_backoff: float = Field(
+        1.0, ge=0.0, le=60.0, description="Seconds before the first re-ask, doubled each time."
+    )
+
+    @model_validator(mode="after")
+    def _llm_judge_needs_an_llm(self) -> JudgeConfig:
+        if self.kind == "ultrafeedback" and self.llm is None:
+            raise ValueError("judge.kind ultrafeedback needs judge.llm (provider, model, ...)")
+        return self
+
+
+class GenerationConfig(Section):
+    prompts: str = Field(
+        BUILTIN_PROMPTS,
+        description="`builtin:default`, a .jsonl/.parquet/.csv file, or a `datasets` folder (save_to_disk).",
+    )
+    prompt_column: str = Field("prompt", min_length=1, description="Column of the prompt source holding the prompt.")
+    reference_column: str = Field(
+        "reference", min_length=1, description="Column with a reference answer (offline judge), used when present."
+    )
+    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts (None: all).")
+    preference_data: str | None = Field(
+        None,
+        description="Bring your own pairs and skip generation: a .jsonl/.json/.parquet/.csv file or a `datasets` "
+        "folder in a TRL preference format (standard, conversational, implicit prompt).",
+    )
+    generators: list[GeneratorConfig] = Field(
+        default_factory=lambda: [GeneratorConfig(temperature=0.5), GeneratorConfig(temperature=1.2)],
+        min_length=1,
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Who rates the candidates.")
+    binarization: Literal["best_vs_worst", "best_vs_random_lower"] = Field(
+        "best_vs_worst",
+        description="Chosen is the best candidate; rejected the worst, or a random one scoring at least "
+        "min_score_margin lower.",
+    )
+    min_score_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Chosen must out-score rejected by at least this much (judge score in [0, 1]; an UltraFeedback "
+        "rating step is 0.25); closer pairs are ties and are dropped. Equal scores never make a pair.",
+    )
+    min_success_rate: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Fail the stage when fewer prompts than this share were generated and judged (what was "
+        "generated is kept; a re-run retries only the failed rows).",
+    )
+    input_batch_size: int = Field(16, ge=1, description="Rows per distilabel batch.")
+    ray: bool = Field(False, description="Run the distilabel pipeline on the Ray cluster (runtime.ray_address).")
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_shorthand(cls, value: object) -> object:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _at_least_two_candidates(self) -> GenerationConfig:
+        if self.preference_data is None and sum(g.num_generations for g in self.generators) < 2:
+            raise ValueError("generators must produce at least 2 candidates per prompt in total")
+        return self
