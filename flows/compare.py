@@ -34,6 +34,7 @@ from alignflow.flows.notify import failure_hook
 from alignflow.flows.profiles import profile_path
 from alignflow.tasks.evaluation import comparison as compare_mod
 from alignflow.tasks.registry import store as register_mod
+from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, tracking_uri
 from alignflow.tasks.training import train as train_mod
 from alignflow.tasks.training.curves import plot_comparison_curves
@@ -309,7 +310,7 @@ def compare(config: PipelineConfig) -> dict:
         opponent = (str(champion_dir), "champion") if champion_dir else (data.base.loadable, "base")
 
         # Once, in this thread, before recipes train from several threads: Ray's start and trl's lazy imports.
-        train_mod.start_ray(config.runtime.ray_address)
+        start_ray(config.runtime.ray_address)
         train_mod.preload_trainers([r.training for r in recipes])
         children = _start_child_runs(config, recipes, tracking, parent, tags)
         started = time.perf_counter()

@@ -84,7 +84,7 @@ def pairs_frame():
 def ray_session():
     import ray
 
-    from alignflow.tasks.training.train import ensure_ray
+    from alignflow.tasks.runtime.ray import ensure_ray
 
     ensure_ray(None, {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRL_", "ALIGNFLOW", "RAY_TRAIN"))})
     yield

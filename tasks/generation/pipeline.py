@@ -207,7 +207,7 @@ def run_pipeline(
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True))[:16]
     pipeline = build_pipeline(rows, generation, model_paths, cache, seed)
     if generation.ray:
-        from alignflow.tasks.training.train import FORWARDED_ENV
+        from alignflow.tasks.runtime.ray import FORWARDED_ENV
 
         env = {k: os.environ[k] for k in (*FORWARDED_ENV, "DISTILABEL_LOG_LEVEL") if k in os.environ}
         pipeline = pipeline.ray(
@@ -225,7 +225,7 @@ def _ray_gcs_address(address: str | None) -> str:
     """Join (or start) the Ray cluster here; the spawned pipeline process connects to the same one."""
     import ray
 
-    from alignflow.tasks.training.train import FORWARDED_ENV, ensure_ray
+    from alignflow.tasks.runtime.ray import FORWARDED_ENV, ensure_ray
 
     if address and address.startswith("ray://"):
         return address  # Ray Client: the pipeline process connects itself

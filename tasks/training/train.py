@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from alignflow.conf.training import TrainingConfig
+from alignflow.tasks.runtime.ray import quiet_ray_logs, start_ray
 from alignflow.tasks.runtime.state import Ref, sha256_text, sha256_tree
 from alignflow.tasks.training import cost
 
@@ -313,22 +314,6 @@ def _callbacks(rank: int, tracking_uri: str, run_id: str | None, prefix: str = "
     return callbacks
 
 
-def quiet_ray_logs() -> None:
-    """Ray worker setup hook: keep the trainer's progress bars, drop Ray Train's chatter.
-
-    Without the dashboard (not started locally: it costs start-up time) the placement-group
-    cleaner warns every few seconds that the state API is unavailable; that is expected here.
-    Ray Train's per-report line comes from a logger named after its file, which the
-    RunConfig log level does not reach.
-    """
-    import logging
-
-    from ray.train.v2._internal.execution import context
-
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
 def train_loop(loop: dict) -> None:
     """Runs on every Ray Train worker (torch.distributed is already set up by Ray)."""
     import tempfile
@@ -397,38 +382,6 @@ def _step_of(checkpoint_dir: str | None) -> int:
         return 0
     state = Path(checkpoint_dir) / "trainer_state.json"
     return int(json.loads(state.read_text())["global_step"]) if state.exists() else 0
-
-
-def ensure_ray(address: str | None, env_vars: dict[str, str]) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=True,
-        logging_level="WARNING",
-        logging_config=ray.LoggingConfig(log_level="WARNING"),
-        runtime_env={
-            "env_vars": env_vars,
-            "worker_process_setup_hook": "alignflow.tasks.training.train.quiet_ray_logs",
-        },
-    )
-
-
-FORWARDED_ENV = (
-    "ALIGNFLOW_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
-    "TRL_EXPERIMENTAL_SILENCE", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_URI", "RAY_TRAIN_ENABLE_PRINT_PATCH",
-    "PYTHONWARNINGS", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
-)  # fmt: skip
-
-
-def start_ray(address: str | None) -> None:
-    """Start (or join) Ray with the state directory's environment forwarded to its workers; idempotent.
-
-    The comparison flow calls it once before recipes train from several threads."""
-    ensure_ray(address, {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
 
 
 def run_name_for(storage_path: str, base: str) -> str:

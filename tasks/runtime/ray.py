@@ -1,0 +1,71 @@
+"""Ray start-up shared by every stage that runs on Ray (training, the generation pipeline, the comparison flow).
+
+`start_ray` joins `address` (or starts a local Ray) once per process, with the state directory's
+environment forwarded to the workers and `quiet_ray_logs` as their setup hook.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Environment a Ray worker needs to see the same state directory, caches, offline mode and log settings.
+FORWARDED_ENV = (
+    "ALIGNFLOW_HOME",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "TRL_EXPERIMENTAL_SILENCE",
+    "TOKENIZERS_PARALLELISM",
+    "MLFLOW_TRACKING_URI",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH",
+    "PYTHONWARNINGS",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+)
+
+
+def quiet_ray_logs() -> None:
+    """Ray worker setup hook: keep the trainer's progress bars, drop Ray Train's chatter.
+
+    Without the dashboard (not started locally: it costs start-up time) the placement-group
+    cleaner warns every few seconds that the state API is unavailable; that is expected here.
+    Ray Train's per-report line comes from a logger named after its file, which the
+    RunConfig log level does not reach.
+    """
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def ensure_ray(address: str | None, env_vars: dict[str, str]) -> None:
+    """Start (or join) Ray with `env_vars` in every worker's environment; a no-op once Ray is up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=True,
+        logging_level="WARNING",
+        logging_config=ray.LoggingConfig(log_level="WARNING"),
+        runtime_env={
+            "env_vars": env_vars,
+            "worker_process_setup_hook": "alignflow.tasks.runtime.ray.quiet_ray_logs",
+        },
+    )
+
+
+def forwarded_env() -> dict[str, str]:
+    """The FORWARDED_ENV variables set in this process."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def start_ray(address: str | None) -> None:
+    """Start (or join) Ray with the state directory's environment forwarded to its workers; idempotent.
+
+    The comparison flow calls it once before recipes train from several threads."""
+    ensure_ray(address, forwarded_env())
