@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict
 
 BUILTIN_TINY_MODEL = "builtin:tiny-llama"
 BUILTIN_PROMPTS = "builtin:default"
+BUILTIN_EVAL_PROMPTS = "builtin:eval"  # the gate's evaluation set, conf/prompts/eval.jsonl
 
 
 class Section(BaseModel):

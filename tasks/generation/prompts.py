@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alignflow.conf.base import BUILTIN_PROMPTS
+from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS
 from alignflow.conf.loader import CONF_DIR
 from alignflow.tasks.runtime.state import sha256_file, sha256_tree
 
 SHIPPED_PROMPTS = CONF_DIR / "prompts" / "default.jsonl"
+# The promotion gate's evaluation set: its own file, so it is disjoint from the training prompts by construction.
+SHIPPED_SETS = {BUILTIN_PROMPTS: SHIPPED_PROMPTS, BUILTIN_EVAL_PROMPTS: CONF_DIR / "prompts" / "eval.jsonl"}
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 
 def prompts_path(source: str) -> Path:
-    return SHIPPED_PROMPTS if source == BUILTIN_PROMPTS else Path(source).expanduser()
+    return SHIPPED_SETS.get(source) or Path(source).expanduser()
 
 
 def source_sha256(path: str | Path) -> str:
