@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from alignflow.conf.base import Section
+from alignflow.tasks.validation.checks import CHECK_IDS, DEFAULT_ERRORS, DEFAULT_WARNINGS, STRUCTURAL_CHECKS
 
-ValidationCheck = Literal[
-    "missing_column",
-    "extra_columns",
-    "wrong_type",
-    "null_field",
-    "empty_field",
-    "invalid_utf8",
-    "control_chars",
-    "mixed_format",
-    "conversation_structure",
-    "identical_pair",
-    "rating_tie",
-    "low_margin",
-    "duplicate_pair",
-    "contradiction",
-    "too_long",
-    "length_bias",
-    "split_leakage",
-]
-DEFAULT_WARNINGS = ("extra_columns", "length_bias")  # every other check is an error by default
-# A row failing one of these has no usable text: it can never be kept, so they are always errors.
-STRUCTURAL_CHECKS = ("missing_column", "wrong_type", "null_field", "mixed_format")
+# The check ids, their default levels and which must stay errors come from the one registry
+# (tasks/validation/checks.py), so a new check is one entry there, never a second list here.
+ValidationCheck = Literal[CHECK_IDS]  # type: ignore[valid-type]  (built from the registry at import)
 
 
 class ValidationConfig(Section):
-    """Dataset checks (ids in tasks/validate.py CHECKS), their levels and the gate before training."""
+    """Dataset checks (ids and defaults in tasks/validation/checks.py), their levels and the gate before training."""
 
     max_length: int = Field(
         256,
@@ -45,7 +27,7 @@ class ValidationConfig(Section):
     )
     min_pairs: int = Field(20, ge=1, description="Stop the run with fewer valid pairs than this.")
     errors: list[ValidationCheck] = Field(
-        default_factory=lambda: [c for c in get_args(ValidationCheck) if c not in DEFAULT_WARNINGS],
+        default_factory=lambda: list(DEFAULT_ERRORS),
         description="Checks that quarantine their rows (row checks) or fail the gate (dataset checks).",
     )
     warnings: list[ValidationCheck] = Field(
