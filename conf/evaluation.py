@@ -6,10 +6,28 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from alignflow.conf.base import Section
+from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, Section
+from alignflow.conf.generation import JudgeConfig
 
 
 class EvaluationConfig(Section):
+    """Held-out pair metrics, and the head-to-head against the champion (else the base model) the gate decides on."""
+
+    prompts: str = Field(
+        BUILTIN_EVAL_PROMPTS,
+        description="The head-to-head prompt set: `builtin:eval` (conf/prompts/eval.jsonl, disjoint from the "
+        "training prompts) or a .jsonl/.parquet/.csv file with prompt and reference columns. Its sha256 is recorded.",
+    )
+    max_prompts: int | None = Field(None, ge=1, description="Use only the first N evaluation prompts (None: all).")
+    samples_per_prompt: int = Field(
+        4, ge=1, le=64, description="Sampled answers per prompt and side, paired by seed (more: a tighter interval)."
+    )
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig,
+        description="Who compares two answers: offline (the reference-based scorer) or an UltraFeedback LLM "
+        "judge through distilabel, shown each pair in both orders.",
+    )
+    bootstrap_resamples: int = Field(2000, ge=100, le=100_000, description="Paired-bootstrap resamples over prompts.")
     max_pairs: int | None = Field(None, ge=1, description="Score at most this many held-out pairs (None: all).")
     batch_size: int = Field(16, ge=1)
     win_rate_prompts: int = Field(
