@@ -133,7 +133,7 @@ class CollectCandidates(Step):
 
 
 class OfflineJudge(Step):
-    """Scores every candidate against the prompt's reference answer (tasks/judge.py)."""
+    """Scores every candidate against the prompt's reference answer (judge.py)."""
 
     progress_total: int = 0
     progress_position: int = 0
@@ -164,7 +164,7 @@ class OfflineJudge(Step):
 class UltraFeedbackJudge(UltraFeedback):
     """distilabel's UltraFeedback on `candidates`, re-asking when the answer does not parse.
 
-    Ratings 1-5 become scores in [0, 1] (tasks/judge.rating_to_score), the offline judge's
+    Ratings 1-5 become scores in [0, 1] (judge.rating_to_score), the offline judge's
     scale. An endpoint error after the client's retries, or an answer that still does not
     parse after `parse_retries` re-asks, is the row's `judge_error`.
     """
