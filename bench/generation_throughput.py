@@ -6,7 +6,7 @@ Side by side in one run, on the same prompts (the shipped set), the same model (
 tiny model of conf/pipeline.yaml) and the same generators (conf/pipeline.yaml: two samplers,
 64 new tokens, batches of generation.input_batch_size):
 
-  - distilabel: the whole generate stage (tasks/generate.generate_preferences): a spawned
+  - distilabel: the whole generate stage (tasks/generation/stage.generate_preferences): a spawned
     process, one distilabel step process per generator (they run at the same time), the
     offline judge, binarization and the files;
   - direct: this process loads the model once and calls `model.generate` on left-padded
@@ -50,13 +50,13 @@ def count_tokens(tokenizer, texts: list[str]) -> int:
 def distilabel_stage(cfg, rows: list[dict], model_path: str, out: Path) -> tuple[dict, list[str]]:
     import pandas as pd
 
-    from alignflow.tasks.generation.pipeline import generate_preferences
+    from alignflow.tasks.generation.stage import generate_preferences
 
     started = time.perf_counter()
     _, report = generate_preferences(rows, cfg.generation, [model_path] * len(cfg.generation.generators), out)
     wall = time.perf_counter() - started
     texts = [t for cands in pd.read_parquet(out / "candidates.parquet")["candidates"] for t in cands]
-    measured = {"wall_s": wall, "generate_s": report["generation_phase_s"], "responses": len(texts)}
+    measured = {"wall_s": wall, "generate_s": report.generation_phase_s, "responses": len(texts)}
     return measured, texts
 
 

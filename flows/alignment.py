@@ -31,8 +31,11 @@ from alignflow.flows.limits import TRAIN_LIMIT_TAG
 from alignflow.flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
 from alignflow.flows.notify import failure_hook
 from alignflow.tasks.evaluation import metrics as evaluate_mod
-from alignflow.tasks.generation import pipeline as generate_mod
+from alignflow.tasks.generation.endpoints import llm_slots
+from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
+from alignflow.tasks.generation.report import GenerationReport
+from alignflow.tasks.generation.stage import GenerationFailed, generate_preferences
 from alignflow.tasks.registry import store as register_mod
 from alignflow.tasks.runtime.state import (
     Ref,
@@ -75,45 +78,48 @@ def generate(
     out_dir: Path,
     seed: int,
     ray_address: str | None = None,
-) -> tuple[Ref, dict]:
+) -> tuple[Ref, GenerationReport]:
     """Synthetic pairs from the prompts (or the user's own pairs, snapshotted); the report as an artifact."""
     from alignflow.tasks.generation.byo import import_preference_data
 
     logger = get_run_logger()
     if generation.preference_data:
         pairs, report = import_preference_data(generation.preference_data, out_dir)
-        logger.info("using %(rows)s preference rows (%(format)s) from %(source)s: generation skipped", report)
+        logger.info(
+            "using %(rows)s preference rows (%(format)s) from %(source)s: generation skipped", report.model_dump()
+        )
     else:
         rows = load_prompts(
             generation.prompts, generation.max_prompts, generation.prompt_column, generation.reference_column
         )
         paths = [m.loadable if m else None for m in models]
         try:
-            pairs, report = generate_mod.generate_preferences(rows, generation, paths, out_dir, seed, ray_address)
-        except generate_mod.GenerationFailed as exc:
+            pairs, report = generate_preferences(rows, generation, paths, out_dir, seed, ray_address)
+        except GenerationFailed as exc:
             _generation_artifact(exc.report)  # the failed run's counts, next to its error
             raise
         logger.info(
             "generated %(candidates)s candidates for %(prompts)s prompts -> %(pairs)s pairs "
             "(%(ties)s ties, %(identical)s identical, %(failed)s failed) in %(seconds)ss [%(executor)s]",
-            report,
+            report.model_dump(),
         )
     _generation_artifact(report)
     return pairs, report
 
 
-def _generation_artifact(report: dict) -> None:
+def _generation_artifact(report: GenerationReport) -> None:
     """The generate stage's report as a Prefect table: the totals, then one row per generator."""
-    totals = {k: v for k, v in report.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    data = report.model_dump()  # the fields report.json has
+    totals = {k: v for k, v in data.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
     rows = [{"what": k, "value": str(v)} for k, v in totals.items()]
     rows += [
         {
             "what": f"generator {g['generator']}",
             "value": ", ".join(f"{k} {v}" for k, v in g.items() if k != "generator"),
         }
-        for g in report.get("generators", [])
+        for g in data.get("generators", [])
     ]
-    done = f"{report.get('pairs')} pairs from {report.get('prompts')} prompts"
+    done = f"{report.pairs} pairs from {report.prompts} prompts"
     create_table_artifact(rows, key="generation-report", description=f"generate: {done}")
 
 
@@ -351,7 +357,7 @@ class PreparedData:
 
     base: Ref
     pairs: Ref
-    generation: dict
+    generation: GenerationReport
     validation: dict
     train: Ref
     test: Ref
@@ -359,7 +365,7 @@ class PreparedData:
 
 def generate_data(
     config: PipelineConfig, root: Path, base: Ref | None, seconds: dict[str, float]
-) -> tuple[Ref, dict, str]:
+) -> tuple[Ref, GenerationReport, str]:
     """Stage 1, the `generate` task on its content key: returns the pairs, the stage report and the key.
 
     `base` is the base model's Ref, reused for transformers LLMs that name the same model."""
@@ -369,7 +375,7 @@ def generate_data(
         key, source_file = "generation.preference_data", Path(gen.preference_data).expanduser()
     else:
         key, source_file = "generation.prompts", prompts_path(gen.prompts)
-        for _, llm in generate_mod.llm_slots(gen):
+        for _, llm in llm_slots(gen):
             if llm.provider != "transformers":
                 models.append(None)  # an endpoint: its identity (model name, base_url) is in the settings
             elif base is not None and llm.model == config.training.model_name_or_path:
@@ -383,10 +389,10 @@ def generate_data(
     # The dataset's key is the content of everything that shapes the candidates and their scores;
     # binarization and thresholds only pick pairs from them (one pairs folder per setting inside).
     data_key = sha256_text(
-        generate_mod.candidate_settings(gen),
+        candidate_settings(gen),
         str(gen.preference_data),
         source.sha256,
-        generate_mod.code_version(),
+        code_version(),
         str(config.runtime.seed),
         *(m.sha256 for m in models if m is not None),
     )[:16]
@@ -497,7 +503,9 @@ def alignment(config: PipelineConfig) -> dict:
             config.name,
         )
         register_mod.log_metrics(
-            tracking, run_id, {f"generate/{k}": v for k, v in gen_report.items() if isinstance(v, int | float)}
+            tracking,
+            run_id,
+            {f"generate/{k}": v for k, v in gen_report.model_dump().items() if isinstance(v, int | float)},
         )
         register_mod.log_metrics(
             tracking, run_id, {"validate/valid": report["valid"], "validate/quarantined": report["quarantined"]}
@@ -580,7 +588,7 @@ def alignment(config: PipelineConfig) -> dict:
         "mlflow_run_id": run_id,
         "flow_run_id": str(flow_run.id),
         "dataset": pairs.model_dump(),
-        "generation": gen_report,
+        "generation": gen_report.model_dump(),
         "validation": {k: report[k] for k in ("rows", "valid", "quarantined")},
         "training": train_summary,
         "evaluation": metrics,

@@ -1,4 +1,4 @@
-"""alignflow.tasks.generation.pipeline.binarize and generator_labels: best vs worst, and the reasons no pair is made."""
+"""alignflow.tasks.generation.binarize.binarize and pipeline.generator_labels: best vs worst, and the reasons no pair is made."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alignflow.conf.generation import GenerationConfig, GeneratorConfig
-from alignflow.tasks.generation.pipeline import binarize, generator_labels
+from alignflow.tasks.generation.binarize import binarize
+from alignflow.tasks.generation.pipeline import generator_labels
 
 
 def labels_for(n: int) -> list[str]:

@@ -56,7 +56,7 @@ def test_each_form_is_imported_and_validated_into_explicit_strings(form, tmp_pat
     source = tmp_path / f"{form}.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records(form)))
     ref, report = import_preference_data(source, tmp_path / "stage")
-    assert report["format"] == form and report["rows"] == len(ROWS) and not report["generated"]
+    assert report.format == form and report.rows == len(ROWS) and not report.generated
     assert ref.path.read_bytes() == source.read_bytes()  # a snapshot: later edits of the source change nothing
 
     result = validate_file(ref.path, small_config().validation, tmp_path / "validation")
@@ -81,7 +81,7 @@ def test_datasets_folder_and_training_on_an_implicit_prompt_split(tmp_path, tiny
         str(folder)
     )
     ref, report = import_preference_data(folder, tmp_path / "stage")
-    assert ref.path.suffix == ".parquet" and report["format"] == "conversational_implicit_prompt"
+    assert ref.path.suffix == ".parquet" and report.format == "conversational_implicit_prompt"
     result = validate_file(ref.path, small_config().validation, tmp_path / "validation")
     assert result["gate"]["passed"]
 

@@ -52,7 +52,7 @@ def test_a_rerun_makes_no_llm_calls_and_only_content_changes_miss(server, genera
 
     pairs, report, key = generate_only(config)
     calls = len(fake.requests)
-    assert calls == 2 * 3 and report["judge"] == "ultrafeedback/helpfulness"  # 2 prompts x (alpha, beta, judge)
+    assert calls == 2 * 3 and report.judge == "ultrafeedback/helpfulness"  # 2 prompts x (alpha, beta, judge)
 
     # The same prompts and settings in a new flow run: the Prefect cache answers, no LLM is called,
     # even with the key rotated (its value is not part of the cache key, only the variable's name).
@@ -70,7 +70,7 @@ def test_a_rerun_makes_no_llm_calls_and_only_content_changes_miss(server, genera
         config_for(url, prompts, "generation.binarization=best_vs_random_lower")
     )
     assert len(fake.requests) == calls and rb_key == key
-    assert rb_report["executor"] == "reused" and rb_report["reused_rows"] == 2
+    assert rb_report.executor == "reused" and rb_report.reused_rows == 2
     assert rebinarized.path.parent != pairs.path.parent and pairs.path.exists()
 
     # New prompt content under the same file name is new data: the LLMs are called again.
@@ -91,6 +91,6 @@ def test_own_preference_data_goes_through_the_generate_task(generate_only, tmp_p
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs, report, key = generate_only(small_config(f"generation.preference_data={data}"))
-    assert report["format"] == "standard_implicit_prompt" and report["rows"] == 4 and not report["generated"]
+    assert report.format == "standard_implicit_prompt" and report.rows == 4 and not report.generated
     assert pairs.path.read_bytes() == data.read_bytes() and pairs.path != data
     assert generate_only(small_config(f"generation.preference_data={data}"))[2] == key

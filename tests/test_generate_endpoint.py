@@ -16,7 +16,7 @@ from conftest import small_config
 from fake_openai_server import API_KEY, KEY_VARIABLE, endpoint, running
 
 from alignflow.conf.loader import flatten
-from alignflow.tasks.generation.pipeline import GenerationFailed, generate_preferences
+from alignflow.tasks.generation.stage import GenerationFailed, generate_preferences
 
 PROMPTS = [
     "Explain photosynthesis.",
@@ -63,9 +63,9 @@ def failures(out: Path) -> list[dict]:
 
 def test_rows_are_generated_judged_or_failed_with_a_reason(first_run):
     _, _, out, ref, report, _ = first_run
-    assert report["prompts"] == 9 and report["judged"] == 7 and report["failed"] == 2
-    assert report["success_rate"] == round(7 / 9, 4) and report["status"] == "ok"
-    assert report["judge"] == "ultrafeedback/overall-rating"
+    assert report.prompts == 9 and report.judged == 7 and report.failed == 2
+    assert report.success_rate == round(7 / 9, 4) and report.status == "ok"
+    assert report.judge == "ultrafeedback/overall-rating"
     # Nothing is dropped: every prompt has a row in candidates.parquet, failed ones with their reason.
     candidates = pd.read_parquet(out / "candidates.parquet")
     assert candidates["prompt_id"].tolist() == [r["id"] for r in ROWS]
@@ -84,8 +84,8 @@ def test_rows_are_generated_judged_or_failed_with_a_reason(first_run):
     assert "did not parse" in failed[("q7", "judge")]["reason"] and failed[("q7", "judge")]["row_failed"]
     # The pairs: every judged row is a pair or a counted tie; chosen is the judge's best.
     pairs = pd.read_parquet(ref.path)
-    assert report["pairs"] + report["ties"] + report["identical"] + report["empty"] == report["judged"]
-    assert len(pairs) == report["pairs"] > 0
+    assert report.pairs + report.ties + report.identical + report.empty == report.judged
+    assert len(pairs) == report.pairs > 0
     assert (pairs["chosen_generator"] == "g0:alpha@t1.0").all()  # the fake judge rates longer answers higher
     assert (pairs["score_chosen"] - pairs["score_rejected"] >= 0.25).all()  # UltraFeedback steps are 0.25
 
@@ -130,7 +130,7 @@ def test_too_low_success_rate_fails_and_a_rerun_retries_only_failed_rows(first_r
         generate_preferences(ROWS, cfg.generation, [], out)
     message = str(info.value)
     assert "7/9 prompts" in message and "failed_rows.jsonl" in message and "HTTP 500" in message
-    assert info.value.report["status"] == "failed" and info.value.report["reused_rows"] == 7
+    assert info.value.report.status == "failed" and info.value.report.reused_rows == 7
     # Only the two failed prompts went back to the server; the judged rows were kept.
     again = fake.requests[before:]
     assert {r.prompt for r in again} == {PROMPTS[4], PROMPTS[7]}

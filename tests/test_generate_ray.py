@@ -8,7 +8,7 @@ import yaml
 from conftest import small_config
 from fake_openai_server import endpoint, running
 
-from alignflow.tasks.generation.pipeline import generate_preferences
+from alignflow.tasks.generation.stage import generate_preferences
 
 ROWS = [
     {"id": f"r{i}", "prompt": p, "reference": ""}
@@ -35,7 +35,7 @@ def test_pipeline_runs_on_the_ray_cluster(server, ray_session, tmp_path):
     # distilabel's RayPipeline ran the steps as actors of the session's cluster (joined, not started)
     executor = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())["alignflow"]["executor"]
     assert executor == {"pipeline": "RayPipeline", "ray_address": ray.get_runtime_context().gcs_address}
-    assert report["executor"] == "ray" and report["judged"] == 3 and report["failed"] == 0
+    assert report.executor == "ray" and report.judged == 3 and report.failed == 0
     assert fake.count("generate") == 3 * 2 + 2 * 2  # 3 prompts x 2 generators + two injected 500s each
     pairs = pd.read_parquet(ref.path)
-    assert len(pairs) == report["pairs"] > 0
+    assert len(pairs) == report.pairs > 0

@@ -1,6 +1,6 @@
 """Bring-your-own preference data: the generate stage's output when `generation.preference_data` is set.
 
-Any of TRL's preference forms is accepted as is (tasks/validate.py detects them):
+Any of TRL's preference forms is accepted as is (the validation package detects them):
 
     standard                        prompt, chosen, rejected strings
     conversational                  prompt, chosen, rejected lists of {role, content} messages
@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.runtime.state import Ref, sha256_file
 from alignflow.tasks.validation import validator as validate_mod
 
@@ -58,7 +59,7 @@ def snapshot(source: str | Path, out_dir: Path) -> Path:
     return target
 
 
-def import_preference_data(source: str | Path, out_dir: Path) -> tuple[Ref, dict]:
+def import_preference_data(source: str | Path, out_dir: Path) -> tuple[Ref, GenerationReport]:
     """Snapshot the data and report its format and size; rows are checked by the validate stage."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,16 +78,16 @@ def import_preference_data(source: str | Path, out_dir: Path) -> tuple[Ref, dict
             "(prompt/chosen/rejected, or chosen/rejected with an implicit prompt) (generation.preference_data)"
         )
     digest = sha256_file(path)
-    report = {
-        "source": str(source),
-        "generated": False,
-        "format": validate_mod.FORMATS[fmt],
-        "rows": rows,
-        "prompts": rows,
-        "pairs": rows,
-        "columns": list(columns),
-        "content_sha256": digest,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    report = GenerationReport(
+        source=str(source),
+        generated=False,
+        format=validate_mod.FORMATS[fmt],
+        rows=rows,
+        prompts=rows,
+        pairs=rows,
+        columns=list(columns),
+        content_sha256=digest,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    (out_dir / "report.json").write_text(json.dumps(report.model_dump(), indent=2))
     return Ref(uri=path.resolve().as_uri(), sha256=digest), report
