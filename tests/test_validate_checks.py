@@ -1,4 +1,4 @@
-"""alignflow.tasks.validation.validator without a tokenizer: checks, quarantine, gate, grouped split, outputs, reading files."""
+"""The validate stage without a tokenizer: checks, quarantine, gate, grouped split, outputs, reading files."""
 
 from __future__ import annotations
 
@@ -11,14 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alignflow.conf.validation import ValidationConfig
-from alignflow.tasks.validation.validator import (
-    CHECKS,
-    DatasetError,
-    read_pairs,
-    split_by_prompt,
-    validate_file,
-    validate_pairs,
-)
+from alignflow.tasks.validation.checks import CHECKS
+from alignflow.tasks.validation.readers import DatasetError, read_pairs
+from alignflow.tasks.validation.stage import split_by_prompt, validate_file, validate_pairs
 
 VALID = {"prompt": "What is 2 + 2?", "chosen": "It is 4.", "rejected": "It is 5."}
 
@@ -60,20 +55,20 @@ def test_each_bad_row_is_quarantined_with_its_reason(dtype):
 def test_report_counts_match():
     frame, expected = mixed_frame()
     valid, quarantined, report = validate_pairs(frame, lenient(), tokenizer=None)
-    assert report["rows"] == len(frame) == 8
-    assert report["valid"] == len(valid) == 2
-    assert report["quarantined"] == len(quarantined) == 6
-    assert report["valid_fraction"] == round(2 / 8, 4)
-    for check_id, item in report["checks"].items():
+    assert report.rows == len(frame) == 8
+    assert report.valid == len(valid) == 2
+    assert report.quarantined == len(quarantined) == 6
+    assert report.valid_fraction == round(2 / 8, 4)
+    for check_id, item in report.checks.items():
         rows_with = [i for i, e in enumerate(expected) if check_id in e]
-        assert item["count"] == len(rows_with), check_id
-        assert item["example_rows"] == rows_with[:5]
-        assert item["description"] == CHECKS[check_id]
-    assert report["checks"]["too_long"]["count"] == 0  # no tokenizer: token checks skipped
-    assert "skipped" in report["checks"]["too_long"]
-    assert report["tokens"]["measured"] == 0 and report["tokens"]["longest"] is None
-    assert report["gate"]["passed"] is True and report["gate"]["failures"] == []
-    json.dumps(report)  # serializable as is
+        assert item.count == len(rows_with), check_id
+        assert item.example_rows == rows_with[:5]
+        assert item.description == CHECKS[check_id].description
+    assert report.checks["too_long"].count == 0  # no tokenizer: token checks skipped
+    assert "skipped" in report.checks["too_long"].model_dump(mode="json")
+    assert report.tokens.measured == 0 and report.tokens.longest is None
+    assert report.gate.passed is True and report.gate.failures == []
+    json.dumps(report.model_dump(mode="json"))  # serializable as is
 
 
 def test_missing_column_quarantines_every_row():
@@ -82,8 +77,8 @@ def test_missing_column_quarantines_every_row():
     assert valid.empty
     assert len(quarantined) == 2
     assert all(r == ["missing_column"] for r in quarantined["reasons"])
-    assert report["checks"]["missing_column"]["count"] == 2
-    assert report["gate"]["passed"] is False
+    assert report.checks["missing_column"].count == 2
+    assert report.gate.passed is False
 
 
 def test_non_default_index_reports_positions():
@@ -93,33 +88,33 @@ def test_non_default_index_reports_positions():
     valid, quarantined, report = validate_pairs(frame, lenient(), tokenizer=None)
     assert len(valid) == 2
     assert sorted(quarantined["row"]) == [i for i, e in enumerate(expected) if e]
-    assert report["checks"]["duplicate_pair"]["example_rows"] == [4]
-    assert report["checks"]["duplicate_pair"]["detail"]["first_seen"] == [[4, 0]]
+    assert report.checks["duplicate_pair"].example_rows == [4]
+    assert report.checks["duplicate_pair"].detail["first_seen"] == [[4, 0]]
 
 
 def test_valid_rows_pass_untouched():
     frame = pd.DataFrame([{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(30)])
     valid, quarantined, report = validate_pairs(frame, ValidationConfig(), tokenizer=None)
     assert len(valid) == 30 and quarantined.empty
-    assert report["gate"]["passed"] is True
+    assert report.gate.passed is True
     pd.testing.assert_frame_equal(valid, frame)
 
 
 def test_gate_fails_under_min_pairs():
     frame, _ = mixed_frame()
     _, _, report = validate_pairs(frame, ValidationConfig(min_pairs=5, max_rejected_fraction=1.0))
-    assert report["gate"]["passed"] is False
-    assert len(report["gate"]["failures"]) == 1
-    assert "validation.min_pairs" in report["gate"]["failures"][0]
-    assert "5" in report["gate"]["failures"][0]
+    assert report.gate.passed is False
+    assert len(report.gate.failures) == 1
+    assert "validation.min_pairs" in report.gate.failures[0]
+    assert "5" in report.gate.failures[0]
 
 
 def test_gate_fails_over_max_rejected_fraction():
     frame, _ = mixed_frame()
     _, _, report = validate_pairs(frame, ValidationConfig(min_pairs=1, max_rejected_fraction=0.5))
-    assert report["gate"]["passed"] is False
-    assert len(report["gate"]["failures"]) == 1
-    failure = report["gate"]["failures"][0]
+    assert report.gate.passed is False
+    assert len(report.gate.failures) == 1
+    failure = report.gate.failures[0]
     assert "validation.max_rejected_fraction" in failure
     assert "0.750" in failure and "empty_field: 2 rows (rows 1, 2)" in failure
 
@@ -127,7 +122,7 @@ def test_gate_fails_over_max_rejected_fraction():
 def test_gate_names_both_keys_when_both_fail():
     frame, _ = mixed_frame()
     _, _, report = validate_pairs(frame, ValidationConfig())  # min_pairs=20, max_rejected_fraction=0.5
-    failures = " ".join(report["gate"]["failures"])
+    failures = " ".join(report.gate.failures)
     assert "validation.min_pairs" in failures
     assert "validation.max_rejected_fraction" in failures
 
@@ -136,8 +131,8 @@ def test_empty_frame_fails_gate():
     frame = pd.DataFrame(columns=["prompt", "chosen", "rejected"])
     valid, quarantined, report = validate_pairs(frame, lenient())
     assert valid.empty and quarantined.empty
-    assert report["rows"] == 0
-    assert report["gate"]["passed"] is False
+    assert report.rows == 0
+    assert report.gate.passed is False
 
 
 # --- split_by_prompt -----------------------------------------------------------------------------
@@ -196,8 +191,8 @@ def test_validate_file_when_gate_passes(tmp_path):
     write_jsonl(tmp_path / "pairs.jsonl", frame)
     config = ValidationConfig(min_pairs=5, max_rejected_fraction=0.5, chunk_rows=7)
     report = validate_file(tmp_path / "pairs.jsonl", config, tmp_path / "out")
-    assert report["gate"]["passed"]
-    paths = {k: Path(v) for k, v in report["files"].items()}
+    assert report.gate.passed
+    paths = {k: Path(v) for k, v in report.files.items()}
     assert set(paths) == {"report", "quarantine", "summary", "train", "test"}
     written = json.loads(paths["report"].read_text())
     assert written["valid"] == 22
@@ -226,8 +221,8 @@ def test_validate_file_when_gate_fails(tmp_path):
     frame, expected = mixed_frame()
     write_jsonl(tmp_path / "pairs.jsonl", frame)
     report = validate_file(tmp_path / "pairs.jsonl", ValidationConfig(), tmp_path / "out")
-    assert not report["gate"]["passed"]
-    assert set(report["files"]) == {"report", "quarantine", "summary"}
+    assert not report.gate.passed
+    assert set(report.files) == {"report", "quarantine", "summary"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quarantine.jsonl", "report.json", "summary.md"]
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["gate"]["passed"] is False

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from alignflow.conf.validation import ValidationConfig
 from alignflow.flows.cli import app
-from alignflow.tasks.validation.validator import validate_file, validate_pairs
+from alignflow.tasks.validation.stage import validate_file, validate_pairs
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,11 @@ def test_token_lengths_follow_the_chat_template(tokenizer):
         tokenizer(tokenizer.apply_chat_template(conv, tokenize=False), add_special_tokens=False)["input_ids"]
     )
     assert quarantined["row"].tolist() == [1] and quarantined["reasons"].tolist() == [["too_long"]]
-    tokens = report["tokens"]
-    assert tokens["measured"] == 2 and tokens["too_long"] == 1 and tokens["truncated_fraction"] == 0.5
-    assert tokens["longest"] > 40
+    tokens = report.tokens
+    assert tokens.measured == 2 and tokens.too_long == 1 and tokens.truncated_fraction == 0.5
+    assert tokens.longest > 40
     assert expected <= 40
-    assert report["checks"]["length_bias"]["detail"]["unit"] == "tokens"
+    assert report.checks["length_bias"].detail["unit"] == "tokens"
 
 
 def test_conversational_token_lengths(tokenizer):
@@ -59,7 +59,7 @@ def test_conversational_token_lengths(tokenizer):
     ]
     _, quarantined, report = validate_pairs(pd.DataFrame(rows), ValidationConfig(min_pairs=1, max_length=50), tokenizer)
     assert quarantined["reasons"].tolist() == [["too_long"]]
-    assert report["tokens"]["truncated_fraction"] == 1.0
+    assert report.tokens.truncated_fraction == 1.0
 
 
 def write_pairs(path, n: int, **extra) -> None:
@@ -126,6 +126,6 @@ def test_validate_file_reads_the_flows_pairs(tmp_path, pairs_frame):
     frame = pairs_frame.assign(score_chosen=0.8, score_rejected=0.2)
     frame.to_parquet(tmp_path / "pairs.parquet")
     report = validate_file(tmp_path / "pairs.parquet", ValidationConfig(min_pairs=4), tmp_path / "out")
-    assert report["gate"]["passed"] and report["valid"] == len(frame)
-    train = pd.read_parquet(report["files"]["train"])
+    assert report.gate.passed and report.valid == len(frame)
+    train = pd.read_parquet(report.files["train"])
     assert {"prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected"} <= set(train.columns)

@@ -285,9 +285,9 @@ def test_unreadable_file(tmp_path):
 
 
 def test_line_too_long_is_refused_not_loaded(tmp_path, monkeypatch):
-    import alignflow.tasks.validation.validator as validate_mod
+    import alignflow.tasks.validation.readers as readers
 
-    monkeypatch.setattr(validate_mod, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
     path = tmp_path / "huge.jsonl"
     path.write_bytes(jsonl(GOOD[:3]) + b'{"prompt": "' + b"x" * 5000 + b'"}\n')
     result = CliRunner().invoke(app, ["validate", str(path), "--no-tokenizer", "--out", str(tmp_path / "o")])

@@ -9,7 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from alignflow.conf.validation import ValidationConfig
-from alignflow.tasks.validation.validator import FORMATS, read_pairs, validate_file, validate_pairs
+from alignflow.tasks.validation.fields import FORMATS
+from alignflow.tasks.validation.readers import read_pairs
+from alignflow.tasks.validation.stage import validate_file, validate_pairs
 
 
 def lenient(**kw) -> ValidationConfig:
@@ -67,9 +69,9 @@ def test_formats_are_detected_and_written_as_strings(tmp_path, suffix, rows, fmt
     path = tmp_path / f"pairs{suffix}"
     write(path, rows)
     report = validate_file(path, lenient(test_size=0.3), tmp_path / "out")
-    assert report["format"] == fmt and fmt in FORMATS
-    assert report["valid"] == len(rows), report["gate"]
-    out = pd.concat([pd.read_parquet(report["files"]["train"]), pd.read_parquet(report["files"]["test"])])
+    assert report.format == fmt and fmt in FORMATS
+    assert report.valid == len(rows), report.gate
+    out = pd.concat([pd.read_parquet(report.files["train"]), pd.read_parquet(report.files["test"])])
     for column in ("prompt", "chosen", "rejected"):
         assert all(isinstance(v, str) and v for v in out[column])
     first = out.sort_values("source_row").iloc[0]
@@ -86,11 +88,11 @@ def test_mixed_formats_name_rows_and_fail_the_gate(tmp_path):
     rows = [*CONVERSATIONAL, {"prompt": "plain", "chosen": "a", "rejected": "b"}, *IMPLICIT_CONVERSATIONAL[:1]]
     write(tmp_path / "mixed.jsonl", rows)
     report = validate_file(tmp_path / "mixed.jsonl", lenient(), tmp_path / "out")
-    item = report["checks"]["mixed_format"]
-    assert item["count"] == 2 and item["example_rows"] == [6, 7]
-    assert item["detail"] == {"standard": 1, "conversational": 6, "conversational_implicit_prompt": 1}
-    assert not report["gate"]["passed"]
-    assert any("mixed_format: 2 rows" in f and "(rows 6, 7)" in f for f in report["gate"]["failures"])
+    item = report.checks["mixed_format"]
+    assert item.count == 2 and item.example_rows == [6, 7]
+    assert item.detail == {"standard": 1, "conversational": 6, "conversational_implicit_prompt": 1}
+    assert not report.gate.passed
+    assert any("mixed_format: 2 rows" in f and "(rows 6, 7)" in f for f in report.gate.failures)
 
 
 @pytest.mark.parametrize(
@@ -172,8 +174,8 @@ def test_ratings_ties_margins_and_types():
         4: ["null_field"],
         5: ["wrong_type"],
     }
-    assert report["ratings"]["columns"] == ["score_chosen", "score_rejected"]
-    assert report["ratings"]["rows"] == 4
+    assert report.ratings.columns == ["score_chosen", "score_rejected"]
+    assert report.ratings.rows == 4
 
 
 def test_duplicates_and_contradictions_across_chunks():
@@ -189,8 +191,8 @@ def test_duplicates_and_contradictions_across_chunks():
         10: ["duplicate_pair"],
         11: ["contradiction"],
     }
-    assert report["checks"]["duplicate_pair"]["detail"]["first_seen"] == [[10, 2]]
-    assert report["checks"]["contradiction"]["detail"]["reverses"] == [[11, 3]]
+    assert report.checks["duplicate_pair"].detail["first_seen"] == [[10, 2]]
+    assert report.checks["contradiction"].detail["reverses"] == [[11, 3]]
 
 
 def test_split_leakage_in_a_given_split_column():
@@ -199,11 +201,11 @@ def test_split_leakage_in_a_given_split_column():
         for i in range(8)
     ]
     _, quarantined, report = validate_pairs(pd.DataFrame(rows), lenient())
-    item = report["checks"]["split_leakage"]
+    item = report.checks["split_leakage"]
     assert quarantined.empty  # a dataset check: the gate fails, rows stay
-    assert item["count"] == 3 and item["example_rows"] == [5, 6, 7]
-    assert item["detail"]["leaked_prompts"] == 3
-    assert any(f.startswith("split_leakage: 3 prompts") for f in report["gate"]["failures"])
+    assert item.count == 3 and item.example_rows == [5, 6, 7]
+    assert item.detail["leaked_prompts"] == 3
+    assert any(f.startswith("split_leakage: 3 prompts") for f in report.gate.failures)
 
 
 def test_extra_columns_and_length_bias_are_warnings():
@@ -212,20 +214,20 @@ def test_extra_columns_and_length_bias_are_warnings():
         for i in range(40)
     ]
     valid, _, report = validate_pairs(pd.DataFrame(rows), lenient())
-    assert len(valid) == 40 and report["gate"]["passed"]
-    assert report["checks"]["extra_columns"]["detail"] == {"columns": ["junk"]}
-    bias = report["checks"]["length_bias"]
-    assert bias["level"] == "warning" and bias["count"] == 40
-    assert bias["detail"]["chosen_longer_fraction"] == 1.0 and bias["detail"]["sign_test_z"] > 6
-    assert any(w.startswith("length_bias: chosen is longer in 100%") for w in report["gate"]["warnings"])
-    assert any(w.startswith("extra_columns: junk") for w in report["gate"]["warnings"])
+    assert len(valid) == 40 and report.gate.passed
+    assert report.checks["extra_columns"].detail == {"columns": ["junk"]}
+    bias = report.checks["length_bias"]
+    assert bias.level == "warning" and bias.count == 40
+    assert bias.detail["chosen_longer_fraction"] == 1.0 and bias.detail["sign_test_z"] > 6
+    assert any(w.startswith("length_bias: chosen is longer in 100%") for w in report.gate.warnings)
+    assert any(w.startswith("extra_columns: junk") for w in report.gate.warnings)
 
 
 def test_unbiased_lengths_do_not_warn():
     rows = [{"prompt": f"p{i}", "chosen": "x" * (5 + i % 2), "rejected": "y" * (5 + (i + 1) % 2)} for i in range(40)]
     _, _, report = validate_pairs(pd.DataFrame(rows), lenient())
-    assert report["checks"]["length_bias"]["count"] == 0
-    assert report["checks"]["length_bias"]["detail"]["chosen_longer_fraction"] == 0.5
+    assert report.checks["length_bias"].count == 0
+    assert report.checks["length_bias"].detail["chosen_longer_fraction"] == 0.5
 
 
 def test_levels_warning_keeps_rows_and_off_skips():
@@ -233,17 +235,17 @@ def test_levels_warning_keeps_rows_and_off_skips():
     errors = [c for c in ValidationConfig().errors if c != "identical_pair"]
     valid, _, report = validate_pairs(pd.DataFrame(rows), lenient(errors=errors, warnings=["identical_pair"]))
     assert len(valid) == 2
-    assert report["checks"]["identical_pair"] | {"detail": None} == {
+    assert report.checks["identical_pair"].model_dump(mode="json") | {"detail": None} == {
         "level": "warning",
-        "description": report["checks"]["identical_pair"]["description"],
+        "description": report.checks["identical_pair"].description,
         "count": 1,
         "example_rows": [0],
         "detail": None,
     }
-    assert any(w.startswith("identical_pair: 1 rows") for w in report["gate"]["warnings"])
+    assert any(w.startswith("identical_pair: 1 rows") for w in report.gate.warnings)
     valid, _, report = validate_pairs(pd.DataFrame(rows), lenient(errors=errors, warnings=[]))
-    assert len(valid) == 2 and report["checks"]["identical_pair"]["level"] == "off"
-    assert report["checks"]["identical_pair"]["count"] == 0
+    assert len(valid) == 2 and report.checks["identical_pair"].level == "off"
+    assert report.checks["identical_pair"].count == 0
 
 
 def test_config_rejects_inconsistent_levels():
@@ -261,11 +263,11 @@ def test_json_array_line_numbers_and_read_pairs(tmp_path):
     report = validate_file(tmp_path / "pairs.json", lenient(), tmp_path / "out")
     quarantine = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
     assert [(q["row"], q["line"], q["reasons"]) for q in quarantine] == [(2, 12, ["identical_pair"])]
-    assert report["source"]["type"] == "json"
+    assert report.source.type == "json"
     assert read_pairs(tmp_path / "pairs.json").to_dict("records") == rows
 
 
 def test_hf_style_json_lines_with_json_suffix(tmp_path):
     rows = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(3)]
     (tmp_path / "pairs.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert validate_file(tmp_path / "pairs.json", lenient(), tmp_path / "o")["valid"] == 3
+    assert validate_file(tmp_path / "pairs.json", lenient(), tmp_path / "o").valid == 3

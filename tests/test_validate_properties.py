@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from alignflow.conf.validation import ValidationConfig
-from alignflow.tasks.validation.validator import CHECKS, DATASET_CHECKS, validate_file, validate_pairs
+from alignflow.tasks.validation.checks import CHECKS, DATASET_CHECKS
+from alignflow.tasks.validation.stage import validate_file, validate_pairs
 
 TEXT = st.text(alphabet=st.sampled_from(list("ab \n\t\x01é")), max_size=6)
 VALUE = st.one_of(TEXT, TEXT, TEXT, st.none(), st.integers(-2, 2), st.just([{"role": "user", "content": "x"}]))
@@ -51,29 +52,29 @@ def test_file_nothing_lost_split_disjoint_counts_match(rows, chunk_rows):
         if not rows:
             return
         report = validate_file(path, lenient(chunk_rows=chunk_rows, test_size=0.5), Path(tmp) / "out")
-        quarantine = [json.loads(line) for line in Path(report["files"]["quarantine"]).read_text().splitlines()]
+        quarantine = [json.loads(line) for line in Path(report.files["quarantine"]).read_text().splitlines()]
 
-        assert report["rows"] == len(rows)
-        assert report["valid"] + report["quarantined"] == len(rows)
-        assert len(quarantine) == report["quarantined"]
+        assert report.rows == len(rows)
+        assert report.valid + report.quarantined == len(rows)
+        assert len(quarantine) == report.quarantined
         assert sorted(q["row"] for q in quarantine) == sorted({q["row"] for q in quarantine})
         assert all(q["record"] == rows[q["row"]] for q in quarantine)
 
         reasons = Counter(r for q in quarantine for r in q["reasons"])
-        for check, item in report["checks"].items():
-            if item["level"] == "error" and check not in DATASET_CHECKS:
-                assert item["count"] == reasons[check], check
-                assert item["example_rows"] == sorted(q["row"] for q in quarantine if check in q["reasons"])[:5]
+        for check, item in report.checks.items():
+            if item.level == "error" and check not in DATASET_CHECKS:
+                assert item.count == reasons[check], check
+                assert item.example_rows == sorted(q["row"] for q in quarantine if check in q["reasons"])[:5]
         assert set(reasons) <= set(CHECKS)
 
-        if report["gate"]["passed"]:
-            train = pd.read_parquet(report["files"]["train"])
-            test = pd.read_parquet(report["files"]["test"])
-            assert len(train) + len(test) == report["valid"]
+        if report.gate.passed:
+            train = pd.read_parquet(report.files["train"])
+            test = pd.read_parquet(report.files["test"])
+            assert len(train) + len(test) == report.valid
             assert not set(train["prompt"]) & set(test["prompt"])
             kept = sorted(train["source_row"].tolist() + test["source_row"].tolist())
             assert sorted(kept + [q["row"] for q in quarantine]) == list(range(len(rows)))
-            assert report["split"]["leaked_prompts"] == 0
+            assert report.split.leaked_prompts == 0
 
 
 @settings(max_examples=50, deadline=None)
@@ -102,7 +103,7 @@ def test_split_output_is_disjoint_by_prompt(prompts, test_size, seed):
         pd.DataFrame(rows).to_parquet(path)
         config = lenient(test_size=test_size, split_seed=seed, chunk_rows=7, warnings=[])
         report = validate_file(path, config, Path(tmp) / "out")
-        train, test = pd.read_parquet(report["files"]["train"]), pd.read_parquet(report["files"]["test"])
-    assert len(train) + len(test) == report["valid"] == len(rows)
+        train, test = pd.read_parquet(report.files["train"]), pd.read_parquet(report.files["test"])
+    assert len(train) + len(test) == report.valid == len(rows)
     assert not set(train["prompt"]) & set(test["prompt"])
-    assert report["split"]["train_prompts"] == train["prompt"].nunique()
+    assert report.split.train_prompts == train["prompt"].nunique()

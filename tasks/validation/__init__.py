@@ -1,0 +1,15 @@
+"""Stage 2, validate: preference-specific checks, a quarantine, a gate, a grouped train/test split.
+
+    checks.py      the one registry of check ids: meaning, default level, row or dataset kind
+    readers.py     check_readable, iter_chunks, read_pairs and the per-format readers
+    jsonstream.py  the incremental parser for one big JSON array
+    fields.py      a row's fields: value kinds, conversations split into texts, text flags
+    hashing.py     64-bit text/pair hashes, the hash index, the seeded prompt buckets
+    validator.py   the checks engine (Validator: chunks in, counts and hashes kept)
+    report.py      ValidationReport (report.json, typed) and the gate's verdict
+    outputs.py     quarantine, split and summary writers
+    stage.py       validate_file, validate_pairs, split_by_prompt: the entry points
+
+This file imports nothing on purpose: conf/validation.py imports checks.py, and importing the
+package must not pull in pandas or the validator (nor loop back into conf).
+"""
