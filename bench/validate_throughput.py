@@ -101,7 +101,7 @@ def synthesize(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
 
 def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
     from alignflow.conf.validation import ValidationConfig
-    from alignflow.tasks.validation.validator import validate_file
+    from alignflow.tasks.validation.stage import validate_file
 
     tokenizer = None
     if tokenizer_dir:
@@ -116,13 +116,13 @@ def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
     print(
         json.dumps(
             {
-                "rows": report["rows"],
-                "valid": report["valid"],
-                "quarantined": report["quarantined"],
+                "rows": report.rows,
+                "valid": report.valid,
+                "quarantined": report.quarantined,
                 "seconds": round(wall, 2),
-                "rows_per_s": round(report["rows"] / wall),
+                "rows_per_s": round(report.rows / wall),
                 "peak_rss_mb": round(peak_kb / 1024, 1),
-                "gate_passed": report["gate"]["passed"],
+                "gate_passed": report.gate.passed,
             }
         )
     )

@@ -49,7 +49,9 @@ from alignflow.tasks.runtime.state import (
 from alignflow.tasks.runtime.tiny_model import resolve_model
 from alignflow.tasks.training import train as train_mod
 from alignflow.tasks.training.curves import plot_training_curves
-from alignflow.tasks.validation import validator as validate_mod
+from alignflow.tasks.validation import stage as validate_mod
+from alignflow.tasks.validation.outputs import summary_markdown
+from alignflow.tasks.validation.report import ValidationReport
 
 CONTENT = INPUTS + TASK_SOURCE  # cache on what the stage reads and the code that reads it
 
@@ -124,19 +126,23 @@ def _generation_artifact(report: GenerationReport) -> None:
 
 
 @task(name="validate", cache_policy=CONTENT, persist_result=True)
-def validate(pairs: Ref, validation: ValidationConfig, tokenizer_from: Ref, out_dir: Path) -> dict:
+def validate(
+    pairs: Ref, validation: ValidationConfig, tokenizer_from: Ref, out_dir: Path
+) -> tuple[ValidationReport, dict[str, Ref]]:
+    """The report and Refs to the train/test split it wrote (none when the gate failed)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from.loadable)
     # Streams the file: checks, quarantine and the grouped train/test split, chunk by chunk.
     report = validate_mod.validate_file(pairs.path, validation, out_dir, tokenizer)
-    for key in ("train", "test"):
-        if key in report["files"]:
-            path = Path(report["files"][key])
-            report[f"{key}_ref"] = Ref(uri=path.as_uri(), sha256=sha256_file(path)).model_dump()
-    if "split" in report and report["split"]["leaked_prompts"]:
-        raise RuntimeError(f"train/test split leaked {report['split']['leaked_prompts']} prompts")
-    return report
+    split = {
+        key: Ref(uri=Path(report.files[key]).as_uri(), sha256=sha256_file(Path(report.files[key])))
+        for key in ("train", "test")
+        if key in report.files
+    }
+    if report.split is not None and report.split.leaked_prompts:
+        raise RuntimeError(f"train/test split leaked {report.split.leaked_prompts} prompts")
+    return report, split
 
 
 # Failure handling, declared: no blind retries (a retry would redo every step). The Ray run is
@@ -280,24 +286,17 @@ def register(
     return {"model": name, "version": version, "promoted": promote, "reason": reason, "gate": gate.model_dump()}
 
 
-def _validation_artifact(report: dict) -> None:
+def _validation_artifact(report: ValidationReport) -> None:
     rows = [
-        {
-            "check": k,
-            "level": v["level"],
-            "count": v["count"],
-            "example rows": str(v["example_rows"]),
-            "meaning": v["description"],
-        }
-        for k, v in report["checks"].items()
+        {"check": k, "level": v.level, "count": v.count, "example rows": str(v.example_rows), "meaning": v.description}
+        for k, v in report.checks.items()
     ]
     create_table_artifact(
         rows,
         key="validation-report",
-        description=f"{report['valid']}/{report['rows']} pairs valid; gate "
-        f"{'passed' if report['gate']['passed'] else 'FAILED'}",
+        description=f"{report.valid}/{report.rows} pairs valid; gate {'passed' if report.gate.passed else 'FAILED'}",
     )
-    create_markdown_artifact(validate_mod.summary_markdown(report), key="validation-summary")
+    create_markdown_artifact(summary_markdown(report), key="validation-summary")
 
 
 def _evaluation_artifact(metrics: dict, outcome: dict, run_id: str, config: PipelineConfig, tracking: str) -> None:
@@ -358,7 +357,7 @@ class PreparedData:
     base: Ref
     pairs: Ref
     generation: GenerationReport
-    validation: dict
+    validation: ValidationReport
     train: Ref
     test: Ref
 
@@ -419,7 +418,7 @@ def prepare_data(config: PipelineConfig, root: Path, seconds: dict[str, float]) 
     )
     pairs, gen_report, data_key = generate_data(config, root, base, seconds)
 
-    report = _timed(
+    report, split = _timed(
         seconds,
         "validate",
         validate,
@@ -433,14 +432,13 @@ def prepare_data(config: PipelineConfig, root: Path, seconds: dict[str, float]) 
         / sha256_text(config.validation.model_dump_json(), pairs.sha256, validate_mod.code_version())[:12],
     )
     _validation_artifact(report)
-    if not report["gate"]["passed"]:
+    if not report.gate.passed:
         raise GateFailed(
             "validation gate failed: "
-            + "; ".join(report["gate"]["failures"])
-            + f" (report: {report['files']['report']}, quarantine: {report['files']['quarantine']})"
+            + "; ".join(report.gate.failures)
+            + f" (report: {report.files['report']}, quarantine: {report.files['quarantine']})"
         )
-    train_ref, test_ref = Ref(**report["train_ref"]), Ref(**report["test_ref"])
-    return PreparedData(base, pairs, gen_report, report, train_ref, test_ref)
+    return PreparedData(base, pairs, gen_report, report, split["train"], split["test"])
 
 
 def _config_from_parameters(parameters: dict) -> PipelineConfig:
@@ -480,8 +478,8 @@ def alignment(config: PipelineConfig) -> dict:
         "prefect_flow_run_url": flow_run.ui_url or "",
         "train_dataset_sha256": train_ref.sha256,
         "test_dataset_sha256": test_ref.sha256,
-        "validation.valid": str(report["valid"]),
-        "validation.quarantined": str(report["quarantined"]),
+        "validation.valid": str(report.valid),
+        "validation.quarantined": str(report.quarantined),
     }
     # A tracking server stores artifacts where it is configured to; a local store, in the state dir.
     remote = tracking.startswith(("http://", "https://", "databricks"))
@@ -508,7 +506,7 @@ def alignment(config: PipelineConfig) -> dict:
             {f"generate/{k}": v for k, v in gen_report.model_dump().items() if isinstance(v, int | float)},
         )
         register_mod.log_metrics(
-            tracking, run_id, {"validate/valid": report["valid"], "validate/quarantined": report["quarantined"]}
+            tracking, run_id, {"validate/valid": report.valid, "validate/quarantined": report.quarantined}
         )
         register_mod.log_artifacts(
             tracking,
@@ -518,9 +516,9 @@ def alignment(config: PipelineConfig) -> dict:
                 "generate/pipeline": pairs.path.parent / "pipeline.yaml",
                 "generate/lineage": pairs.path.parent / "lineage.json",  # content hash + pipeline hash
                 "generate/failed": pairs.path.parent / "failed_rows.jsonl",
-                "validate": Path(report["files"]["report"]),
-                "validate/quarantine": Path(report["files"]["quarantine"]),
-                "validate/summary": Path(report["files"]["summary"]),
+                "validate": Path(report.files["report"]),
+                "validate/quarantine": Path(report.files["quarantine"]),
+                "validate/summary": Path(report.files["summary"]),
             },
         )
         model, train_summary = _timed(
@@ -589,7 +587,7 @@ def alignment(config: PipelineConfig) -> dict:
         "flow_run_id": str(flow_run.id),
         "dataset": pairs.model_dump(),
         "generation": gen_report.model_dump(),
-        "validation": {k: report[k] for k in ("rows", "valid", "quarantined")},
+        "validation": report.model_dump(include={"rows", "valid", "quarantined"}),
         "training": train_summary,
         "evaluation": metrics,
         "registry": outcome,

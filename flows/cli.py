@@ -219,11 +219,12 @@ def validate(
     """Check a preference dataset on its own (the flow's validate stage); exit 1 when the gate fails."""
     cfg = _load(config, overrides or [])
     from alignflow.tasks.runtime.state import configure_environment, home
-    from alignflow.tasks.validation import validator as validate_mod
+    from alignflow.tasks.validation.readers import DatasetError, check_readable
+    from alignflow.tasks.validation.stage import validate_file
 
     try:
-        validate_mod.check_readable(data)  # before anything slow: a bad path costs nothing
-    except validate_mod.DatasetError as exc:
+        check_readable(data)  # before anything slow: a bad path costs nothing
+    except DatasetError as exc:
         console.print(f"[red]cannot read dataset[/red]: {exc}")
         raise typer.Exit(2) from None
     configure_environment(cfg)
@@ -237,36 +238,35 @@ def validate(
         tokenizer = AutoTokenizer.from_pretrained(str(model))
     out_dir = out or (report.parent if report else home(cfg) / "validate") / f"{data.stem}.validation"
     try:
-        result = validate_mod.validate_file(data, cfg.validation, out_dir, tokenizer)
-    except validate_mod.DatasetError as exc:
+        result = validate_file(data, cfg.validation, out_dir, tokenizer)
+    except DatasetError as exc:
         console.print(f"[red]cannot read dataset[/red]: {exc}")
         raise typer.Exit(2) from None
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(result, indent=2))
-    table = Table(title=f"{data}: {result['valid']}/{result['rows']} valid ({result['format']})")
+        report.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
+    table = Table(title=f"{data}: {result.valid}/{result.rows} valid ({result.format})")
     for col in ("check", "level", "count", "example rows"):
         table.add_column(col)
-    for check_id, item in result["checks"].items():
-        if item["count"] or item["level"] == "error":
-            table.add_row(check_id, item["level"], str(item["count"]), str(item["example_rows"]))
+    for check_id, item in result.checks.items():
+        if item.count or item.level == "error":
+            table.add_row(check_id, item.level, str(item.count), str(item.example_rows))
     console.print(table)
-    if result["tokens"]["measured"]:
-        t = result["tokens"]
+    if result.tokens.measured:
+        t = result.tokens
         console.print(
-            f"tokens: longest {t['longest']}, mean {t['mean']}, "
-            f"{t['truncated_fraction']:.1%} over max_length={t['max_length']}"
+            f"tokens: longest {t.longest}, mean {t.mean}, {t.truncated_fraction:.1%} over max_length={t.max_length}"
         )
-    for warning in result["gate"]["warnings"]:
+    for warning in result.gate.warnings:
         console.print(f"[yellow]warning[/yellow] {warning}")
     console.print(
-        f"quarantine: {result['files']['quarantine']}  summary: {result['files']['summary']}  "
-        f"report: {report or result['files']['report']}"
+        f"quarantine: {result.files['quarantine']}  summary: {result.files['summary']}  "
+        f"report: {report or result.files['report']}"
     )
-    if not result["gate"]["passed"]:
-        console.print("[yellow]gate failed[/yellow]: " + "; ".join(result["gate"]["failures"]))
+    if not result.gate.passed:
+        console.print("[yellow]gate failed[/yellow]: " + "; ".join(result.gate.failures))
         raise typer.Exit(1)
-    console.print(f"[green]gate passed[/green] ({result['rows_per_second']} rows/s)")
+    console.print(f"[green]gate passed[/green] ({result.rows_per_second} rows/s)")
 
 
 from alignflow.flows.registry_cli import add_commands  # noqa: E402  (promote, rollback, history)
@@ -276,6 +276,10 @@ add_commands(app)
 from alignflow.flows.serve import add_commands as add_serve_commands  # noqa: E402  (serve, deploy)
 
 add_serve_commands(app)
+
+from alignflow.flows.stack import add_commands as add_stack_commands  # noqa: E402  (stack up/down/status/env)
+
+add_stack_commands(app)
 
 
 def main() -> None:

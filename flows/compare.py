@@ -276,8 +276,8 @@ def compare(config: PipelineConfig) -> dict:
         "base_model_sha256": data.base.sha256,
         "train_dataset_sha256": data.train.sha256,
         "test_dataset_sha256": data.test.sha256,
-        "validation.valid": str(data.validation["valid"]),
-        "validation.quarantined": str(data.validation["quarantined"]),
+        "validation.valid": str(data.validation.valid),
+        "validation.quarantined": str(data.validation.quarantined),
     }
     remote = tracking.startswith(("http://", "https://", "databricks"))
     params = {k: v for k, v in flatten(config).items() if not k.startswith("comparison.recipes.")}
@@ -304,7 +304,7 @@ def compare(config: PipelineConfig) -> dict:
             {"train": (data.train.uri, data.train.sha256), "test": (data.test.uri, data.test.sha256)},
             config.name,
         )
-        register_mod.log_artifacts(tracking, parent, {"validate": Path(data.validation["files"]["report"])})
+        register_mod.log_artifacts(tracking, parent, {"validate": Path(data.validation.files["report"])})
         evaluated_against = register_mod.current_champion(tracking, config.registry.model_name)
         champion_dir = export_champion(tracking, config.registry.model_name, root / "champions" / run_key)
         opponent = (str(champion_dir), "champion") if champion_dir else (data.base.loadable, "base")

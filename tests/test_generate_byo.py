@@ -10,7 +10,8 @@ from conftest import small_config
 
 from alignflow.tasks.generation.byo import PreferenceDataError, import_preference_data
 from alignflow.tasks.generation.prompts import load_prompts
-from alignflow.tasks.validation.validator import read_pairs, validate_file
+from alignflow.tasks.validation.readers import read_pairs
+from alignflow.tasks.validation.stage import validate_file
 
 ROWS = load_prompts(max_prompts=12)
 
@@ -60,8 +61,8 @@ def test_each_form_is_imported_and_validated_into_explicit_strings(form, tmp_pat
     assert ref.path.read_bytes() == source.read_bytes()  # a snapshot: later edits of the source change nothing
 
     result = validate_file(ref.path, small_config().validation, tmp_path / "validation")
-    assert result["gate"]["passed"] and result["valid"] == len(ROWS)
-    train = read_pairs(result["files"]["train"])
+    assert result.gate.passed and result.valid == len(ROWS)
+    train = read_pairs(result.files["train"])
     assert all(isinstance(train[c][0], str) for c in ("prompt", "chosen", "rejected"))
     by_prompt = {r["prompt"]: r for r in ROWS}
     for row in train.to_dict("records"):
@@ -83,10 +84,10 @@ def test_datasets_folder_and_training_on_an_implicit_prompt_split(tmp_path, tiny
     ref, report = import_preference_data(folder, tmp_path / "stage")
     assert ref.path.suffix == ".parquet" and report.format == "conversational_implicit_prompt"
     result = validate_file(ref.path, small_config().validation, tmp_path / "validation")
-    assert result["gate"]["passed"]
+    assert result.gate.passed
 
     training = small_config("training.max_steps=1", "training.per_device_train_batch_size=2").training
-    trainer, _ = build_trainer(training, str(tiny_model_path), result["files"]["train"], str(tmp_path / "trl"))
+    trainer, _ = build_trainer(training, str(tiny_model_path), result.files["train"], str(tmp_path / "trl"))
     assert trainer.train().global_step == 1
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.runtime.state import Ref, sha256_file
-from alignflow.tasks.validation import validator as validate_mod
+from alignflow.tasks.validation.fields import FORMATS, detect_format
+from alignflow.tasks.validation.readers import DatasetError, check_readable, iter_chunks
 
 
 class PreferenceDataError(ValueError):
@@ -51,8 +52,8 @@ def snapshot(source: str | Path, out_dir: Path) -> Path:
         data.to_parquet(str(target))
         return target
     try:
-        kind = validate_mod.check_readable(source)
-    except validate_mod.DatasetError as exc:
+        kind = check_readable(source)
+    except DatasetError as exc:
         raise PreferenceDataError(f"{exc} (generation.preference_data)") from None
     target = out_dir / f"pairs{source.suffix.lower() if kind != 'jsonl' else '.jsonl'}"
     shutil.copyfile(source, target)
@@ -65,12 +66,12 @@ def import_preference_data(source: str | Path, out_dir: Path) -> tuple[Ref, Gene
     out_dir.mkdir(parents=True, exist_ok=True)
     path = snapshot(source, out_dir)
     try:
-        fmt = validate_mod.detect_format(validate_mod.iter_chunks(path))
+        fmt = detect_format(iter_chunks(path))
         rows, columns = 0, {}
-        for chunk in validate_mod.iter_chunks(path):
+        for chunk in iter_chunks(path):
             rows += chunk.n
             columns.update(dict.fromkeys(chunk.columns))
-    except validate_mod.DatasetError as exc:
+    except DatasetError as exc:
         raise PreferenceDataError(f"{exc} (generation.preference_data)") from None
     if fmt is None:
         raise PreferenceDataError(
@@ -81,7 +82,7 @@ def import_preference_data(source: str | Path, out_dir: Path) -> tuple[Ref, Gene
     report = GenerationReport(
         source=str(source),
         generated=False,
-        format=validate_mod.FORMATS[fmt],
+        format=FORMATS[fmt],
         rows=rows,
         prompts=rows,
         pairs=rows,
