@@ -66,7 +66,7 @@ def test_failing_recipe_is_marked_failed_with_its_reason(compared):
 def test_nested_runs_and_only_the_best_is_registered(compared):
     from mlflow import MlflowClient
 
-    from alignflow.tasks.registry.store import child_runs
+    from alignflow.tasks.registry.tracking import child_runs
 
     uri = tracking_uri(small_config())
     client = MlflowClient(uri)

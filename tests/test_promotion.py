@@ -6,18 +6,18 @@ import pytest
 
 from alignflow.conf.evaluation import GateConfig
 from alignflow.tasks.registry import promotion
-from alignflow.tasks.registry import store as register
+from alignflow.tasks.registry.gate import decide
 
 
 def test_gate_thresholds_apply_whatever_the_champion():
     gate = GateConfig(thresholds={"preference_accuracy": 0.5, "win_rate": 0.5}, max_chosen_nll=4.0)
     good = {"preference_accuracy": 0.7, "win_rate": 0.6, "chosen_nll": 3.0}
-    assert register.decide(good, None, gate)[0]
-    promoted, reason = register.decide({**good, "win_rate": 0.4}, None, gate)
+    assert decide(good, None, gate)[0]
+    promoted, reason = decide({**good, "win_rate": 0.4}, None, gate)
     assert not promoted and "win_rate 0.4000 < 0.5" in reason
-    promoted, reason = register.decide({**good, "chosen_nll": 5.0}, None, gate)
+    promoted, reason = decide({**good, "chosen_nll": 5.0}, None, gate)
     assert not promoted and "chosen_nll" in reason
-    promoted, reason = register.decide({"preference_accuracy": 0.7, "chosen_nll": 1.0}, None, gate)
+    promoted, reason = decide({"preference_accuracy": 0.7, "chosen_nll": 1.0}, None, gate)
     assert not promoted and "win_rate not measured" in reason
     with pytest.raises(ValueError, match="unknown metric"):
         GateConfig(thresholds={"accuracy": 0.5})

@@ -5,17 +5,19 @@ from __future__ import annotations
 from conftest import small_config
 
 from alignflow.conf.evaluation import GateConfig
-from alignflow.tasks.registry import store as register
+from alignflow.tasks.registry.gate import decide
+from alignflow.tasks.registry.tracking import start_run
+from alignflow.tasks.registry.versions import export_champion, log_model_version, tag_and_alias
 from alignflow.tasks.runtime.state import artifact_root, tracking_uri
 
 
 def test_decide():
     gate = GateConfig(metric="preference_accuracy", min_improvement=0.05)
-    assert register.decide({"preference_accuracy": 0.6}, None, gate)[0]
-    assert register.decide({"preference_accuracy": 0.7}, {"preference_accuracy": 0.6}, gate)[0]
-    promoted, reason = register.decide({"preference_accuracy": 0.62}, {"preference_accuracy": 0.6}, gate)
+    assert decide({"preference_accuracy": 0.6}, None, gate)[0]
+    assert decide({"preference_accuracy": 0.7}, {"preference_accuracy": 0.6}, gate)[0]
+    promoted, reason = decide({"preference_accuracy": 0.62}, {"preference_accuracy": 0.6}, gate)
     assert not promoted and "does not beat" in reason
-    promoted, reason = register.decide({"preference_accuracy": 0.9}, None, gate, has_champion=True)
+    promoted, reason = decide({"preference_accuracy": 0.9}, None, gate, has_champion=True)
     assert not promoted and "by hand" in reason
 
 
@@ -25,11 +27,11 @@ def test_registered_champion_loads_and_generates(tiny_model_path):
 
     cfg = small_config("registry.model_name=test-register")
     uri = tracking_uri(cfg)
-    run_id = register.start_run(
+    run_id = start_run(
         uri, "test-register", "register", {"training.beta": "0.1"}, {"dataset_sha256": "abc"}, artifact_root(cfg)
     )
-    version = register.log_model_version(uri, run_id, "test-register", tiny_model_path)
-    register.tag_and_alias(uri, "test-register", version, {"dataset_sha256": "abc"}, promote=True)
+    version = log_model_version(uri, run_id, "test-register", tiny_model_path)
+    tag_and_alias(uri, "test-register", version, {"dataset_sha256": "abc"}, promote=True)
 
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("test-register", "champion")
@@ -41,5 +43,5 @@ def test_registered_champion_loads_and_generates(tiny_model_path):
     out = generator.predict(["Why is the sky blue?"], params={"max_new_tokens": 8})
     assert isinstance(out[0], str) and out[0]
 
-    exported = register.export_champion(uri, "test-register", cfg.runtime.home / "exported")
+    exported = export_champion(uri, "test-register", cfg.runtime.home / "exported")
     assert (exported / "config.json").is_file()

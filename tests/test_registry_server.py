@@ -23,7 +23,15 @@ from conftest import small_config
 
 from alignflow.conf.evaluation import GateConfig
 from alignflow.tasks.registry import promotion
-from alignflow.tasks.registry import store as register
+from alignflow.tasks.registry.card import model_card, write_model_card
+from alignflow.tasks.registry.gate import decide
+from alignflow.tasks.registry.tracking import log_metrics, start_run
+from alignflow.tasks.registry.versions import (
+    current_champion,
+    log_model_version,
+    recorded_champion_metrics,
+    tag_and_alias,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -101,18 +109,18 @@ def two_versions(server, tiny_model_path):
     gate = GateConfig(metric="preference_accuracy", min_improvement=0.0)
     runs = []
     for metrics in ({"preference_accuracy": 0.6}, {"preference_accuracy": 0.4}):
-        run_id = register.start_run(server, "test-server", "server", {"a": "1"}, {"dataset_sha256": "abc"})
-        register.log_metrics(server, run_id, {f"eval/{k}": v for k, v in metrics.items()})
-        has_champion = register.current_champion(server, NAME) is not None
-        champion = register.recorded_champion_metrics(server, NAME)
-        promote, reason = register.decide(metrics, champion, gate, has_champion)
-        version = register.log_model_version(server, run_id, NAME, tiny_model_path)
+        run_id = start_run(server, "test-server", "server", {"a": "1"}, {"dataset_sha256": "abc"})
+        log_metrics(server, run_id, {f"eval/{k}": v for k, v in metrics.items()})
+        has_champion = current_champion(server, NAME) is not None
+        champion = recorded_champion_metrics(server, NAME)
+        promote, reason = decide(metrics, champion, gate, has_champion)
+        version = log_model_version(server, run_id, NAME, tiny_model_path)
         tags = {
             "dataset_sha256": "abc",
             "gate.outcome": "promoted" if promote else "not promoted",
             "gate.reason": reason,
         }
-        register.tag_and_alias(server, NAME, version, tags, promote, expected_champion=None if promote else False)
+        tag_and_alias(server, NAME, version, tags, promote, expected_champion=None if promote else False)
         runs.append((run_id, version, promote))
     return runs
 
@@ -123,7 +131,7 @@ def test_register_is_idempotent_and_gated(server, two_versions, tiny_model_path)
     (run1, v1, promoted1), (run2, v2, promoted2) = two_versions
     assert (v1, v2) == ("1", "2") and promoted1 and not promoted2
     # Registering the same training run again reuses its version.
-    assert register.log_model_version(server, run1, NAME, tiny_model_path) == "1"
+    assert log_model_version(server, run1, NAME, tiny_model_path) == "1"
     client = MlflowClient(server)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
     assert client.get_model_version(NAME, "1").tags["training_run_id"] == run1
@@ -137,7 +145,7 @@ def test_register_is_idempotent_and_gated(server, two_versions, tiny_model_path)
     [event] = promotion.history(server, NAME)
     assert event["action"] == "gate" and event["version"] == "1" and event["previous"] is None
     # The model card lives next to MLmodel in the version's artifacts.
-    register.write_model_card(server, NAME, "1", register.model_card(NAME, "1", failed, {"pairs": 3}, None))
+    write_model_card(server, NAME, "1", model_card(NAME, "1", failed, {"pairs": 3}, None))
     model_id = client.get_model_version(NAME, "1").source.removeprefix("models:/")
     assert "README.md" in {a.path for a in client.list_logged_model_artifacts(model_id)}
 

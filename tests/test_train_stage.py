@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import small_config
 
-from alignflow.tasks.registry.store import start_run
+from alignflow.tasks.registry.tracking import start_run
 from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
 from alignflow.tasks.training.train import train_model
 

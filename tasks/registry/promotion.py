@@ -36,6 +36,9 @@ import uuid
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 
+from alignflow.tasks.registry.tracking import mlflow_client
+
+# The registered model's aliases: `champion` serves; every new version is `challenger`.
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_PREFIX = "champion_history."
 LOCK_SUFFIX = ".promotion-lock"
@@ -70,12 +73,6 @@ def default_tracking_uri() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri)
 
 
 def _error_code(exc: Exception) -> str:
@@ -150,7 +147,7 @@ def history(tracking_uri: str, name: str) -> list[dict]:
     from mlflow.exceptions import MlflowException
 
     try:
-        tags = _client(tracking_uri).get_registered_model(name).tags
+        tags = mlflow_client(tracking_uri).get_registered_model(name).tags
     except MlflowException as exc:
         raise PromotionRefused(f"no registered model {name!r}") from exc
     return _events(tags)
@@ -223,7 +220,7 @@ def promote(
         raise PromotionRefused("a reason is required to promote a model")
     version = str(version)
     user = user or whoami()
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     found = _get_version(client, name, version)
     if found is None:
         raise PromotionRefused(f"{name} has no version {version}")
@@ -280,7 +277,7 @@ def rollback(
     """Give `champion` back to the version that held it before the current one."""
     user = user or whoami()
     reason = (reason or "").strip() or "rollback"
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     from mlflow.exceptions import MlflowException
 
     try:
