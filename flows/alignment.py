@@ -36,7 +36,10 @@ from alignflow.tasks.generation.fingerprint import candidate_settings, code_vers
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.generation.stage import GenerationFailed, generate_preferences
-from alignflow.tasks.registry import store as register_mod
+from alignflow.tasks.registry import tracking as tracking_mod
+from alignflow.tasks.registry import versions as versions_mod
+from alignflow.tasks.registry.card import model_card, write_model_card
+from alignflow.tasks.registry.gate import decide
 from alignflow.tasks.runtime.state import (
     Ref,
     artifact_root,
@@ -170,7 +173,7 @@ def train(
     scratch = Path(os.environ.get("ALIGNFLOW_HOME", ".alignflow")) / "scratch" / ray_run
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "effective_config.json").write_text(json.dumps(effective, indent=2, default=str))
-    register_mod.log_artifacts(tracking, mlflow_run_id, {"train": scratch / "effective_config.json"})
+    tracking_mod.log_artifacts(tracking, mlflow_run_id, {"train": scratch / "effective_config.json"})
 
     # training.sft.enabled: SFT on the chosen responses first (its own Ray run); its model is the
     # preference stage's policy and, for DPO, its reference.
@@ -182,7 +185,7 @@ def train(
     png = plot_training_curves(tracking, mlflow_run_id, scratch / "training_curves.png",
                                f"{'sft -> ' * training.sft.enabled}{training.method} on {summary['num_workers']} workers")  # fmt: skip
     if png:
-        register_mod.log_artifacts(tracking, mlflow_run_id, {"train": png})
+        tracking_mod.log_artifacts(tracking, mlflow_run_id, {"train": png})
         encoded = base64.b64encode(png.read_bytes()).decode()
         create_markdown_artifact(f"![training curves](data:image/png;base64,{encoded})", key="training-curves",
                                  description=f"{summary['steps']} steps, MLflow run {mlflow_run_id}")  # fmt: skip
@@ -204,7 +207,7 @@ def evaluate(config: PipelineConfig, candidate: Ref, base: Ref, test_data: Ref, 
 
 @task(name="champion", cache_policy=NO_CACHE)
 def export_champion(tracking: str, name: str, dest: Path) -> Path | None:
-    return register_mod.export_champion(tracking, name, dest)
+    return versions_mod.export_champion(tracking, name, dest)
 
 
 @task(name="win-rate", cache_policy=NO_CACHE)
@@ -249,16 +252,16 @@ def register(
 
     gate = config.registry.gate
     name = config.registry.model_name
-    has_champion = register_mod.current_champion(tracking, name) is not None
-    champion = metrics.get("champion") or register_mod.recorded_champion_metrics(tracking, name)
+    has_champion = versions_mod.current_champion(tracking, name) is not None
+    champion = metrics.get("champion") or versions_mod.recorded_champion_metrics(tracking, name)
     candidate = {**metrics["candidate"]}
     if "win_rate" in metrics:
         candidate["win_rate"] = metrics["win_rate"]["win_rate"]
-    passed, reason = register_mod.decide(candidate, champion, gate, has_champion)
+    passed, reason = decide(candidate, champion, gate, has_champion)
     promote = passed and config.registry.auto_promote
     if passed and not promote:
         reason += "; registry.auto_promote is off: promote by hand"
-    version = register_mod.log_model_version(tracking, run_id, name, model.path)
+    version = versions_mod.log_model_version(tracking, run_id, name, model.path)
     version_tags = {
         **tags,
         "model_sha256": model.sha256,
@@ -267,15 +270,15 @@ def register(
         "gate.reason": reason,
     }
     try:
-        register_mod.tag_and_alias(
+        versions_mod.tag_and_alias(
             tracking, name, version, version_tags, promote, expected_champion, tags.get("prefect_flow_run_url")
         )
     except PromotionRefused as exc:  # the champion moved while this run evaluated: an outcome, not an error
         promote, reason = False, str(exc)
         version_tags.update({"gate.outcome": "not promoted", "gate.reason": reason})
-        register_mod.tag_and_alias(tracking, name, version, version_tags, False)
-    card = register_mod.model_card(name, version, version_tags, metrics, metrics.get("win_rate"))
-    register_mod.write_model_card(tracking, name, version, card)
+        versions_mod.tag_and_alias(tracking, name, version, version_tags, False)
+    card = model_card(name, version, version_tags, metrics, metrics.get("win_rate"))
+    write_model_card(tracking, name, version, card)
     get_run_logger().info(
         "registered %s version %s: %s (%s)",
         name,
@@ -332,7 +335,7 @@ def _samples_artifact(tracking: str, run_id: str, win: dict, limit: int) -> list
         for r in win["rows"][:limit]
     ]
     if rows:
-        register_mod.log_table(tracking, run_id, rows, "eval/samples.json")
+        tracking_mod.log_table(tracking, run_id, rows, "eval/samples.json")
         create_table_artifact(
             rows,
             key="sample-generations",
@@ -470,7 +473,7 @@ def alignment(config: PipelineConfig) -> dict:
         "dataset_uri": pairs.uri,
         "dataset_sha256": pairs.sha256,
         "config_hash": config_hash(config),
-        "git_commit": register_mod.git_commit(),
+        "git_commit": tracking_mod.git_commit(),
         "prefect_flow_run_id": str(flow_run.id),
         "method": config.training.method,
         "base_model": config.training.model_name_or_path,
@@ -483,7 +486,7 @@ def alignment(config: PipelineConfig) -> dict:
     }
     # A tracking server stores artifacts where it is configured to; a local store, in the state dir.
     remote = tracking.startswith(("http://", "https://", "databricks"))
-    run_id = register_mod.start_run(
+    run_id = tracking_mod.start_run(
         tracking, config.registry.experiment, run_name, flatten(config), tags, None if remote else artifact_root(config)
     )
     tags = {
@@ -493,22 +496,22 @@ def alignment(config: PipelineConfig) -> dict:
         "validation_report": f"runs:/{run_id}/validate/report.json",
     }
     try:
-        register_mod.log_text(tracking, run_id, register_mod.config_yaml(config), "config/resolved.yaml")
-        register_mod.log_datasets(
+        tracking_mod.log_text(tracking, run_id, tracking_mod.config_yaml(config), "config/resolved.yaml")
+        tracking_mod.log_datasets(
             tracking,
             run_id,
             {"train": (train_ref.uri, train_ref.sha256), "test": (test_ref.uri, test_ref.sha256)},
             config.name,
         )
-        register_mod.log_metrics(
+        tracking_mod.log_metrics(
             tracking,
             run_id,
             {f"generate/{k}": v for k, v in gen_report.model_dump().items() if isinstance(v, int | float)},
         )
-        register_mod.log_metrics(
+        tracking_mod.log_metrics(
             tracking, run_id, {"validate/valid": report.valid, "validate/quarantined": report.quarantined}
         )
-        register_mod.log_artifacts(
+        tracking_mod.log_artifacts(
             tracking,
             run_id,
             {
@@ -540,11 +543,11 @@ def alignment(config: PipelineConfig) -> dict:
             train_summary["wall_s"],
             train_summary["num_workers"],
         )
-        register_mod.log_metrics(
+        tracking_mod.log_metrics(
             tracking, run_id, {"train/wall_s": train_summary["wall_s"], "train/steps": train_summary["steps"]}
         )
 
-        evaluated_against = register_mod.current_champion(tracking, config.registry.model_name)
+        evaluated_against = versions_mod.current_champion(tracking, config.registry.model_name)
         champion_dir = _timed(
             seconds, "evaluate", export_champion, tracking, config.registry.model_name, root / "champions" / run_key
         )
@@ -552,8 +555,8 @@ def alignment(config: PipelineConfig) -> dict:
         opponent = (str(champion_dir), "champion") if champion_dir else (base.loadable, "base")
         win = _timed(seconds, "evaluate", win_rate, config, model, *opponent, test_ref)
         metrics["win_rate"] = {k: v for k, v in win.items() if k != "rows"}
-        register_mod.log_win_rate(tracking, run_id, win)
-        register_mod.log_metrics(
+        tracking_mod.log_win_rate(tracking, run_id, win)
+        tracking_mod.log_metrics(
             tracking,
             run_id,
             {
@@ -562,7 +565,7 @@ def alignment(config: PipelineConfig) -> dict:
                 for k, v in metrics.get(who, {}).items()
             },
         )
-        register_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
+        tracking_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
         outcome = _timed(
             seconds,
             "register",
@@ -577,11 +580,11 @@ def alignment(config: PipelineConfig) -> dict:
         )
         metrics["samples"] = _samples_artifact(tracking, run_id, win, config.evaluation.samples)
         _evaluation_artifact(metrics, outcome, run_id, config, tracking)
-        register_mod.log_metrics(tracking, run_id, {f"seconds/{k}": v for k, v in seconds.items()})
+        tracking_mod.log_metrics(tracking, run_id, {f"seconds/{k}": v for k, v in seconds.items()})
     except BaseException:
-        register_mod.end_run(tracking, run_id, "FAILED")
+        tracking_mod.end_run(tracking, run_id, "FAILED")
         raise
-    register_mod.end_run(tracking, run_id)
+    tracking_mod.end_run(tracking, run_id)
     return {
         "mlflow_run_id": run_id,
         "flow_run_id": str(flow_run.id),
