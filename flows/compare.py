@@ -33,7 +33,8 @@ from alignflow.flows.alignment import evaluate, export_champion, prepare_data, r
 from alignflow.flows.notify import failure_hook
 from alignflow.flows.profiles import profile_path
 from alignflow.tasks.evaluation import comparison as compare_mod
-from alignflow.tasks.registry import store as register_mod
+from alignflow.tasks.registry import tracking as tracking_mod
+from alignflow.tasks.registry import versions as versions_mod
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, tracking_uri
 from alignflow.tasks.training import train as train_mod
@@ -62,7 +63,7 @@ def train_recipe(
     effective = train_mod.effective_config(training)
     for note in effective["notes"]:
         logger.warning("%s: effective config: %s", recipe.name, note)
-    register_mod.log_text(
+    tracking_mod.log_text(
         tracking, mlflow_run_id, json.dumps(effective, indent=2, default=str), "train/effective_config.json"
     )
     ray_run = train_mod.content_run_name(
@@ -72,11 +73,11 @@ def train_recipe(
         training, base, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
     )
     cost = compare_mod.recipe_cost(summary, training.scaling.use_gpu)
-    register_mod.log_metrics(
+    tracking_mod.log_metrics(
         tracking, mlflow_run_id, {f"cost/{k}": v for k, v in cost.items() if isinstance(v, int | float)}
     )
     for stage, stage_summary in summary["stages"].items():
-        register_mod.log_metrics(
+        tracking_mod.log_metrics(
             tracking, mlflow_run_id, {f"cost/{stage}/{k}": v for k, v in stage_summary.get("cost", {}).items()}
         )
     logger.info("%s: %s steps in %ss (%s)", recipe.name, cost["steps"], cost["wall_s"], cost["detail"])
@@ -93,7 +94,7 @@ def _start_child_runs(
         params = {
             k: v for k, v in flatten(PipelineConfig(training=recipe.training)).items() if k.startswith("training.")
         }
-        children[recipe.name] = register_mod.start_child_run(
+        children[recipe.name] = tracking_mod.start_child_run(
             tracking,
             config.registry.experiment,
             parent,
@@ -176,22 +177,22 @@ def _run_recipes(
 
 def _log_recipe_outcome(tracking: str, run_id: str, outcome: dict) -> None:
     if outcome["status"] != "completed":
-        register_mod.set_tags(tracking, run_id, {"failure_reason": outcome["reason"][:5000]})
-        register_mod.end_run(tracking, run_id, "FAILED")
+        tracking_mod.set_tags(tracking, run_id, {"failure_reason": outcome["reason"][:5000]})
+        tracking_mod.end_run(tracking, run_id, "FAILED")
         return
     metrics, win = outcome["metrics"], outcome["win"]
     # eval/<metric> as the alignment flow logs them: the gate reads a champion's metrics from there.
-    register_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
-    register_mod.log_metrics(tracking, run_id, {f"eval/base/{k}": v for k, v in metrics["base"].items()})
-    register_mod.log_win_rate(tracking, run_id, win)
-    register_mod.end_run(tracking, run_id)
+    tracking_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
+    tracking_mod.log_metrics(tracking, run_id, {f"eval/base/{k}": v for k, v in metrics["base"].items()})
+    tracking_mod.log_win_rate(tracking, run_id, win)
+    tracking_mod.end_run(tracking, run_id)
 
 
 def _artifacts(rows: list[dict], best: dict | None, metric: str, png: Path | None, parent: str, tracking: str) -> None:
     """The table and the curves, in MLflow (parent run) and as Prefect artifacts."""
     chosen = f"best by {metric}: {best['recipe']}" if best else "no recipe completed"
-    register_mod.log_table(tracking, parent, rows, "compare/table.json")
-    register_mod.log_text(
+    tracking_mod.log_table(tracking, parent, rows, "compare/table.json")
+    tracking_mod.log_text(
         tracking, parent, compare_mod.table_markdown(rows, best and best["recipe"]), "compare/table.md"
     )
     create_table_artifact(
@@ -201,7 +202,7 @@ def _artifacts(rows: list[dict], best: dict | None, metric: str, png: Path | Non
         + "; ".join(f"{k}: {v}" for k, v in compare_mod.MEANING.items()),
     )
     if png:
-        register_mod.log_artifacts(tracking, parent, {"compare": png})
+        tracking_mod.log_artifacts(tracking, parent, {"compare": png})
         encoded = base64.b64encode(png.read_bytes()).decode()
         create_markdown_artifact(
             f"## Training curves of {len(rows)} recipes\n\n![curves](data:image/png;base64,{encoded})",
@@ -269,7 +270,7 @@ def compare(config: PipelineConfig) -> dict:
         "dataset_uri": data.pairs.uri,
         "dataset_sha256": data.pairs.sha256,
         "config_hash": config_hash(config),
-        "git_commit": register_mod.git_commit(),
+        "git_commit": tracking_mod.git_commit(),
         "prefect_flow_run_id": str(flow_run.id),
         "prefect_flow_run_url": flow_run.ui_url or "",
         "base_model": config.training.model_name_or_path,
@@ -281,7 +282,7 @@ def compare(config: PipelineConfig) -> dict:
     }
     remote = tracking.startswith(("http://", "https://", "databricks"))
     params = {k: v for k, v in flatten(config).items() if not k.startswith("comparison.recipes.")}
-    parent = register_mod.start_run(
+    parent = tracking_mod.start_run(
         tracking,
         config.registry.experiment,
         f"{config.name}-compare-{flow_run.name or run_key}",
@@ -297,15 +298,15 @@ def compare(config: PipelineConfig) -> dict:
     }
     children: dict[str, str] = {}
     try:
-        register_mod.log_text(tracking, parent, register_mod.config_yaml(config), "config/resolved.yaml")
-        register_mod.log_datasets(
+        tracking_mod.log_text(tracking, parent, tracking_mod.config_yaml(config), "config/resolved.yaml")
+        tracking_mod.log_datasets(
             tracking,
             parent,
             {"train": (data.train.uri, data.train.sha256), "test": (data.test.uri, data.test.sha256)},
             config.name,
         )
-        register_mod.log_artifacts(tracking, parent, {"validate": Path(data.validation.files["report"])})
-        evaluated_against = register_mod.current_champion(tracking, config.registry.model_name)
+        tracking_mod.log_artifacts(tracking, parent, {"validate": Path(data.validation.files["report"])})
+        evaluated_against = versions_mod.current_champion(tracking, config.registry.model_name)
         champion_dir = export_champion(tracking, config.registry.model_name, root / "champions" / run_key)
         opponent = (str(champion_dir), "champion") if champion_dir else (data.base.loadable, "base")
 
@@ -338,7 +339,7 @@ def compare(config: PipelineConfig) -> dict:
             f"{config.name}: {len(recipes)} recipes",
         )
         _artifacts(rows, best, metric, png, parent, tracking)
-        register_mod.log_metrics(
+        tracking_mod.log_metrics(
             tracking,
             parent,
             {
@@ -363,17 +364,17 @@ def compare(config: PipelineConfig) -> dict:
                 champion_dir,
                 evaluated_against,
             )
-            register_mod.set_tags(tracking, parent, {"compare.registered_version": outcome["version"]})
+            tracking_mod.set_tags(tracking, parent, {"compare.registered_version": outcome["version"]})
         if best:
-            register_mod.set_tags(tracking, parent, {"compare.best_recipe": best["recipe"]})
+            tracking_mod.set_tags(tracking, parent, {"compare.best_recipe": best["recipe"]})
             logger.info("best recipe by %s: %s (%s)", metric, best["recipe"], best[metric])
     except BaseException:
         for run_id in children.values():
-            if register_mod.run_status(tracking, run_id) == "RUNNING":
-                register_mod.end_run(tracking, run_id, "FAILED")
-        register_mod.end_run(tracking, parent, "FAILED")
+            if tracking_mod.run_status(tracking, run_id) == "RUNNING":
+                tracking_mod.end_run(tracking, run_id, "FAILED")
+        tracking_mod.end_run(tracking, parent, "FAILED")
         raise
-    register_mod.end_run(tracking, parent)
+    tracking_mod.end_run(tracking, parent)
     return {
         "mlflow_run_id": parent,
         "flow_run_id": str(flow_run.id),
