@@ -6,6 +6,7 @@ import os
 from urllib.parse import quote
 
 from alignflow.conf.schema import PipelineConfig
+from alignflow.tasks.registry.tracking import mlflow_client
 
 MLFLOW_UI_ENV = "ALIGNFLOW_MLFLOW_UI_URL"  # set by `make serve` for the runs its worker starts
 
@@ -28,6 +29,4 @@ def model_version_url(ui: str | None, name: str, version: str | int) -> str | No
 
 
 def experiment_of(tracking: str, run_id: str) -> str:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking).get_run(run_id).info.experiment_id
+    return mlflow_client(tracking).get_run(run_id).info.experiment_id

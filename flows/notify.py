@@ -22,6 +22,7 @@ from typing import Any
 
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.links import mlflow_run_url, mlflow_ui_url
+from alignflow.tasks.registry.tracking import mlflow_client
 
 ATTEMPTS = 3
 
@@ -35,12 +36,10 @@ def _logger(flow_run: Any, flow: Any):
 def _mlflow_run(config: PipelineConfig, flow_run_id: str) -> dict[str, str | None]:
     """The MLflow run this flow run started (tagged prefect_flow_run_id), if it got that far."""
     try:
-        from mlflow import MlflowClient
-
         from alignflow.tasks.runtime.state import tracking_uri
 
         tracking = tracking_uri(config)
-        client = MlflowClient(tracking)
+        client = mlflow_client(tracking)
         experiment = client.get_experiment_by_name(config.registry.experiment)
         if experiment is None:
             return {}
