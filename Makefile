@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run serve test lint install clean-state
+.PHONY: run serve test lint install clean-state gpu-kit
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,13 @@ lint: $(STAMP)
 
 clean-state:  ## forget every run: MLflow registry, datasets, models, checkpoints
 	rm -rf .alignflow
+
+# The GPU kit (bench/gpu/kit.py): the wheels the GPU machine's image lacks, for its Python 3.12, into the
+# ignored .gpu-kit/wheels, then the exact device commands (command line, paths to carry, sizes checked).
+GPU_KIT_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64
+
+gpu-kit:  ## wheels from bench/gpu/wheels.lock into .gpu-kit/wheels, and the commands for a GPU window
+	test -x $(BIN)/python || $(MAKE) install
+	$(BIN)/python -m pip download --quiet --no-deps $(GPU_KIT_PLATFORM) -d .gpu-kit/wheels -r bench/gpu/wheels.lock
+	$(BIN)/python bench/gpu/kit.py commands
