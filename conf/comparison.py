@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from alignflow.conf.base import Section
-from alignflow.conf.training import TrainingConfig
+from alignflow.conf.training import TrainingConfig, trl_problems
 
 COMPARISON_METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "win_rate")
 RecipeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=64)]
@@ -81,23 +82,28 @@ class RecipeConfig(TrainingConfig):
                 flat[key] = value
         return flat
 
-    @field_validator("grid")
-    @classmethod
-    def _every_point_is_a_valid_recipe(cls, grid: dict[str, list[Any]], info: ValidationInfo) -> dict[str, list[Any]]:
-        empty = [key for key, values in grid.items() if not values]
+    @model_validator(mode="after")
+    def _every_point_is_a_valid_recipe(self) -> RecipeConfig:
+        empty = [key for key, values in self.grid.items() if not values]
         if empty:
-            raise ValueError(f"{', '.join(empty)}: give at least one value")
-        fields = set(TrainingConfig.model_fields)
-        if not fields <= set(info.data):  # a training key already failed: that error is reported on its own
-            return grid
-        training = TrainingConfig.model_construct(**{k: info.data[k] for k in fields})
-        for point in grid_points(grid):
+            raise _grid_error(self.grid, f"{', '.join(empty)}: give at least one value")
+        for point in grid_points(self.grid):
             try:
-                with_knobs(training, point)
+                with_knobs(self, point)
             except ValidationError as exc:
-                label = ",".join(f"{k}={knob_label(v)}" for k, v in point.items())
-                raise ValueError(f"grid point [{label}]: {_problems(exc)}") from None
-        return grid
+                raise _grid_error(self.grid, f"grid point [{_label(point)}]: {_problems(exc)}") from None
+        return self
+
+
+def _label(point: dict[str, Any]) -> str:
+    return ",".join(f"{k}={knob_label(v)}" for k, v in point.items())
+
+
+def _grid_error(grid: dict[str, list[Any]], message: str) -> ValidationError:
+    """A ValueError at the recipe's `grid` key (a model validator's own errors would name the recipe)."""
+    return ValidationError.from_exception_data(
+        "grid", [InitErrorDetails(type="value_error", loc=("grid",), input=grid, ctx={"error": ValueError(message)})]
+    )
 
 
 def expand_recipes(recipes: dict[str, RecipeConfig]) -> list[Recipe]:
@@ -108,8 +114,7 @@ def expand_recipes(recipes: dict[str, RecipeConfig]) -> list[Recipe]:
             expanded.append(Recipe(name, with_knobs(recipe, {})))
             continue
         for point in grid_points(recipe.grid):
-            label = ",".join(f"{k}={knob_label(v)}" for k, v in point.items())
-            expanded.append(Recipe(f"{name}[{label}]", with_knobs(recipe, point)))
+            expanded.append(Recipe(f"{name}[{_label(point)}]", with_knobs(recipe, point)))
     return expanded
 
 
@@ -141,3 +146,33 @@ class ComparisonConfig(Section):
         if twice:
             raise ValueError(f"recipes expand to the same name twice: {', '.join(twice)}")
         return self
+
+
+def check_with_trl(training: TrainingConfig, comparison: ComparisonConfig) -> None:
+    """TRL's own checks (trl_problems) on the training section and on every recipe a comparison expands into;
+    one ValidationError naming each rejected key. Imports TRL's config classes (seconds), so PipelineConfig
+    runs it last, once the whole config is otherwise valid."""
+    shared = trl_problems(training)
+    errors = [
+        InitErrorDetails(type="value_error", loc=("training", *where), input=value, ctx={"error": ValueError(message)})
+        for where, value, message in shared
+    ]
+    for name, recipe in comparison.recipes.items():
+        for point in grid_points(recipe.grid) if recipe.grid else [{}]:
+            for where, value, message in trl_problems(with_knobs(recipe, point)):
+                if (where, value, message) in shared:  # the training section's, reported once
+                    continue
+                if point:  # the grid point is what to fix
+                    key = ".".join(where) or "training"
+                    where, value, message = ("grid",), recipe.grid, f"grid point [{_label(point)}]: {key}: {message}"
+                error = ValueError(message)
+                errors.append(
+                    InitErrorDetails(
+                        type="value_error",
+                        loc=("comparison", "recipes", name, *where),
+                        input=value,
+                        ctx={"error": error},
+                    )
+                )
+    if errors:
+        raise ValidationError.from_exception_data("PipelineConfig", errors)

@@ -1,12 +1,130 @@
-"""`training`: the method, the base model, Ray scaling and storage, and TRL's own knobs."""
+"""`training`: alignflow's own keys (method, base model, Ray scaling and storage, the SFT stage), then TRL's knobs.
+
+Every other key under `training:` is a field of TRL's own config class, under TRL's name:
+DPOConfig for dpo, ORPOConfig for orpo, CPOConfig for cpo and simpo, and trl.ModelConfig for
+LoRA/QLoRA and model loading; `training.sft` takes SFTConfig's. None of them is declared here.
+When the config loads, each key is checked against its class's fields and their types (read from
+TRL's source by conf/trl_fields.py, so a typo fails in well under a second), and once the whole
+config is otherwise valid TRL's own checks run on what training will build (`trl_problems`).
+
+alignflow's values for the knobs (beta 0.1, RPO, learning rate 2e-4, ...) are the embedded
+profile's, conf/pipeline.yaml: a knob a profile leaves out takes that value, one the embedded
+profile leaves out takes TRL's default (`TrainingConfig.knob`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import warnings
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from alignflow.conf import trl_fields
 from alignflow.conf.base import BUILTIN_TINY_MODEL, Section
+
+T = TypeVar("T")
+EMBEDDED_PROFILE = Path(__file__).with_name("pipeline.yaml")
+# The preference classes (trl_fields.CLASSES keys) in the order that says what a key means when several
+# declare it: a profile's training section is shared by recipes of different methods.
+PREFERENCE = ("dpo", "cpo", "orpo")
+# TRL fields alignflow sets on every run: checkpoints go to Ray storage, metrics to MLflow through
+# alignflow's callback, the device follows scaling.use_gpu.
+OWNED = ("output_dir", "save_strategy", "save_total_limit", "report_to", "use_cpu")
+# Loss names TRL checks only when it computes the loss, after generation and validation have run.
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+CPO_LOSSES = ("sigmoid", "hinge", "ipo")
+
+
+def run_defaults(use_gpu: bool) -> dict[str, Any]:
+    """alignflow's values for TRL settings a profile may still set: TRL's bf16 and activation checkpointing
+    fail or only slow down on CPU; Ray runs one data loader per worker; the first step is logged."""
+    return {
+        "bf16": use_gpu,
+        "activation_checkpointing": False,
+        "ddp_find_unused_parameters": False,
+        "dataloader_num_workers": 0,
+        "logging_first_step": True,
+    }
+
+
+def owned_settings(use_gpu: bool) -> dict[str, Any]:
+    """The OWNED fields' values (all but output_dir, which the caller names)."""
+    return {"save_strategy": "steps", "save_total_limit": 1, "report_to": [], "use_cpu": not use_gpu}
+
+
+@functools.cache
+def _embedded_training() -> dict[str, Any]:
+    return yaml.safe_load(EMBEDDED_PROFILE.read_text()).get("training") or {}
+
+
+@functools.cache
+def _adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation)
+
+
+def _error(key: tuple[str, ...], value: Any, message: str, kind: str = "trl_value") -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError(kind, "{message}", {"message": message}), loc=key, input=value)
+
+
+def _typed(field: trl_fields.TrlField, owner: str, value: Any) -> Any:
+    """`value` as the field's type; a single value where TRL takes a list is a one-item list (TRL's CLI and
+    __post_init__ read `loss_type: ipo` and `lora_target_modules: all-linear` that way too)."""
+    adapter = _adapter(field.annotation)
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        if not isinstance(value, list | tuple | dict):
+            try:
+                return adapter.validate_python([value])
+            except ValidationError:
+                pass
+        reasons = "; ".join(dict.fromkeys(e["msg"] for e in exc.errors()))
+        raise ValueError(f"{reasons} ({owner}.{field.name} is {field.source})") from None
+
+
+def _declaration(key: str) -> trl_fields.TrlField:
+    """A training knob's field: the first of PREFERENCE and ModelConfig that declares it (what `_checked` typed)."""
+    return next(trl_fields.fields(c)[key] for c in (*PREFERENCE, "model") if key in trl_fields.fields(c))
+
+
+def _checked(knobs: dict[str, Any], classes: tuple[str, ...]) -> dict[str, Any]:
+    """The knobs typed by the first of `classes` that declares each; unknown, owned or mistyped keys raise
+    one ValidationError naming every such key."""
+    checked, errors = {}, []
+    for key, value in knobs.items():
+        owner = next((c for c in classes if key in trl_fields.fields(c)), None)
+        if owner is None:
+            errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=value))
+        elif key in OWNED:
+            errors.append(_error((key,), value, "set by alignflow for every run, not a knob", "trl_owned"))
+        else:
+            try:
+                checked[key] = _typed(trl_fields.fields(owner)[key], trl_fields.class_name(owner), value)
+            except ValueError as exc:
+                errors.append(_error((key,), value, str(exc)))
+    if errors:
+        raise ValidationError.from_exception_data("training", errors)
+    return checked
 
 
 class TinyModelConfig(Section):
@@ -42,47 +160,43 @@ class ScalingConfig(Section):
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
 
 
-DPO_LOSSES = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-)
-CPO_LOSSES = ("sigmoid", "hinge", "ipo")
-
-
 class SFTStageConfig(Section):
     """An optional supervised stage before the preference stage: TRL SFTTrainer on the chosen responses.
 
-    Its model becomes the preference stage's policy and, for DPO, its reference. Knobs keep TRL
-    SFTConfig's names; the ones left null take the `training` section's value. Scaling, seed,
-    logging, checkpoints and LoRA are the training section's.
+    Its model becomes the preference stage's policy and, for DPO, its reference. Every key but
+    `enabled` is an SFTConfig field. Knobs of the training section that SFTConfig declares with the
+    same type (batch size, max_length, logging, checkpoints, seed, ...) carry over unless set here;
+    LoRA and scaling are the training section's.
     """
 
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     enabled: bool = Field(False, description="Run SFT first (`sft -> dpo`); off: one preference stage.")
-    learning_rate: float = Field(2e-4, gt=0.0)
-    num_train_epochs: float = Field(1.0, gt=0.0)
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: run the epochs).")
-    per_device_train_batch_size: int | None = Field(None, ge=1, description="None: training's.")
-    gradient_accumulation_steps: int | None = Field(None, ge=1, description="None: training's.")
-    max_length: int | None = Field(None, ge=8, description="None: training's.")
-    lr_scheduler_type: str = "linear"
-    warmup_steps: float = Field(0.1, ge=0.0, description="Warm-up: steps, or a fraction of training when < 1.")
-    completion_only_loss: bool = Field(True, description="Loss on the response tokens only (false: on the prompt too).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_knobs_first(cls, data: Any) -> Any:
+        embedded = _embedded_training().get("sft") or {}
+        if not isinstance(data, dict):
+            return data
+        return {**{k: v for k, v in embedded.items() if k not in cls.model_fields}, **data}
+
+    @model_validator(mode="after")
+    def _knobs_are_sft_config_fields(self) -> SFTStageConfig:
+        self.__pydantic_extra__.update(_checked(self.knobs, ("sft",)))
+        return self
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """The SFTConfig fields this section sets."""
+        return dict(self.model_extra or {})
 
 
 class TrainingConfig(Section):
+    """alignflow's keys are declared below; every other key is a TRL knob (see the module's docstring)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     method: Literal["dpo", "orpo", "cpo", "simpo"] = Field(
         "dpo", description="dpo: TRL DPOTrainer; orpo, cpo, simpo: trl.experimental (no reference model)."
     )
@@ -96,59 +210,149 @@ class TrainingConfig(Section):
     sft: SFTStageConfig = Field(
         default_factory=SFTStageConfig, description="Optional SFT stage on the chosen responses before `method`."
     )
-    # TRL / transformers fields, passed through under their own names.
-    beta: float = Field(0.1, gt=0.0, description="DPO: KL strength; ORPO: odds-ratio weight (lambda); CPO/SimPO: beta.")
-    loss_type: list[str] = Field(
-        default_factory=lambda: ["sigmoid", "sft"], min_length=1, description="DPO loss types ([sigmoid, sft]: RPO)."
-    )
-    loss_weights: list[float] | None = Field(None, description="Weights of the loss types (DPO), e.g. [1.0, 0.5].")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Robust DPO / cDPO label-flip probability.")
-    precompute_ref_log_probs: bool = Field(
-        False, description="DPO: compute reference log-probs once, cached on disk keyed by data, model and tokenizer."
-    )
-    cpo_alpha: float = Field(1.0, ge=0.0, description="CPO/SimPO: weight of the NLL term (0 gives pure SimPO).")
-    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO: target reward margin.")
-    learning_rate: float = Field(2e-4, gt=0.0)
-    per_device_train_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    num_train_epochs: float = Field(3.0, gt=0.0)
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: run the epochs).")
-    max_length: int = Field(256, ge=8)
-    lr_scheduler_type: str = "linear"
-    warmup_steps: float = Field(0.1, ge=0.0, description="Warm-up: steps, or a fraction of training when < 1.")
-    logging_steps: int = Field(2, ge=1)
-    save_steps: int = Field(10, ge=1, description="Checkpoint every N steps into Ray storage.")
     max_failures: int = Field(0, ge=-1, description="Ray FailureConfig: worker-group restarts allowed.")
-    seed: int = 42
-    # LoRA / QLoRA, with TRL ModelConfig's field names.
-    use_peft: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    lora_target_modules: list[str] | str = Field("all-linear", description="Module names, or `all-linear`.")
-    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights (bitsandbytes, GPU only).")
-    load_in_8bit: bool = Field(False, description="8-bit base weights (bitsandbytes, GPU only).")
-    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
-    use_bnb_nested_quant: bool = False
 
-    @field_validator("loss_type", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _one_loss_is_a_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+    def _embedded_knobs_first(cls, data: Any) -> Any:
+        """The embedded profile's knobs under this section's: a profile lists only what differs."""
+        if not isinstance(data, dict):
+            return data
+        return {**{k: v for k, v in _embedded_training().items() if k not in cls.model_fields}, **data}
 
     @model_validator(mode="after")
-    def _fits_the_method(self) -> TrainingConfig:
-        known = CPO_LOSSES if self.method == "cpo" else DPO_LOSSES
+    def _knobs_fit_trl_and_the_method(self) -> TrainingConfig:
+        self.__pydantic_extra__.update(_checked(self.knobs, (*PREFERENCE, "model")))
+        if self.knob("beta", float) <= 0:  # TRL takes 0, which leaves no preference signal
+            raise ValidationError.from_exception_data(
+                "training",
+                [InitErrorDetails(type="greater_than", loc=("beta",), input=self.knobs.get("beta"), ctx={"gt": 0})],
+            )
+        losses = self.knob("loss_type", list)
         if self.method in ("dpo", "cpo"):
-            unknown = [name for name in self.loss_type if name not in known]
+            known = CPO_LOSSES if self.method == "cpo" else DPO_LOSSES
+            unknown = [name for name in losses if name not in known]
             if unknown:
                 raise ValueError(f"loss_type {unknown} not one of {list(known)} for method {self.method}")
-        if self.method == "cpo" and len(self.loss_type) > 1:
+        if self.method == "cpo" and len(losses) > 1:
             raise ValueError("loss_type: cpo takes one loss type")
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError("loss_weights needs one weight per loss_type")
-        if (self.load_in_4bit or self.load_in_8bit) and not self.scaling.use_gpu:
+        quantized = self.knob("load_in_4bit", bool) or self.knob("load_in_8bit", bool)
+        if quantized and not self.scaling.use_gpu:
             raise ValueError("load_in_4bit/load_in_8bit (QLoRA) need scaling.use_gpu=true")
-        if (self.load_in_4bit or self.load_in_8bit) and not self.use_peft:
+        if quantized and not self.knob("use_peft", bool):
             raise ValueError("load_in_4bit/load_in_8bit train adapters only: set use_peft=true")
         return self
+
+    # --- the knobs, as TRL will get them ------------------------------------------------------------
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """The TRL knobs this section sets (every key that is not alignflow's own), in the profile's order."""
+        return dict(self.model_extra or {})
+
+    @property
+    def trl_class(self) -> str:
+        """The trl_fields.CLASSES key of the method's config class (simpo is CPOConfig's `loss_type=simpo`)."""
+        return "cpo" if self.method == "simpo" else self.method
+
+    def knob(self, name: str, kind: type[T]) -> T:
+        """The value of knob `name`: this section's, else TRL's default (the method's class, then the others)."""
+        if name in self.knobs:
+            value = self.knobs[name]
+        else:
+            owner = next(c for c in (self.trl_class, *PREFERENCE, "model") if name in trl_fields.fields(c))
+            value = trl_fields.default(owner, name)
+        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
+            raise TypeError(f"training.{name} is {value!r}, not {kind.__name__}")
+        return value
+
+    def ignored(self) -> dict[str, Any]:
+        """Knobs neither the method's class nor ModelConfig declares: the method ignores them."""
+        used = {*trl_fields.fields(self.trl_class), *trl_fields.fields("model")}
+        return {k: v for k, v in self.knobs.items() if k not in used}
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        """The method's TRL config class's keyword arguments (but output_dir): alignflow's run defaults, the
+        knobs the class declares on top, then the settings alignflow owns."""
+        declared = trl_fields.fields(self.trl_class)
+        knobs = {k: v for k, v in self.knobs.items() if k in declared}
+        if self.method == "cpo":  # alignflow holds loss_type as DPO's list; CPOConfig takes one name
+            knobs["loss_type"] = self.knob("loss_type", list)[0]
+        elif self.method == "simpo":
+            knobs["loss_type"] = "simpo"
+        gpu = self.scaling.use_gpu
+        return {**run_defaults(gpu), **knobs, **owned_settings(gpu)}
+
+    def sft_kwargs(self) -> dict[str, Any]:
+        """SFTConfig's keyword arguments (but output_dir): this section's knobs that SFTConfig declares with
+        the same type (a DPO loss_type list is not SFT's loss_type), then training.sft's."""
+        sft = trl_fields.fields("sft")
+        shared = {k: v for k, v in self.knobs.items() if k in sft and sft[k].annotation == _declaration(k).annotation}
+        gpu = self.scaling.use_gpu
+        return {**run_defaults(gpu), **shared, **self.sft.knobs, **owned_settings(gpu)}
+
+    def model_kwargs(self, model_path: str) -> dict[str, Any]:
+        """trl.ModelConfig's keyword arguments: its knobs, the base model's path, dtype by device unless set."""
+        declared = trl_fields.fields("model")
+        return {
+            "dtype": "bfloat16" if self.scaling.use_gpu else "float32",
+            **{k: v for k, v in self.knobs.items() if k in declared},
+            "model_name_or_path": model_path,
+        }
+
+
+def _rejected(config_class: type, kwargs: dict[str, Any], knobs: list[str]) -> tuple[str | None, str] | None:
+    """None when `config_class(**kwargs)` passes TRL's checks, else (the knob that breaks it, TRL's message):
+    the first of `knobs`, added in order to the rest, whose addition fails; None as the knob when the rest
+    fails on its own."""
+
+    def failure(given: dict[str, Any]) -> str | None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                config_class(**given)
+        except Exception as exc:  # noqa: BLE001 - TRL and transformers raise ValueError, TypeError, ImportError
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    message = failure(kwargs)
+    if message is None:
+        return None
+    applied = {k: v for k, v in kwargs.items() if k not in knobs}
+    if failure(applied):
+        return None, message
+    for key in knobs:
+        applied[key] = kwargs[key]
+        if failure(applied):
+            return key, message
+    return None, message
+
+
+def trl_problems(training: TrainingConfig) -> list[tuple[tuple[str, ...], Any, str]]:
+    """TRL's own checks (its config classes' __post_init__) on the configs training will build, as
+    (key path under the section, value, message). Imports TRL's config classes: seconds, the first time."""
+    import tempfile
+
+    import torch
+
+    scratch = {"output_dir": tempfile.gettempdir()}
+    if training.scaling.use_gpu and not torch.cuda.is_available():
+        # A GPU profile loaded without a GPU (deploying from a laptop): TRL's device checks belong to the
+        # machine that trains, so its values are checked as a CPU run's.
+        scratch["use_cpu"] = True
+    preference = {k: (k,) for k in training.knobs}
+    sft = {**{k: (k,) for k in training.knobs}, **{k: ("sft", k) for k in training.sft.knobs}}
+    checks = [
+        (trl_fields.config_class(training.trl_class), {**training.trl_kwargs(), **scratch}, preference, ()),
+        (trl_fields.config_class("model"), training.model_kwargs("model"), preference, ()),
+        (trl_fields.config_class("sft"), {**training.sft_kwargs(), **scratch}, sft, ("sft",)),
+    ]
+    problems = []
+    for config_class, kwargs, paths, section in checks:
+        found = _rejected(config_class, kwargs, [k for k in kwargs if k in paths])
+        if found:
+            key, message = found
+            problems.append(
+                (paths[key] if key else section, kwargs.get(key), f"{config_class.__name__} rejects it: {message}")
+            )
+    return problems
