@@ -62,7 +62,7 @@ def plain_trl(training, model_path: str, data: Ref, out: Path) -> dict:
     """The same recipe as a Ray worker runs, in this process, without Ray."""
     import torch
 
-    from alignflow.tasks.training.train import build_trainer
+    from alignflow.tasks.training.recipe import build_trainer
 
     if not training.scaling.use_gpu:
         # A Ray worker gets resources_per_worker CPUs and sets its torch threads to match;
@@ -82,12 +82,15 @@ def plain_trl(training, model_path: str, data: Ref, out: Path) -> dict:
 
 
 def under_ray(training, model_path: str, data: Ref, storage: Path, name: str) -> dict:
-    from alignflow.tasks.training.train import train_model
+    from alignflow.tasks.training.driver import train_model
 
     started = time.perf_counter()
-    _, summary = train_model(training, model_path, data, str(storage), name, "sqlite:///" + str(storage / "m.db"), None)
-    return {"tokens": summary["tokens"], "train_runtime_s": summary["train_runtime_s"],
-            "wall_s": time.perf_counter() - started}  # fmt: skip
+    trained = train_model(training, model_path, data, str(storage), name, "sqlite:///" + str(storage / "m.db"), None)
+    return {
+        "tokens": trained.tokens,
+        "train_runtime_s": trained.train_runtime_s,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def trained_tokens(trainer, data: Ref) -> float:
@@ -101,9 +104,10 @@ def trained_tokens(trainer, data: Ref) -> float:
     args, tokenizer = trainer.args, trainer.processing_class
     frame = pd.read_parquet(data.path)
     lengths = [
-        min(len(tokenizer(p + " " + c)["input_ids"]), args.max_length) + min(len(tokenizer(p + " " + r)["input_ids"]), args.max_length)
+        min(len(tokenizer(p + " " + c)["input_ids"]), args.max_length)
+        + min(len(tokenizer(p + " " + r)["input_ids"]), args.max_length)
         for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"], strict=True)
-    ]  # fmt: skip
+    ]
     rows = (
         trainer.state.global_step
         * args.per_device_train_batch_size
@@ -120,8 +124,10 @@ def rate(row: dict) -> float:
 def cpu_bench(home: Path, steps: int) -> dict:
     from alignflow.tasks.runtime.tiny_model import resolve_model
 
-    cfg = load_config(ROOT / "conf" / "pipeline.yaml", [f"runtime.home={home}", f"training.max_steps={steps}",
-                                                         "training.logging_steps=1", "training.save_steps=1000"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "conf" / "pipeline.yaml",
+        [f"runtime.home={home}", f"training.max_steps={steps}", "training.logging_steps=1", "training.save_steps=1000"],
+    )
     model_path = str(resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, home / "models"))
     data = synthetic_pairs(home / "pairs.parquet", rows=512, words=40)
     one = cfg.training.model_copy(update={"scaling": cfg.training.scaling.model_copy(update={"num_workers": 1})})
@@ -136,7 +142,7 @@ def cpu_bench(home: Path, steps: int) -> dict:
     return {
         "model": "builtin:tiny-llama (conf/pipeline.yaml)",
         "steps": steps,
-        "per_device_train_batch_size": cfg.training.per_device_train_batch_size,
+        "per_device_train_batch_size": cfg.training.knob("per_device_train_batch_size", int),
         "rows": rows,
         "ray_overhead_ratio": round(ray1 / plain, 3) if plain else None,
         "scaling_2_over_1_workers": round(ray2 / ray1, 3) if ray1 else None,
@@ -144,13 +150,25 @@ def cpu_bench(home: Path, steps: int) -> dict:
 
 
 QWEN25_15B = dict(
-    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
-)  # fmt: skip
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+)
 SMOKE_SHAPE = dict(
-    vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e6,
-)  # fmt: skip
+    vocab_size=4096,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rope_theta=1e6,
+)
 
 
 def qwen_shaped_model(path: Path, shape: dict, dtype: str) -> str:
@@ -186,20 +204,35 @@ def trl_defaults_run(training, model_path: str, data: Ref, out: Path) -> dict:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignflow.tasks.training.train import to_conversational, trl_classes
+    from alignflow.tasks.training.recipe import to_conversational, trl_classes
 
     config_class, trainer_class = trl_classes(training.method)
-    args = config_class(output_dir=str(out), max_steps=training.max_steps, max_length=training.max_length,
-                        per_device_train_batch_size=training.per_device_train_batch_size, logging_steps=1,
-                        report_to=[], save_strategy="no", use_cpu=not training.scaling.use_gpu)  # fmt: skip
+    size = {k: training.knob(k, int) for k in ("max_steps", "max_length", "per_device_train_batch_size")}
+    args = config_class(
+        output_dir=str(out),
+        **size,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=not training.scaling.use_gpu,
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     frame = datasets.Dataset.from_parquet(str(data.path))
-    trainer = trainer_class(model=AutoModelForCausalLM.from_pretrained(model_path), args=args, processing_class=tokenizer,
-                            train_dataset=frame.map(to_conversational, remove_columns=frame.column_names))  # fmt: skip
+    trainer = trainer_class(
+        model=AutoModelForCausalLM.from_pretrained(model_path),
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=frame.map(to_conversational, remove_columns=frame.column_names),
+    )
     _reset_peak()
     result = trainer.train()
-    return {"tokens": trained_tokens(trainer, data), "train_runtime_s": result.metrics["train_runtime"], "peak_gib": _peak_gib(),
-            "bf16": args.bf16, "activation_checkpointing": args.activation_checkpointing}  # fmt: skip
+    return {
+        "tokens": trained_tokens(trainer, data),
+        "train_runtime_s": result.metrics["train_runtime"],
+        "peak_gib": _peak_gib(),
+        "bf16": args.bf16,
+        "activation_checkpointing": args.activation_checkpointing,
+    }
 
 
 def model_bench(home: Path, steps: int, smoke: bool) -> dict:
@@ -215,10 +248,17 @@ def model_bench(home: Path, steps: int, smoke: bool) -> dict:
     seq = 128 if smoke else 1024
     batch = 2 if smoke else 4
     data = synthetic_pairs(home / "pairs.parquet", rows=steps * batch * 2, words=seq * 2 // 3)
-    base = [f"runtime.home={home}", f"training.model_name_or_path={model_path}", f"training.max_steps={steps}",
-            f"training.max_length={seq}", f"training.scaling.use_gpu={str(use_gpu).lower()}",
-            "training.scaling.num_workers=1", "training.logging_steps=1", "training.save_steps=100000",
-            f"training.per_device_train_batch_size={batch}"]  # fmt: skip
+    base = [
+        f"runtime.home={home}",
+        f"training.model_name_or_path={model_path}",
+        f"training.max_steps={steps}",
+        f"training.max_length={seq}",
+        f"training.scaling.use_gpu={str(use_gpu).lower()}",
+        "training.scaling.num_workers=1",
+        "training.logging_steps=1",
+        "training.save_steps=100000",
+        f"training.per_device_train_batch_size={batch}",
+    ]
     if use_gpu:
         base.append("training.scaling.resources_per_worker={GPU: 1}")
     peak_flops = H100_BF16_DENSE_FLOPS
@@ -239,10 +279,11 @@ def model_bench(home: Path, steps: int, smoke: bool) -> dict:
             _reset_peak()
             row = plain_trl(tuned.training, model_path, data, home / f"ours-{method}{suffix.strip(', ')}")
             row["tokens_per_s"] = round(rate(row), 1)
-            row["mfu"] = mfu(row, 0 if tuned.training.precompute_ref_log_probs else ref)
+            row["mfu"] = mfu(row, 0 if tuned.training.knob("precompute_ref_log_probs", bool) else ref)
             rows[f"{method.upper()}, alignflow defaults{suffix}"] = row
-    ray_row = under_ray(load_config(ROOT / "conf" / "pipeline.yaml", base).training, model_path, data,
-                        home / "ray", "model-bench-ray-1")  # fmt: skip
+    ray_row = under_ray(
+        load_config(ROOT / "conf" / "pipeline.yaml", base).training, model_path, data, home / "ray", "model-bench-ray-1"
+    )
     ray_row["tokens_per_s"] = round(rate(ray_row), 1)
     rows["DPO, alignflow defaults, Ray Train 1 worker"] = ray_row
     plain = rows["DPO, alignflow defaults"]["tokens_per_s"]
@@ -281,9 +322,14 @@ def main() -> None:
     print(f"| {result['model']} | tokens | train loop s | tokens/s | MFU | peak GiB | wall s (with start-up) |")
     print("|---|---|---|---|---|---|---|")
     for label, row in result["rows"].items():
-        cells = [f"{row['tokens']:.0f}", f"{row['train_runtime_s']:.2f}", str(row["tokens_per_s"]),
-                 str(row.get("mfu", "-")), str(row.get("peak_gib") or "-"),
-                 f"{row['wall_s']:.1f}" if "wall_s" in row else "-"]  # fmt: skip
+        cells = [
+            f"{row['tokens']:.0f}",
+            f"{row['train_runtime_s']:.2f}",
+            str(row["tokens_per_s"]),
+            str(row.get("mfu", "-")),
+            str(row.get("peak_gib") or "-"),
+            f"{row['wall_s']:.1f}" if "wall_s" in row else "-",
+        ]
         print(f"| {label} | " + " | ".join(cells) + " |")
     for key in ("ray_overhead_ratio", "scaling_2_over_1_workers", "speedup_over_trl_defaults"):
         if key in result:

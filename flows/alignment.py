@@ -50,8 +50,9 @@ from alignflow.tasks.runtime.state import (
     tracking_uri,
 )
 from alignflow.tasks.runtime.tiny_model import resolve_model
-from alignflow.tasks.training import train as train_mod
 from alignflow.tasks.training.curves import plot_training_curves
+from alignflow.tasks.training.driver import TrainResult, content_run_name, train_stages
+from alignflow.tasks.training.recipe import effective_config
 from alignflow.tasks.validation import stage as validate_mod
 from alignflow.tasks.validation.outputs import summary_markdown
 from alignflow.tasks.validation.report import ValidationReport
@@ -162,12 +163,12 @@ def train(
     tracking: str,
     mlflow_run_id: str,
     ray_address: str | None,
-) -> tuple[Ref, dict]:
+) -> TrainResult:
     """Train on Ray; report the effective TRL config first and the training curves after."""
     logger = get_run_logger()
     # Named by content, so a re-run after a crash or a kill resumes from the last checkpoint.
-    ray_run = train_mod.content_run_name(storage, run_name, training, model, train_data)
-    effective = train_mod.effective_config(training)
+    ray_run = content_run_name(storage, run_name, training, model, train_data)
+    effective = effective_config(training)
     for note in effective["notes"]:
         logger.warning("effective config: %s", note)
     scratch = Path(os.environ.get("ALIGNFLOW_HOME", ".alignflow")) / "scratch" / ray_run
@@ -177,19 +178,17 @@ def train(
 
     # training.sft.enabled: SFT on the chosen responses first (its own Ray run); its model is the
     # preference stage's policy and, for DPO, its reference.
-    ref, summary = train_mod.train_stages(
-        training, model, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
-    )
-    if summary["resumed_from_step"]:
-        logger.info("resumed from the checkpoint at step %s", summary["resumed_from_step"])
+    trained = train_stages(training, model, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address)
+    if trained.resumed_from_step:
+        logger.info("resumed from the checkpoint at step %s", trained.resumed_from_step)
     png = plot_training_curves(tracking, mlflow_run_id, scratch / "training_curves.png",
-                               f"{'sft -> ' * training.sft.enabled}{training.method} on {summary['num_workers']} workers")  # fmt: skip
+                               f"{'sft -> ' * training.sft.enabled}{training.method} on {trained.num_workers} workers")  # fmt: skip
     if png:
         tracking_mod.log_artifacts(tracking, mlflow_run_id, {"train": png})
         encoded = base64.b64encode(png.read_bytes()).decode()
         create_markdown_artifact(f"![training curves](data:image/png;base64,{encoded})", key="training-curves",
-                                 description=f"{summary['steps']} steps, MLflow run {mlflow_run_id}")  # fmt: skip
-    return ref, summary
+                                 description=f"{trained.steps} steps, MLflow run {mlflow_run_id}")  # fmt: skip
+    return trained
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -198,7 +197,7 @@ def evaluate(config: PipelineConfig, candidate: Ref, base: Ref, test_data: Ref, 
         candidate.path,
         base.loadable,
         test_data.path,
-        beta=config.training.beta,
+        beta=config.training.knob("beta", float),
         batch_size=config.evaluation.batch_size,
         max_pairs=config.evaluation.max_pairs,
         champion=champion_dir,
@@ -524,7 +523,7 @@ def alignment(config: PipelineConfig) -> dict:
                 "validate/summary": Path(report.files["summary"]),
             },
         )
-        model, train_summary = _timed(
+        trained = _timed(
             seconds,
             "train",
             train,
@@ -539,13 +538,12 @@ def alignment(config: PipelineConfig) -> dict:
         )
         logger.info(
             "trained %s steps in %ss on %s workers",
-            train_summary["steps"],
-            train_summary["wall_s"],
-            train_summary["num_workers"],
+            trained.steps,
+            trained.wall_s,
+            trained.num_workers,
         )
-        tracking_mod.log_metrics(
-            tracking, run_id, {"train/wall_s": train_summary["wall_s"], "train/steps": train_summary["steps"]}
-        )
+        tracking_mod.log_metrics(tracking, run_id, {"train/wall_s": trained.wall_s, "train/steps": trained.steps})
+        model = trained.model
 
         evaluated_against = versions_mod.current_champion(tracking, config.registry.model_name)
         champion_dir = _timed(
@@ -591,7 +589,7 @@ def alignment(config: PipelineConfig) -> dict:
         "dataset": pairs.model_dump(),
         "generation": gen_report.model_dump(),
         "validation": report.model_dump(include={"rows", "valid", "quarantined"}),
-        "training": train_summary,
+        "training": trained.model_dump(mode="json"),
         "evaluation": metrics,
         "registry": outcome,
         "seconds": seconds,

@@ -37,8 +37,9 @@ from alignflow.tasks.registry import tracking as tracking_mod
 from alignflow.tasks.registry import versions as versions_mod
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, tracking_uri
-from alignflow.tasks.training import train as train_mod
 from alignflow.tasks.training.curves import plot_comparison_curves
+from alignflow.tasks.training.driver import TrainResult, content_run_name, train_stages
+from alignflow.tasks.training.recipe import effective_config, preload_trainers
 
 DEFAULT_COMPARISON = "compare"  # conf/compare.yaml
 
@@ -56,32 +57,28 @@ def train_recipe(
     tracking: str,
     mlflow_run_id: str,
     ray_address: str | None,
-) -> tuple[Ref, dict]:
+) -> TrainResult:
     """One recipe's stages on Ray; its effective TRL config, curves and cost go to its child run."""
     logger = get_run_logger()
     training = recipe.training
-    effective = train_mod.effective_config(training)
+    effective = effective_config(training)
     for note in effective["notes"]:
         logger.warning("%s: effective config: %s", recipe.name, note)
     tracking_mod.log_text(
         tracking, mlflow_run_id, json.dumps(effective, indent=2, default=str), "train/effective_config.json"
     )
-    ray_run = train_mod.content_run_name(
-        storage, f"{run_prefix}-{compare_mod.slug(recipe.name)}", training, base, train_data
-    )
-    ref, summary = train_mod.train_stages(
-        training, base, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address
-    )
-    cost = compare_mod.recipe_cost(summary, training.scaling.use_gpu)
+    ray_run = content_run_name(storage, f"{run_prefix}-{compare_mod.slug(recipe.name)}", training, base, train_data)
+    trained = train_stages(training, base, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address)
+    cost = compare_mod.recipe_cost(trained, training.scaling.use_gpu)
     tracking_mod.log_metrics(
         tracking, mlflow_run_id, {f"cost/{k}": v for k, v in cost.items() if isinstance(v, int | float)}
     )
-    for stage, stage_summary in summary["stages"].items():
+    for stage, stage_result in trained.stages.items():
         tracking_mod.log_metrics(
-            tracking, mlflow_run_id, {f"cost/{stage}/{k}": v for k, v in stage_summary.get("cost", {}).items()}
+            tracking, mlflow_run_id, {f"cost/{stage}/{k}": v for k, v in stage_result.cost.items()}
         )
     logger.info("%s: %s steps in %ss (%s)", recipe.name, cost["steps"], cost["wall_s"], cost["detail"])
-    return ref, summary
+    return trained
 
 
 def _start_child_runs(
@@ -148,7 +145,7 @@ def _run_recipes(
             logger.warning("recipe %s failed in training: %s", recipe.name, reason)
             outcome[recipe.name] = {"status": "failed", "reason": f"train: {reason}"}
             continue
-        model, summary = result
+        model, summary = result.model, result
         evaluating[recipe.name] = (
             model,
             summary,
@@ -312,7 +309,7 @@ def compare(config: PipelineConfig) -> dict:
 
         # Once, in this thread, before recipes train from several threads: Ray's start and trl's lazy imports.
         start_ray(config.runtime.ray_address)
-        train_mod.preload_trainers([r.training for r in recipes])
+        preload_trainers([r.training for r in recipes])
         children = _start_child_runs(config, recipes, tracking, parent, tags)
         started = time.perf_counter()
         outcomes = _run_recipes(

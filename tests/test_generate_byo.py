@@ -75,7 +75,7 @@ def test_each_form_is_imported_and_validated_into_explicit_strings(form, tmp_pat
 def test_datasets_folder_and_training_on_an_implicit_prompt_split(tmp_path, tiny_model_path):
     import datasets
 
-    from alignflow.tasks.training.train import build_trainer
+    from alignflow.tasks.training.recipe import build_trainer
 
     folder = tmp_path / "hh"
     datasets.DatasetDict({"train": datasets.Dataset.from_list(records("conversational_implicit_prompt"))}).save_to_disk(

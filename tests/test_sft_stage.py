@@ -20,24 +20,29 @@ def test_sft_then_dpo_in_the_train_task(prefect_harness, ray_session, tiny_model
     from mlflow import MlflowClient
 
     from alignflow.flows.alignment import train
-    from alignflow.tasks.training.train import finished_stage
+    from alignflow.tasks.training.driver import finished_stage
 
-    cfg = small_config("training.sft.enabled=true", "training.sft.max_steps=1", "training.max_steps=1",
-                       "training.scaling.num_workers=1", "training.loss_type=[sigmoid]")  # fmt: skip
+    cfg = small_config(
+        "training.sft.enabled=true",
+        "training.sft.max_steps=1",
+        "training.max_steps=1",
+        "training.scaling.num_workers=1",
+        "training.loss_type=[sigmoid]",
+    )
     uri = tracking_uri(cfg)
     run_id = start_run(uri, "test-sft", "sft-dpo", {}, {})
     base = Ref(uri=tiny_model_path.as_uri(), sha256=sha256_tree(tiny_model_path))
-    model, summary = train(cfg.training, base, train_ref, str(state_dir / "ray"), "test-sft", uri, run_id, None)
+    trained = train(cfg.training, base, train_ref, str(state_dir / "ray"), "test-sft", uri, run_id, None)
 
-    sft, dpo = summary["stages"]["sft"], summary["stages"]["dpo"]
-    assert sft["steps"] == 1 and dpo["steps"] == 1 and summary["wall_s"] >= dpo["wall_s"]
-    assert sft["started_from"] == str(tiny_model_path)
-    assert dpo["started_from"] == Ref(**sft["model"]).loadable  # DPO's policy is the SFT model ...
+    sft, dpo = trained.stages["sft"], trained.stages["dpo"]
+    assert sft.steps == 1 and dpo.steps == 1 and trained.wall_s >= dpo.wall_s
+    assert sft.started_from == str(tiny_model_path)
+    assert dpo.started_from == sft.model.loadable  # DPO's policy is the SFT model ...
     client = MlflowClient(uri)
     assert client.get_metric_history(run_id, "sft/loss")
     # ... and so is its reference: before the first update the policy equals the reference, rewards are 0.
     assert [m.value for m in client.get_metric_history(run_id, "train/rewards/chosen") if m.step == 1] == [0.0]
-    assert sft["cost"]["forward_passes_per_example"] == 1.0 and dpo["cost"]["forward_passes_per_example"] == 4.0
+    assert sft.cost["forward_passes_per_example"] == 1.0 and dpo.cost["forward_passes_per_example"] == 4.0
     # A re-run whose preference stage had not finished reuses the finished SFT stage's model.
-    reused = finished_stage(str(state_dir / "ray"), f"{dpo['run_name']}-sft")
-    assert reused and reused[0] == Ref(**sft["model"]) and model.path.is_dir()
+    reused = finished_stage(str(state_dir / "ray"), f"{dpo.run_name}-sft")
+    assert reused and reused.model == sft.model and trained.model.path.is_dir()

@@ -16,7 +16,7 @@ from conftest import SMALL, STATE, small_config
 
 from alignflow.tasks.registry.tracking import start_run
 from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
-from alignflow.tasks.training.train import train_model
+from alignflow.tasks.training.driver import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +39,18 @@ def test_one_and_two_workers_agree_at_the_same_global_batch(ray_session, tiny_mo
     # gradient and the loss after one update must match across worker counts.
     results = {}
     for workers, per_device in ((1, 8), (2, 4)):
-        cfg = small_config(f"training.scaling.num_workers={workers}", f"training.per_device_train_batch_size={per_device}",
-                           "training.max_steps=2", "training.warmup_steps=0", "training.num_train_epochs=5")  # fmt: skip
+        cfg = small_config(
+            f"training.scaling.num_workers={workers}",
+            f"training.per_device_train_batch_size={per_device}",
+            "training.max_steps=2",
+            "training.warmup_steps=0",
+            "training.num_train_epochs=5",
+        )
         uri = tracking_uri(cfg)
         run_id = start_run(uri, "test-equivalence", f"{workers}-workers", {}, {})
-        train_model(cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), f"equiv-{workers}",
-                    uri, run_id)  # fmt: skip
+        train_model(
+            cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), f"equiv-{workers}", uri, run_id
+        )
         results[workers] = {
             "grad_norm_1": dict(_history(uri, run_id, "train/grad_norm"))[1],
             "loss_2": dict(_history(uri, run_id, "train/loss"))[2],
@@ -73,9 +79,14 @@ def _wait_for_step(uri: str, run_id: str, step: int, timeout: float) -> int:
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny_model_path, eight_pairs, state_dir):
-    cfg = small_config("training.scaling.num_workers=2", "training.per_device_train_batch_size=2",
-                       "training.max_steps=40", "training.save_steps=5", "training.max_failures=1",
-                       "training.num_train_epochs=100")  # fmt: skip
+    cfg = small_config(
+        "training.scaling.num_workers=2",
+        "training.per_device_train_batch_size=2",
+        "training.max_steps=40",
+        "training.save_steps=5",
+        "training.max_failures=1",
+        "training.num_train_epochs=100",
+    )
     uri = tracking_uri(cfg)
     run_id = start_run(uri, "test-fault", "kill-a-worker", {}, {})
     killed: dict = {}
@@ -88,19 +99,20 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny_mod
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
-    _, summary = train_model(cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"),
-                             "fault-kill-worker", uri, run_id)  # fmt: skip
+    trained = train_model(
+        cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), "fault-kill-worker", uri, run_id
+    )
     killer.join(timeout=5)
 
     assert killed.get("pids"), "no Ray Train worker process was found to kill"
-    assert summary["steps"] == 40  # the planned number of steps
-    resumed = summary["resumed_from_step"]
+    assert trained.steps == 40  # the planned number of steps
+    resumed = trained.resumed_from_step
     assert resumed > 0, "the restarted workers did not resume from a checkpoint"
     steps = [s for s, _ in _history(uri, run_id, "train/loss")]  # in logging order
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     last_before_kill = steps[restart - 1]
     assert steps[restart] == resumed + 1  # training went on right after the checkpoint
-    assert last_before_kill - resumed <= cfg.training.save_steps  # at most save_steps steps redone
+    assert last_before_kill - resumed <= cfg.training.knob("save_steps", float)  # at most save_steps steps redone
 
 
 def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_harness, ray_session, state_dir):
@@ -108,13 +120,24 @@ def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_ha
 
     from alignflow.flows.alignment import alignment
 
-    overrides = ["registry.model_name=test-resume", "training.max_steps=40", "training.save_steps=5",
-                 "training.per_device_train_batch_size=2", "training.num_train_epochs=100"]  # fmt: skip
+    overrides = [
+        "registry.model_name=test-resume",
+        "training.max_steps=40",
+        "training.save_steps=5",
+        "training.per_device_train_batch_size=2",
+        "training.num_train_epochs=100",
+    ]
     cfg = small_config(*overrides)
     uri = tracking_uri(cfg)
     env = {**os.environ, "ALIGNFLOW_HOME": str(STATE)}
-    proc = subprocess.Popen([sys.executable, "-m", "alignflow.flows.cli", "run", *SMALL, *overrides], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignflow.flows.cli", "run", *SMALL, *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         client = MlflowClient(uri)
         deadline = time.monotonic() + 300

@@ -6,7 +6,8 @@ import pytest
 from conftest import small_config
 
 from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
-from alignflow.tasks.training.train import effective_config, train_model
+from alignflow.tasks.training.driver import train_model
+from alignflow.tasks.training.recipe import effective_config
 
 OBJECTIVES = {
     "dpo-sigmoid": ["training.method=dpo", "training.loss_type=[sigmoid]"],
@@ -34,12 +35,17 @@ def test_objective_trains_on_ray(name, ray_session, tiny_model_path, train_ref, 
     from transformers import AutoModelForCausalLM
 
     cfg = small_config(*OBJECTIVES[name], "training.scaling.num_workers=1", "training.max_steps=1")
-    model, summary = train_model(
-        cfg.training, str(tiny_model_path), train_ref, str(state_dir / "ray"), f"objective-{name}",
-        tracking_uri(cfg), None,
-    )  # fmt: skip
-    assert summary["steps"] == 1
-    loaded = AutoModelForCausalLM.from_pretrained(model.path)  # LoRA is merged: a plain model
+    trained = train_model(
+        cfg.training,
+        str(tiny_model_path),
+        train_ref,
+        str(state_dir / "ray"),
+        f"objective-{name}",
+        tracking_uri(cfg),
+        None,
+    )
+    assert trained.steps == 1
+    loaded = AutoModelForCausalLM.from_pretrained(trained.model.path)  # LoRA is merged: a plain model
     assert not hasattr(loaded, "peft_config")
 
 
@@ -57,13 +63,24 @@ def test_effective_config_reports_what_trl_ignores_or_changes():
 
 
 def test_precomputed_reference_log_probs_are_reused_across_runs(ray_session, tiny_model_path, train_ref, state_dir):
-    cfg = small_config("training.precompute_ref_log_probs=true", "training.scaling.num_workers=1",
-                       "training.max_steps=1", "training.max_length=200")  # fmt: skip
+    cfg = small_config(
+        "training.precompute_ref_log_probs=true",
+        "training.scaling.num_workers=1",
+        "training.max_steps=1",
+        "training.max_length=200",
+    )
     outcomes = []
     for attempt in range(2):
-        _, summary = train_model(cfg.training, str(tiny_model_path), train_ref, str(state_dir / "ray"),
-                                 f"refcache-{attempt}", tracking_uri(cfg), None)  # fmt: skip
-        outcomes.append(summary["reference_cache"])
+        trained = train_model(
+            cfg.training,
+            str(tiny_model_path),
+            train_ref,
+            str(state_dir / "ray"),
+            f"refcache-{attempt}",
+            tracking_uri(cfg),
+            None,
+        )
+        outcomes.append(trained.reference_cache)
     assert outcomes == ["miss", "hit"]  # the second run did no reference forward pass
     cached = list((state_dir / "ref_logps").glob("*-train.parquet"))
     assert cached

@@ -7,7 +7,7 @@ from conftest import small_config
 
 from alignflow.tasks.registry.tracking import start_run
 from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
-from alignflow.tasks.training.train import train_model
+from alignflow.tasks.training.driver import train_model
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,12 @@ def test_train_runs_on_ray_and_logs_to_mlflow(method, workers, ray_session, tiny
     cfg = small_config(f"training.method={method}", f"training.scaling.num_workers={workers}")
     uri = tracking_uri(cfg)
     run_id = start_run(uri, "test-train", f"train-{method}", {}, {})
-    model, summary = train_model(
+    trained = train_model(
         cfg.training, str(tiny_model_path), train_ref, str(state_dir / "ray"), f"test-{method}-{workers}", uri, run_id
     )
-    assert summary["steps"] == 2
-    assert model.path.is_dir() and len(model.sha256) == 64
-    AutoModelForCausalLM.from_pretrained(model.path)  # the final model loads
+    assert trained.steps == 2 and trained.stage == method and trained.num_workers == workers
+    assert trained.model.path.is_dir() and len(trained.model.sha256) == 64
+    AutoModelForCausalLM.from_pretrained(trained.model.path)  # the final model loads
 
     history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
     assert [m.step for m in history] == [1, 2]

@@ -10,8 +10,12 @@ memory, and forward passes measured with hooks on the models (tasks/cost.py).
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from alignflow.conf.training import TrainingConfig
+
+if TYPE_CHECKING:
+    from alignflow.tasks.training.driver import TrainResult
 
 COLUMNS = (
     "recipe",
@@ -89,18 +93,18 @@ def short_reason(error: BaseException | str) -> str:
     return line[:300]
 
 
-def recipe_cost(summary: dict, use_gpu: bool) -> dict:
-    """The cost columns from `train_stages`' summary (each stage's measured cost)."""
-    stages = [s for s in summary["stages"].values()]
-    costs = [s.get("cost") or {} for s in stages]
+def recipe_cost(trained: TrainResult, use_gpu: bool) -> dict:
+    """The cost columns from `train_stages`' result (each stage's measured cost)."""
+    stages = list(trained.stages.values())
+    costs = [s.cost for s in stages]
     worker_steps = sum(c.get("steps", 0) * c.get("workers", 1) for c in costs)
     detail = "; ".join(
-        f"{s['stage']}: {c.get('steps', 0)} steps, {c.get('forward_calls_per_step', 0)} calls/step, "
-        f"{c.get('forward_passes_per_example', 0)} passes/example" + (" (reused)" if s.get("reused") else "")
+        f"{s.stage}: {c.get('steps', 0)} steps, {c.get('forward_calls_per_step', 0)} calls/step, "
+        f"{c.get('forward_passes_per_example', 0)} passes/example" + (" (reused)" if s.reused else "")
         for s, c in zip(stages, costs, strict=True)
     )
     return {
-        "wall_s": summary["wall_s"],
+        "wall_s": trained.wall_s,
         "compute_s": round(sum(c.get("gpu_s" if use_gpu else "cpu_s", 0.0) for c in costs), 1),
         "device": "gpu" if use_gpu else "cpu",
         "peak_mem_mb": max((c.get("gpu_peak_mb" if use_gpu else "peak_rss_mb", 0.0) for c in costs), default=0.0),
@@ -114,7 +118,7 @@ def recipe_cost(summary: dict, use_gpu: bool) -> dict:
     }
 
 
-def completed_row(name: str, training: TrainingConfig, summary: dict, metrics: dict, win: dict) -> dict:
+def completed_row(name: str, training: TrainingConfig, trained: TrainResult, metrics: dict, win: dict) -> dict:
     row = {
         "recipe": name,
         "status": "completed",
@@ -122,7 +126,7 @@ def completed_row(name: str, training: TrainingConfig, summary: dict, metrics: d
         **{k: metrics[k] for k in QUALITY},
         "win_rate": win["win_rate"],
         "win_rate_vs": win["against"],
-        **recipe_cost(summary, training.scaling.use_gpu),
+        **recipe_cost(trained, training.scaling.use_gpu),
     }
     return {k: row[k] for k in COLUMNS}
 

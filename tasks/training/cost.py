@@ -25,8 +25,13 @@ import time
 
 def watch(trainer) -> dict:
     """Start counting on a built TRL trainer; returns the live counters (read them after train())."""
-    counts = {"forward_calls": 0, "forward_passes": 0, "examples": 0, "started": time.perf_counter(),
-              "cpu_started": time.process_time()}  # fmt: skip
+    counts = {
+        "forward_calls": 0,
+        "forward_passes": 0,
+        "examples": 0,
+        "started": time.perf_counter(),
+        "cpu_started": time.process_time(),
+    }
     try:
         import torch
 

@@ -80,8 +80,14 @@ def plot_comparison_curves(tracking_uri: str, runs: dict[str, str], out: Path, t
         for i, (name, per_run) in enumerate(series.items()):
             points = per_run[key]
             if points:
-                ax.plot([s for s, _ in points], [v for _, v in points], marker=".", linewidth=1.2,
-                        color=colors[i % len(colors)], label=name)  # fmt: skip
+                ax.plot(
+                    [s for s, _ in points],
+                    [v for _, v in points],
+                    marker=".",
+                    linewidth=1.2,
+                    color=colors[i % len(colors)],
+                    label=name,
+                )
         ax.set_title(label)
         ax.grid(alpha=0.3)
         values = [v for per_run in series.values() for _, v in per_run[key]]

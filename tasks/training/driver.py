@@ -1,0 +1,226 @@
+"""The training driver: a Ray Train TorchTrainer per stage, with the scaling, storage and failure settings.
+
+`train_model` runs one stage (tasks/training/loop.py on every worker) and returns a `TrainResult`;
+`train_stages` runs the optional SFT stage and then the preference stage from its model. Runs are
+named by content (`content_run_name`): the same (storage, run name) resumes from that run's latest
+checkpoint, and a finished run leaves a done marker holding its result, so a re-run of a failed
+flow continues instead of starting over and reuses a finished SFT stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from alignflow.conf.training import TrainingConfig
+from alignflow.tasks.runtime.ray import start_ray
+from alignflow.tasks.runtime.state import Ref, sha256_text, sha256_tree
+from alignflow.tasks.training.loop import FINAL_MODEL_DIR, RESULT_FILE, WorkerInputs, train_loop
+from alignflow.tasks.training.recipe import SFT
+
+DONE_MARKER = "alignflow_done.json"
+
+
+class TrainResult(BaseModel):
+    """One training: the final model and what it took. From `train_stages`, the preference stage's result
+    with every stage's own result under `stages` and the wall time over the stages that ran."""
+
+    model: Ref
+    stage: str = Field(description="`sft` or the preference method.")
+    run_name: str
+    steps: int
+    train_loss: float
+    resumed_from_step: int = 0
+    reference_cache: str = "off"
+    train_runtime_s: float = 0.0
+    tokens: int = 0
+    wall_s: float
+    num_workers: int
+    checkpoint: str = ""
+    started_from: str = ""
+    cost: dict = Field(default_factory=dict, description="tasks/training/cost.py stage_cost of the workers.")
+    reused: bool = Field(False, description="A finished stage of an earlier run, not trained again.")
+    stages: dict[str, TrainResult] = Field(default_factory=dict)
+
+
+def home() -> Path:
+    return Path(os.environ.get("ALIGNFLOW_HOME", ".alignflow"))
+
+
+def run_name_for(storage_path: str, base: str) -> str:
+    """The Ray run name for a training of this content (config, model, data).
+
+    An unfinished run of the same content is continued from its checkpoints (a re-run of a
+    failed or killed flow spends no step twice); once a run has finished, the next one
+    starts fresh under a new attempt suffix.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(storage_path)
+    attempt = 1
+    while True:
+        name = base if attempt == 1 else f"{base}-r{attempt}"
+        if not fs.exists(f"{root.rstrip('/')}/{name}/{DONE_MARKER}"):
+            return name
+        attempt += 1
+
+
+def content_run_name(storage_path: str, prefix: str, training: TrainingConfig, model: Ref, data: Ref) -> str:
+    """run_name_for() on `prefix` plus a hash of what the training reads: the config, the model and the data."""
+    section = json.dumps(training.model_dump(mode="json"), sort_keys=True)  # knob order does not matter
+    return run_name_for(storage_path, f"{prefix}-{sha256_text(section, model.sha256, data.sha256)[:12]}")
+
+
+def _marker(storage_path: str, run_name: str) -> tuple:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(storage_path)
+    return fs, f"{root.rstrip('/')}/{run_name}/{DONE_MARKER}"
+
+
+def finished_stage(storage_path: str, run_name: str) -> TrainResult | None:
+    """The result of a finished stage run whose model is still there, else None."""
+    fs, marker = _marker(storage_path, run_name)
+    if not fs.exists(marker):
+        return None
+    with fs.open(marker) as fh:
+        done = json.loads(fh.read())
+    if "model" not in done:
+        return None
+    result = TrainResult.model_validate(done)
+    return result if result.model.path.is_dir() else None
+
+
+def train_model(
+    training: TrainingConfig,
+    model_path: str,
+    train_data: Ref,
+    storage_path: str,
+    run_name: str,
+    tracking_uri: str,
+    mlflow_run_id: str | None,
+    ray_address: str | None = None,
+    stage: str = "preference",
+) -> TrainResult:
+    """Run TorchTrainer for one stage: "preference" (training.method) or "sft" (training.sft).
+
+    The same (storage_path, run_name) resumes from that run's latest checkpoint, which is
+    how a re-run of a failed flow run continues instead of starting over.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    start_ray(ray_address)
+    scaling = training.scaling
+    # Reference log-probs depend on the data, the reference model (its folder holds the
+    # tokenizer too) and max_length only: a new run on the same inputs reuses them.
+    reference = sha256_tree(model_path) if Path(model_path).is_dir() else model_path
+    reference_key = sha256_text(train_data.sha256, reference, str(training.knob("max_length", object)))[:16]
+    inputs = WorkerInputs(
+        training=training,
+        stage=stage,
+        model_path=str(model_path),
+        train_path=str(train_data.path),
+        scratch_dir=str(home() / "scratch" / run_name),
+        tracking_uri=tracking_uri,
+        run_id=mlflow_run_id,
+        reference_cache=str(home() / "ref_logps" / reference_key),
+    )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"inputs": inputs},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=scaling.resources_per_worker,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=training.max_failures),
+            logging_config=ray.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    started = time.perf_counter()
+    fit = trainer.fit()
+    wall = time.perf_counter() - started
+    if fit.checkpoint is None:
+        raise RuntimeError(f"training run {run_name!r} finished without a final checkpoint")
+    with fit.checkpoint.as_directory() as final:
+        local = Path(final)
+        done = json.loads((local / RESULT_FILE).read_text())
+        if "://" in storage_path:  # remote storage: keep a local copy the next stages can read
+            target = home() / "models" / run_name
+            shutil.copytree(local / FINAL_MODEL_DIR, target / FINAL_MODEL_DIR, dirs_exist_ok=True)
+            local = target
+        model_dir = local / FINAL_MODEL_DIR
+        ref = Ref(uri=model_dir.as_uri(), sha256=sha256_tree(model_dir))
+    result = TrainResult(
+        model=ref,
+        stage=SFT if stage == SFT else training.method,
+        run_name=run_name,
+        steps=int(done.get("step", 0)),
+        train_loss=float(done.get("train_loss", 0.0)),
+        resumed_from_step=int(done.get("resumed_from_step", 0)),
+        reference_cache=done.get("reference_cache", "off"),
+        train_runtime_s=round(float(done.get("train_runtime", 0.0)), 2),
+        tokens=int(done.get("num_tokens", 0)),
+        wall_s=round(wall, 1),
+        num_workers=scaling.num_workers,
+        checkpoint=fit.checkpoint.path,
+        started_from=str(model_path),
+        cost=done.get("cost", {}),
+    )
+    fs, marker = _marker(storage_path, run_name)
+    with fs.open(marker, "w") as fh:
+        fh.write(result.model_dump_json())
+    return result
+
+
+def train_stages(
+    training: TrainingConfig,
+    model: Ref,
+    train_data: Ref,
+    storage_path: str,
+    run_name: str,
+    tracking_uri: str,
+    mlflow_run_id: str | None,
+    ray_address: str | None = None,
+) -> TrainResult:
+    """The optional SFT stage, then the preference stage from its model.
+
+    The SFT stage is its own Ray run, `<run_name>-sft`: a re-run whose SFT had finished (the preference
+    stage failed or was killed) reuses that model instead of training it again. The result is the
+    preference stage's, with `stages` (each stage's result and cost) and wall time over both.
+    """
+    stages: dict[str, TrainResult] = {}
+    if training.sft.enabled:
+        sft = finished_stage(storage_path, f"{run_name}-sft")
+        if sft:
+            sft = sft.model_copy(update={"reused": True})
+        else:
+            sft = train_model(
+                training,
+                model.loadable,
+                train_data,
+                storage_path,
+                f"{run_name}-sft",
+                tracking_uri,
+                mlflow_run_id,
+                ray_address,
+                stage=SFT,
+            )
+        stages[SFT], model = sft, sft.model
+    result = train_model(
+        training, model.loadable, train_data, storage_path, run_name, tracking_uri, mlflow_run_id, ray_address
+    )
+    stages[result.stage] = result
+    wall = sum(s.wall_s for s in stages.values() if not s.reused)
+    return result.model_copy(update={"stages": stages, "wall_s": round(wall, 1)})
