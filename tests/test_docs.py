@@ -1,4 +1,4 @@
-"""The README stays a front page, its links into docs/ resolve, and docs/layout.md maps every module.
+"""The README stays a front page, its links into docs/ resolve, and docs/layout.md maps every module (and no other).
 
 Fast: reads text files only. The module map is checked against the tree itself, so a module
 added, moved or split without a line in docs/layout.md fails here, not in a reader's hands.
@@ -76,3 +76,12 @@ def test_layout_names_every_module():
         if f"`{name}`" not in layout:
             missing.append(name)
     assert not missing, f"docs/layout.md does not name {', '.join(missing)}: add one line per module"
+
+
+def test_layout_names_no_missing_module():
+    """A line for a module that was moved or merged away is stale too."""
+    layout = (DOCS / "layout.md").read_text(encoding="utf-8")
+    named = re.findall(r"`((?:conf|flows|tasks)/[\w/]*\.py)`", layout)
+    assert named
+    gone = [path for path in named if not (ROOT / path).is_file()]
+    assert not gone, f"docs/layout.md names {', '.join(gone)}, which no longer exist: update the map"
