@@ -36,21 +36,8 @@ PREFERENCE = ("dpo", "cpo", "orpo")
 OWNED = ("output_dir", "save_strategy", "save_total_limit", "report_to", "use_cpu")
 # Loss names TRL checks only when it computes the loss, after generation and validation have run.
 DPO_LOSSES = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
+    *("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired"),
+    *("apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
 )
 CPO_LOSSES = ("sigmoid", "hinge", "ipo")
 
@@ -74,7 +61,8 @@ def owned_settings(use_gpu: bool) -> dict[str, Any]:
 
 @functools.cache
 def _embedded_training() -> dict[str, Any]:
-    return yaml.safe_load(EMBEDDED_PROFILE.read_text()).get("training") or {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ten times faster
+    return yaml.load(EMBEDDED_PROFILE.read_text(), Loader=loader).get("training") or {}  # noqa: S506 - a safe loader
 
 
 @functools.cache

@@ -12,6 +12,7 @@ import pytest
 from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL
 from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, config_hash, flatten, load_config
 from alignflow.conf.schema import PipelineConfig
+from alignflow.conf.training import TrainingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ALIGNFLOW = REPO / ".venv" / "bin" / "alignflow"
@@ -199,6 +200,78 @@ def test_flatten_gives_dotted_keys():
     assert all(k == "name" or "." in k for k in flat)
 
 
+# --- training: TRL's knobs under TRL's names, checked against TRL's classes ---------------------
+
+
+def test_trl_fields_read_from_source_are_the_classes_fields():
+    import dataclasses
+
+    from alignflow.conf import trl_fields
+
+    for key in trl_fields.CLASSES:
+        real = {f.name: f for f in dataclasses.fields(trl_fields.config_class(key)) if f.init}
+        read = trl_fields.fields(key)
+        assert list(read) == list(real), key
+        for name, field in read.items():
+            if field.default is not trl_fields.NO_DEFAULT:
+                want = real[name].default_factory() if real[name].default is dataclasses.MISSING else real[name].default
+                assert field.default == want, f"{key}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "says"),
+    [
+        (["training.loss_weights=[1.0]"], "training.loss_weights", "DPOConfig rejects it"),
+        (["training.lr_scheduler_type=bogus"], "training.lr_scheduler_type", "DPOConfig rejects it"),
+        (["training.sft.lr_scheduler_type=bogus"], "training.sft.lr_scheduler_type", "SFTConfig rejects it"),
+        (
+            [
+                "training.use_peft=true",
+                "training.scaling.use_gpu=true",
+                "training.load_in_4bit=true",
+                "training.load_in_8bit=true",
+            ],
+            "training.load_in_8bit",
+            "ModelConfig rejects it",
+        ),
+        (["training.max_length=abc"], "training.max_length", "DPOConfig.max_length is int | None"),
+        (["training.report_to=[mlflow]"], "training.report_to", "set by alignflow"),
+        (["training.sft.learning_rat=0.1"], "training.sft.learning_rat", "unknown key"),
+        (["training.lora_r=4.5"], "training.lora_r", "ModelConfig.lora_r is int"),
+    ],
+)
+def test_trl_knob_errors_name_the_key(overrides, key, says):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides)
+    assert f"  {key}: " in str(info.value) and says in str(info.value)
+
+
+def test_a_knob_is_the_profiles_else_the_embedded_profiles_else_trls():
+    training = load_config(REPO / "conf" / "recipes" / "dpo.yaml").training
+    assert training.knob("learning_rate", float) == 1e-4  # the recipe's
+    assert training.knob("per_device_train_batch_size", int) == 8 and training.knob("max_length", int) == 256
+    assert "max_grad_norm" not in training.knobs and training.knob("max_grad_norm", float) == 1.0  # TRL's
+    with pytest.raises(TypeError, match="training.beta"):
+        training.knob("beta", str)
+    # alignflow's values for the knobs live in the embedded profile alone: the schema takes them from there.
+    embedded = load_config().training
+    assert TrainingConfig().knobs == embedded.knobs and TrainingConfig().sft.knobs == embedded.sft.knobs
+
+
+def test_a_knob_of_another_method_is_kept_and_not_passed():
+    training = load_config(overrides=["training.method=orpo", "training.precompute_ref_log_probs=true"]).training
+    assert training.ignored()["precompute_ref_log_probs"] is True
+    assert "precompute_ref_log_probs" not in training.trl_kwargs() and training.trl_kwargs()["beta"] == 0.1
+
+
+def test_the_sft_stage_shares_the_knobs_sft_config_declares_with_the_same_type():
+    training = load_config(overrides=["training.sft.enabled=true", "training.max_length=200"]).training
+    sft = training.sft_kwargs()
+    assert sft["max_length"] == 200 and sft["per_device_train_batch_size"] == 8 and sft["seed"] == 42
+    assert sft["num_train_epochs"] == 1.0 and sft["learning_rate"] == 2e-4  # training.sft's own
+    assert "loss_type" not in sft  # DPO's list of preference losses is not SFTConfig's loss_type
+
+
 # --- the CLI: a config error exits 2, fast, before anything heavy is imported -------------------
 
 
@@ -210,7 +283,10 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize(("override", "key"), [("training.beta=abc", "training.beta"), ("nosuch.key=1", "nosuch")])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("training.beta=abc", "training.beta"), ("training.betaa=0.1", "training.betaa"), ("nosuch.key=1", "nosuch")],
+)
 def test_cli_config_error_exits_2(tmp_path, override, key):
     exe = str(ALIGNFLOW) if ALIGNFLOW.exists() else None
     cmd = [exe, "run", override] if exe else [sys.executable, "-m", "alignflow.flows.cli", "run", override]
