@@ -16,6 +16,7 @@ that is the bar a trained model must clear.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -96,6 +97,22 @@ def preference_metrics(policy: pd.DataFrame, reference: pd.DataFrame, beta: floa
     }
 
 
+@dataclass(frozen=True)
+class HeldOutMetrics:
+    """Each model's metrics on the same held-out pairs (`champion` when there is one)."""
+
+    pairs: int
+    candidate: dict[str, float]
+    base: dict[str, float]
+    champion: dict[str, float] | None = None
+
+    def of(self, who: str) -> dict[str, float] | None:
+        return {"candidate": self.candidate, "base": self.base, "champion": self.champion}[who]
+
+    def table(self) -> list[tuple[str, dict[str, float]]]:
+        return [(who, m) for who in ("candidate", "champion", "base") if (m := self.of(who)) is not None]
+
+
 def evaluate_models(
     candidate: str | Path,
     base: str | Path,
@@ -104,95 +121,21 @@ def evaluate_models(
     batch_size: int = 16,
     max_pairs: int | None = None,
     champion: str | Path | None = None,
-) -> dict[str, dict[str, float] | int]:
-    """Metrics per model on the same held-out pairs: {"pairs": n, "candidate": {...}, "base": {...}, "champion": {...}}."""
+) -> HeldOutMetrics:
+    """The candidate's, the base model's and the champion's metrics on the same held-out pairs."""
     pairs = pd.read_parquet(test_path)
     if max_pairs:
         pairs = pairs.head(max_pairs)
     if pairs.empty:
         raise ValueError(f"{test_path}: no held-out pairs to evaluate (raise validation.test_size)")
     base_scores = score_model(*load_causal_lm(base), pairs, batch_size)
-    results: dict[str, dict[str, float] | int] = {"pairs": len(pairs)}
-    results["base"] = preference_metrics(base_scores, base_scores, beta)
-    results["candidate"] = preference_metrics(
-        score_model(*load_causal_lm(candidate), pairs, batch_size), base_scores, beta
+
+    def metrics_of(model: str | Path) -> dict[str, float]:
+        return preference_metrics(score_model(*load_causal_lm(model), pairs, batch_size), base_scores, beta)
+
+    return HeldOutMetrics(
+        pairs=len(pairs),
+        candidate=metrics_of(candidate),
+        base=preference_metrics(base_scores, base_scores, beta),
+        champion=metrics_of(champion) if champion is not None else None,
     )
-    if champion is not None:
-        results["champion"] = preference_metrics(
-            score_model(*load_causal_lm(champion), pairs, batch_size), base_scores, beta
-        )
-    return results
-
-
-def generate_answers(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, seed: int
-) -> list[str]:
-    """One answer per prompt (chat template applied); prompt i is sampled with seed + i, so two
-    models answering the same prompts draw from the same random stream."""
-    import torch
-
-    answers = []
-    for i, prompt in enumerate(prompts):
-        head = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        inputs = tokenizer(head, add_special_tokens=False, return_tensors="pt")
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
-        )
-        torch.manual_seed(seed + i)
-        with torch.no_grad():
-            out = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-            )
-        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
-    return answers
-
-
-def held_out_prompts(test_path: str | Path, references: dict[str, str], limit: int, seed: int) -> pd.DataFrame:
-    """Distinct held-out prompts (a seeded sample of `limit` when there are more) with their reference."""
-    pairs = pd.read_parquet(test_path)
-    key = "prompt_id" if "prompt_id" in pairs.columns else "prompt"
-    prompts = pairs.drop_duplicates(key)[[key, "prompt"]].rename(columns={key: "prompt_id"})
-    prompts["prompt_id"] = prompts["prompt_id"].astype(str)
-    if len(prompts) > limit:
-        prompts = prompts.sample(n=limit, random_state=seed)
-    prompts = prompts.sort_values("prompt_id").reset_index(drop=True)
-    prompts["reference"] = [references.get(i, "") for i in prompts["prompt_id"]]
-    return prompts
-
-
-def win_rate(
-    candidate: str | Path,
-    opponent: str | Path,
-    prompts: pd.DataFrame,
-    judge,
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-) -> dict:
-    """Share of prompts where the candidate's answer out-scores the opponent's (ties count half).
-
-    `judge(prompt, response, reference) -> float`. Returns the rate, the counts, the mean
-    judge scores and one row per prompt (prompt, opponent, candidate and their scores).
-    """
-    texts = prompts["prompt"].tolist()
-    mine = generate_answers(*load_causal_lm(candidate), texts, max_new_tokens, temperature, seed)
-    theirs = generate_answers(*load_causal_lm(opponent), texts, max_new_tokens, temperature, seed)
-    rows, wins, ties = [], 0, 0
-    for prompt, reference, a, b in zip(texts, prompts["reference"], mine, theirs, strict=True):
-        sa, sb = judge(prompt, a, reference), judge(prompt, b, reference)
-        wins += sa > sb
-        ties += sa == sb
-        rows.append({"prompt": prompt, "opponent": b, "candidate": a, "opponent_score": sb, "candidate_score": sa})
-    n = len(rows)
-    return {
-        "win_rate": round((wins + 0.5 * ties) / n, 4) if n else 0.0,
-        "wins": int(wins),
-        "ties": int(ties),
-        "losses": int(n - wins - ties),
-        "prompts": n,
-        "candidate_score": round(sum(r["candidate_score"] for r in rows) / n, 4) if n else 0.0,
-        "opponent_score": round(sum(r["opponent_score"] for r in rows) / n, 4) if n else 0.0,
-        "rows": rows,
-    }
