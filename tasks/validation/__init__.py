@@ -1,9 +1,13 @@
 """Stage 2, validate: preference-specific checks, a quarantine, a gate, a grouped train/test split.
 
     checks.py      the one registry of check ids: meaning, default level, row or dataset kind
-    readers.py     check_readable, iter_chunks, read_pairs and the per-format readers
+    readers.py     check_readable, iter_chunks, read_pairs and the per-format readers (gzip too)
     jsonstream.py  the incremental parser for one big JSON array
+    layouts.py     published layouts read into TRL's columns: column mapping, system column,
+                   ultrafeedback_binarized (prompt + whole conversations), repeated prompt turns
     fields.py      a row's fields: value kinds, conversations split into texts, text flags
+    overlap.py     normalised prompt text: repeated inside a response, or in the evaluation set
+    tokens.py      token lengths after the chat template (TokenCounter: skeletons, unit sums)
     hashing.py     64-bit text/pair hashes, the hash index, the seeded prompt buckets
     validator.py   the checks engine (Validator: chunks in, counts and hashes kept)
     report.py      ValidationReport (report.json, typed) and the gate's verdict

@@ -79,11 +79,33 @@ REGISTRY: tuple[Check, ...] = (
     Check("duplicate_pair", "the same (prompt, chosen, rejected) appeared earlier", "error", "row"),
     Check(
         "contradiction",
-        "the same prompt with chosen and rejected swapped appeared earlier (A over B, then B over A)",
+        "a swapped pair: the same prompt with chosen and rejected swapped appeared earlier (A over B, then B over A); "
+        "the quarantine entry names the earlier row",
+        "error",
+        "row",
+    ),
+    Check(
+        "prompt_in_response",
+        "chosen or rejected repeats the whole prompt (lower-case alphanumeric words, prompts of 4+ words), "
+        "as when a conversion left the prompt turn in the response",
+        "error",
+        "row",
+    ),
+    Check(
+        "eval_overlap",
+        "the prompt (a conversation's last user turn) is in the evaluation prompt set (evaluation.prompts) after "
+        "normalisation to lower-case alphanumeric words: training on it would inflate the win rate",
         "error",
         "row",
     ),
     Check("too_long", "prompt + response exceeds validation.max_length tokens after the chat template", "error", "row"),
+    Check(
+        "double_bos",
+        "the tokenizer's BOS token appears twice at the start of the templated text (the template adds one and the "
+        "text starts with another)",
+        "error",
+        "row",
+    ),
     Check(
         "length_bias",
         "chosen is systematically longer than rejected (a sign test over all valid pairs)",

@@ -4,7 +4,7 @@ The validator asks these per chunk: which values are strings, lists, nulls or mi
 hence which of TRL's four formats a row is in (`formats`, `detect_format`), the ratings' margins,
 what the prompt/chosen/rejected texts of a row are in any of TRL's formats (`split_row`), and
 which texts are empty, hold control characters or lone surrogates (`text_flags`), vectorized
-in pyarrow where the text allows it.
+in pyarrow where the text allows it. Token lengths are tokens.py's.
 """
 
 from __future__ import annotations
@@ -239,28 +239,3 @@ def identical(chosen: list, rejected: list) -> tuple[np.ndarray, np.ndarray]:
         pc.replace_substring_regex(a, _WS_RUN[True], ""), pc.replace_substring_regex(b, _WS_RUN[True], "")
     ).to_numpy(zero_copy_only=False)
     return exact, exact | squeezed
-
-
-def token_lengths(tokenizer, rows: np.ndarray, tp: list, tc: list, tr: list, conversations: dict) -> np.ndarray:
-    """Tokens of prompt+chosen and prompt+rejected after the chat template, per row: shape (len(rows), 2)."""
-    if not len(rows):
-        return np.zeros((0, 2), dtype=np.int64)
-    convs = []
-    for i in rows:
-        if i in conversations:
-            p, c, r = conversations[i]
-            convs += [p + c, p + r]
-        else:
-            user = {"role": "user", "content": tp[i]}
-            convs += [
-                [user, {"role": "assistant", "content": tc[i]}],
-                [user, {"role": "assistant", "content": tr[i]}],
-            ]
-    texts = tokenizer.apply_chat_template(convs, tokenize=False)
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: skip the Python wrapper
-    if backend is not None:
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        counts = (len(e.ids) for e in encode(texts, add_special_tokens=False))
-    else:
-        counts = (len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    return np.fromiter(counts, dtype=np.int64, count=len(texts)).reshape(-1, 2)

@@ -67,15 +67,18 @@ class Outputs:
         self._prompts = {"train": HashIndex(), "test": HashIndex()}
         self.leaked_prompts = 0
 
-    def write(self, chunk: Chunk, result: ChunkResult, start: int) -> None:
-        cols = chunk.columns
+    def write(self, chunk: Chunk, result: ChunkResult, start: int, raw: Chunk | None = None) -> None:
+        """`chunk` as checked (TRL's columns), `raw` as read: the quarantine keeps what the file holds."""
+        cols = (raw or chunk).columns
         lines = []
         for i, reasons in sorted(result.reasons.items()):
             record = {k: _json_safe(v[i]) for k, v in cols.items() if v[i] is not MISSING}
             entry = {"row": start + i}
             if chunk.lines is not None:
                 entry["line"] = chunk.lines[i]
-            entry.update({"reasons": reasons, "record": record})
+            entry["reasons"] = reasons
+            entry.update(result.related.get(i, {}))  # duplicate_of / reverses: the earlier row of the pair
+            entry["record"] = record
             lines.append(_dumps(entry))
         if lines:
             self._quarantine.write("\n".join(lines) + "\n")
@@ -192,6 +195,8 @@ def summary_markdown(report: ValidationReport) -> str:
         f"(max {gate.max_rejected_fraction:.0%}); minimum pairs {gate.min_pairs}.",
         "",
     ]
+    if report.notes:
+        lines += ["**How the data was read**", *(f"- {note}" for note in report.notes), ""]
     fired = [(k, v) for k, v in report.checks.items() if v.count]
     if fired:
         lines += ["| check | level | count | example rows |", "|---|---|---|---|"]

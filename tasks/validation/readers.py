@@ -1,12 +1,16 @@
-"""Reading a preference dataset in chunks: JSON lines, a JSON array, parquet or CSV.
+"""Reading a preference dataset in chunks: JSON lines, a JSON array, parquet or CSV (gzipped or not).
 
 Each reader yields Chunks of at most `chunk_rows` rows, so memory is bounded by the chunk, not
 the file. Anything that cannot be read as a dataset is a DatasetError whose message names the
 file (and the line, for JSON): the CLI prints it and exits 2, the flow stops before training.
+JSON lines, JSON and CSV may be gzip-compressed (`.jsonl.gz`, as the Hub serves many datasets):
+they are decompressed as they are read, never onto disk.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from alignflow.tasks.validation.jsonstream import JSONStreamError, iter_array
 
 REQUIRED = ("prompt", "chosen", "rejected")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE_BYTES = 64 * 2**20  # one JSON line (or JSON array item) larger than this is refused, memory stays bounded
 
 
@@ -49,25 +54,50 @@ class Chunk:
 
 
 def check_readable(path: str | Path) -> str:
-    """The reader kind for `path`, or a DatasetError that says what is wrong with it."""
+    """The reader kind for `path` (jsonl, json, parquet, csv; gzipped or not), or a DatasetError saying why not."""
     path = Path(path)
-    kind = SUFFIXES.get(path.suffix.lower())
+    named_gzip = path.suffix.lower() == ".gz"
+    inner = Path(path.stem).suffix.lower() if named_gzip else path.suffix.lower()
+    kind = SUFFIXES.get(inner)
     if not path.exists():
         raise DatasetNotFound(f"{path}: no such file")
     if path.is_dir():
         raise DatasetError(f"{path}: is a directory, not a dataset file")
-    if kind is None:
+    if kind is None or (named_gzip and kind == "parquet"):
+        shown = "".join(path.suffixes[-2:]) if named_gzip else path.suffix
         raise DatasetError(
-            f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; use .jsonl, .json, .parquet or .csv"
+            f"{path}: unsupported file type {shown or '(no suffix)'!r}; use .jsonl, .json, .parquet or .csv "
+            "(the text ones may be gzipped: .jsonl.gz, .json.gz, .csv.gz)"
         )
     try:
         with open(path, "rb") as handle:
-            handle.read(1)
+            head = handle.read(2)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: the file is empty (0 bytes)")
+    if named_gzip and head != GZIP_MAGIC:
+        raise DatasetError(f"{path}: named .gz but not gzip-compressed (rename it without .gz)")
+    if kind == "parquet" and head == GZIP_MAGIC:
+        raise DatasetError(f"{path}: a gzip-compressed file named .parquet (parquet compresses itself: gunzip it)")
     return kind
+
+
+def compression(path: str | Path) -> str | None:
+    """ "gzip" when the file is gzip-compressed (by its first bytes, whatever its name), else None."""
+    with open(path, "rb") as handle:
+        return "gzip" if handle.read(2) == GZIP_MAGIC else None
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """The file's bytes, decompressed on the fly when it is gzipped."""
+    if compression(path) == "gzip":
+        return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)  # type: ignore[arg-type]
+    return open(path, "rb")  # noqa: SIM115  (the caller closes it)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape")
 
 
 def iter_chunks(path: str | Path, chunk_rows: int = 10000) -> Iterator[Chunk]:
@@ -81,6 +111,8 @@ def iter_chunks(path: str | Path, chunk_rows: int = 10000) -> Iterator[Chunk]:
         raise
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except EOFError:
+        raise DatasetError(f"{path}: the gzip stream ends early (a truncated download?)") from None
     except (OSError, MemoryError) as exc:
         raise DatasetError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
 
@@ -140,7 +172,7 @@ def _json_kind(obj: object) -> str:
 def _read_jsonl(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     records: list[dict] = []
     lines: list[int] = []
-    with open(path, "rb") as handle:
+    with open_binary(path) as handle:
         lineno = 0
         while True:
             raw = handle.readline(MAX_LINE_BYTES + 1)
@@ -168,7 +200,7 @@ def _read_jsonl(path: Path, chunk_rows: int) -> Iterator[Chunk]:
 
 def _read_json(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     """A JSON array of objects, parsed incrementally; a .json holding JSON lines (as HF datasets writes) works too."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+    with _open_text(path) as handle:
         head = handle.read(4096).lstrip("\ufeff \t\r\n")
     if not head:
         raise DatasetError(f"{path}: no rows (only whitespace)")
@@ -181,7 +213,7 @@ def _read_json(path: Path, chunk_rows: int) -> Iterator[Chunk]:
         )
     records: list[dict] = []
     lines: list[int] = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+    with _open_text(path) as handle:
         try:
             for item, (obj, line) in enumerate(iter_array(handle, MAX_LINE_BYTES)):
                 if not isinstance(obj, dict):
@@ -217,26 +249,27 @@ def _read_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
 
 
 def _read_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
-    try:
-        reader = pd.read_csv(
-            path,
-            dtype=object,
-            keep_default_na=False,
-            na_values=[],
-            encoding="utf-8",
-            encoding_errors="surrogateescape",
-            chunksize=chunk_rows,
-        )
-        for frame in reader:
-            columns = {str(c): frame[c].tolist() for c in frame.columns}
-            for name in REQUIRED:  # a conversational CSV holds JSON lists of messages in its cells
-                if name in columns:
-                    columns[name] = [_maybe_messages(v) for v in columns[name]]
-            yield Chunk(columns, len(frame))
-    except pd.errors.EmptyDataError:
-        raise DatasetError(f"{path}: no header and no rows (the file is blank)") from None
-    except pd.errors.ParserError as exc:
-        raise DatasetError(f"{path}: malformed CSV ({str(exc).strip()})") from None
+    with open_binary(path) as handle:
+        try:
+            reader = pd.read_csv(
+                handle,
+                dtype=object,
+                keep_default_na=False,
+                na_values=[],
+                encoding="utf-8",
+                encoding_errors="surrogateescape",
+                chunksize=chunk_rows,
+            )
+            for frame in reader:
+                columns = {str(c): frame[c].tolist() for c in frame.columns}
+                for name in REQUIRED:  # a conversational CSV holds JSON lists of messages in its cells
+                    if name in columns:
+                        columns[name] = [_maybe_messages(v) for v in columns[name]]
+                yield Chunk(columns, len(frame))
+        except pd.errors.EmptyDataError:
+            raise DatasetError(f"{path}: no header and no rows (the file is blank)") from None
+        except pd.errors.ParserError as exc:
+            raise DatasetError(f"{path}: malformed CSV ({str(exc).strip()})") from None
 
 
 def _maybe_messages(value: object) -> object:

@@ -69,6 +69,7 @@ class Source(_Part):
     path: str
     type: str  # the reader: jsonl, json, parquet or csv
     bytes: int
+    compression: str | None = _optional(description="gzip when the file was gzip-compressed")
 
 
 class SplitSummary(_Part):
@@ -86,6 +87,9 @@ class ValidationReport(_Part):
 
     schema_version: int = REPORT_VERSION
     format: str | None
+    notes: list[str] = Field(
+        default_factory=list, description="one line per way the data was read: format, layout, mapping, compression"
+    )
     columns: list[str]
     rows: int
     valid: int
@@ -121,6 +125,9 @@ def describe(check: str, item: CheckResult, dataset_format: str | None = None) -
         )
     if check == "extra_columns":
         return f"extra_columns: {', '.join(detail.get('columns', []))} in {item.count} rows"
+    if check == "contradiction" and detail.get("reverses"):
+        pairs = ", ".join(f"row {a} reverses row {b}" for a, b in detail["reverses"])
+        return f"contradiction: {item.count} swapped pairs ({pairs}{', ...' if item.count > len(detail['reverses']) else ''})"
     if check == "split_leakage":
         return f"split_leakage: {detail.get('leaked_prompts', '?')} prompts in more than one split{more}"
     return f"{check}: {item.count} rows{more}"

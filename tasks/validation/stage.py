@@ -4,14 +4,18 @@ validate_file streams a dataset file `validation.chunk_rows` rows at a time thro
 Validator and writes the quarantine, the grouped train/test split (when the gate passed),
 report.json and summary.md; validate_pairs does the same checks on a frame in memory and
 writes nothing. Both return a ValidationReport.
+
+Both read the data through its Layout (layouts.py: a column mapping, a system column, the
+ultrafeedback_binarized layout) and take the evaluation prompt set for `eval_overlap`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,8 +24,10 @@ import pandas as pd
 
 from alignflow.tasks.validation.fields import detect_format
 from alignflow.tasks.validation.hashing import prompt_buckets
+from alignflow.tasks.validation.layouts import Layout, detect_layout, format_note
 from alignflow.tasks.validation.outputs import Outputs, summary_markdown
-from alignflow.tasks.validation.readers import Chunk, DatasetError, check_readable, iter_chunks
+from alignflow.tasks.validation.overlap import eval_prompt_set
+from alignflow.tasks.validation.readers import Chunk, DatasetError, check_readable, compression, iter_chunks
 from alignflow.tasks.validation.report import Source, ValidationReport
 from alignflow.tasks.validation.validator import Validator
 
@@ -38,29 +44,45 @@ def code_version() -> str:
 
 
 def validate_file(
-    path: str | Path, config: ValidationConfig, out_dir: str | Path, tokenizer=None, *, split: bool = True
+    path: str | Path,
+    config: ValidationConfig,
+    out_dir: str | Path,
+    tokenizer=None,
+    *,
+    split: bool = True,
+    columns: Mapping[str, str] | None = None,
+    eval_prompts: Iterable[str] | None = None,
+    notes: Iterable[str] = (),
 ) -> ValidationReport:
     """Check a dataset file chunk by chunk; write quarantine, report, summary and (gate passed) the split.
 
+    `tokenizer` (or a function that loads one, called when the first rows need it) enables the
+    token checks; `columns` is generation.preference_columns; `eval_prompts` the evaluation
+    prompts (evaluation.prompts) for `eval_overlap`; `notes` lines about where the file came from.
     Raises DatasetError when the file cannot be read; returns the report (with `files`).
     """
     started = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
     kind = check_readable(path)
-    # The format is decided from the first rows before any row is judged (a second, short read).
-    validator = Validator(config, tokenizer, detect_format(iter_chunks(path, config.chunk_rows)))
+    # The layout and the format are decided from the first rows before any row is judged (short reads).
+    layout = detect_layout(iter_chunks(path, config.chunk_rows), columns, str(path))
+    validator = _validator(config, tokenizer, eval_prompts, layout, iter_chunks(path, config.chunk_rows))
     outputs = Outputs(out_dir, config, split)
     try:
-        for chunk in iter_chunks(path, config.chunk_rows):
+        for raw in iter_chunks(path, config.chunk_rows):
             start = validator.rows
-            outputs.write(chunk, validator.feed(chunk), start)
+            chunk = layout.apply(raw)
+            outputs.write(chunk, validator.feed(chunk), start, raw)
         if validator.rows == 0:
             raise DatasetError(f"{path}: no rows (the file holds no records)")
     except BaseException:
         outputs.abort()
         raise
     report = validator.report()
-    report.source = Source(path=str(path), type=kind, bytes=path.stat().st_size)
+    packed = compression(path)
+    report.source = Source(path=str(path), type=kind, bytes=path.stat().st_size, compression=packed)
+    gzip_note = ["gzip-compressed: decompressed while reading"] if packed else []
+    report.notes = [*notes, *gzip_note, *_notes(report, layout, validator)]
     paths = outputs.close(report.gate.passed)
     if split and report.gate.passed:
         report.split = outputs.split_summary()
@@ -76,8 +98,35 @@ def validate_file(
     return report
 
 
+def _validator(
+    config: ValidationConfig,
+    tokenizer,
+    eval_prompts: Iterable[str] | None,
+    layout: Layout,
+    head: Iterable[Chunk],
+) -> Validator:
+    # The format is detected on the chunks as the layout rewrites them (a copy, so nothing is counted twice).
+    probe = dataclasses.replace(layout, counts={})
+    fmt = detect_format(probe.apply(chunk) for chunk in head)
+    evaluation = eval_prompt_set(eval_prompts) if eval_prompts is not None else None
+    return Validator(config, tokenizer, fmt, evaluation)
+
+
+def _notes(report: ValidationReport, layout: Layout, validator: Validator) -> list[str]:
+    notes = [format_note(report.format)] if report.format else []
+    notes += layout.notes()
+    if validator.counter is not None:
+        notes += validator.counter.notes()
+    return notes
+
+
 def validate_pairs(
-    df: pd.DataFrame, config: ValidationConfig, tokenizer=None
+    df: pd.DataFrame,
+    config: ValidationConfig,
+    tokenizer=None,
+    *,
+    columns: Mapping[str, str] | None = None,
+    eval_prompts: Iterable[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, ValidationReport]:
     """In memory: (valid rows as given, quarantined rows with `row` and `reasons`, report). Writes nothing."""
     step = max(config.chunk_rows, 1)
@@ -87,17 +136,20 @@ def validate_pairs(
             part = df.iloc[start : start + step]
             yield Chunk({str(c): part[c].tolist() for c in part.columns}, len(part))
 
-    validator = Validator(config, tokenizer, detect_format(chunks()))
+    layout = detect_layout(chunks(), columns, "the pairs")
+    validator = _validator(config, tokenizer, eval_prompts, layout, chunks())
     valid = np.zeros(len(df), dtype=bool)
     reasons: dict[int, list[str]] = {}
     for start, chunk in zip(range(0, len(df), step), chunks(), strict=True):
-        result = validator.feed(chunk)
+        result = validator.feed(layout.apply(chunk))
         valid[start : start + chunk.n] = result.valid
         reasons.update({start + i: r for i, r in result.reasons.items()})
     quarantined = df[~valid].copy()
     quarantined.insert(0, "row", np.flatnonzero(~valid))
     quarantined["reasons"] = [reasons[i] for i in np.flatnonzero(~valid)]
-    return df[valid].reset_index(drop=True), quarantined.reset_index(drop=True), validator.report()
+    report = validator.report()
+    report.notes = _notes(report, layout, validator)
+    return df[valid].reset_index(drop=True), quarantined.reset_index(drop=True), report
 
 
 def split_by_prompt(df: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from alignflow.tasks.validation import fields
+from alignflow.tasks.validation import fields, overlap
 from alignflow.tasks.validation.checks import CHECKS, DATASET_CHECKS
 from alignflow.tasks.validation.fields import FORMATS, K_LIST, K_MISSING, K_NULL, K_STR, SURROGATE
 from alignflow.tasks.validation.hashing import HashIndex, combine, hash_texts
 from alignflow.tasks.validation.readers import MISSING, REQUIRED, Chunk
 from alignflow.tasks.validation.report import CheckResult, Ratings, Tokens, ValidationReport, decide_gate
+from alignflow.tasks.validation.tokens import TokenCounter, measure_rows
 
 if TYPE_CHECKING:
     from alignflow.conf.validation import ValidationConfig
@@ -33,6 +34,7 @@ class ChunkResult:
     reasons: dict[int, list[str]]  # row position in the chunk -> error check ids (quarantined rows)
     texts: tuple[list, list, list]  # canonical prompt/chosen/rejected strings (None where unusable)
     prompt_hashes: np.ndarray  # uint64 per row (0 where unusable)
+    related: dict[int, dict[str, int]] = field(default_factory=dict)  # row -> the earlier row it repeats/reverses
 
 
 @dataclass
@@ -43,14 +45,27 @@ class _Tally:
 
 
 class Validator:
-    """Feed it chunks in order; it keeps counts and hashes, never rows. `report()` at the end."""
+    """Feed it chunks in order; it keeps counts and hashes, never rows. `report()` at the end.
 
-    def __init__(self, config: ValidationConfig, tokenizer=None, dataset_format: int | None = None) -> None:
+    `tokenizer` may be a zero-argument function returning one: it is called when the first rows
+    need measuring, so a file that fails to read costs no tokenizer. `eval_prompts` is the
+    evaluation prompt set, normalised (overlap.eval_prompt_set); None skips `eval_overlap`."""
+
+    def __init__(
+        self,
+        config: ValidationConfig,
+        tokenizer=None,
+        dataset_format: int | None = None,
+        eval_prompts: frozenset[str] | None = None,
+    ) -> None:
         self.config = config
         self.level = {c: "off" for c in CHECKS}
         self.level.update({c: "warning" for c in config.warnings})
         self.level.update({c: "error" for c in config.errors})
-        self.tokenizer = tokenizer if self.level["too_long"] != "off" else None
+        token_checks = self.level["too_long"] != "off" or self.level["double_bos"] != "off"
+        self.tokenizer = tokenizer if token_checks else None
+        self.counter: TokenCounter | None = None
+        self.eval_prompts = eval_prompts
         self.tally = {c: _Tally() for c in CHECKS}
         self.rows = self.valid = self.quarantined = 0
         self.format: int | None = dataset_format
@@ -140,6 +155,7 @@ class Validator:
                 self._hit(reason, mask, hits)
 
         usable = np.fromiter((t is not None for t in tc), dtype=bool, count=n)
+        related: dict[int, dict[str, int]] = {}
         u = np.flatnonzero(usable)
         lp, lc, lr = [tp[i] for i in u], [tc[i] for i in u], [tr[i] for i in u]
         prompt_hashes = np.zeros(n, dtype=np.uint64)
@@ -173,7 +189,14 @@ class Validator:
             prompt_hashes[u] = hp
             if self.level["duplicate_pair"] != "off" or self.level["contradiction"] != "off":
                 hc, hr = hash_texts(lc), hash_texts(lr)
-                self._pairs(combine(hp, hc, hr), combine(hp, hr, hc), u, start, exact, scatter, hits)
+                self._pairs(combine(hp, hc, hr), combine(hp, hr, hc), u, start, exact, scatter, hits, related)
+            check_eval = self.level["eval_overlap"] != "off" and self.eval_prompts
+            if self.level["prompt_in_response"] != "off" or check_eval:
+                queries = overlap.query_texts(u, tp, conversations)
+                if self.level["prompt_in_response"] != "off":
+                    self._hit("prompt_in_response", scatter(overlap.prompt_in_responses(queries, lc, lr)), hits)
+                if check_eval:
+                    self._hit("eval_overlap", scatter(overlap.in_eval_set(queries, self.eval_prompts)), hits)
             if "split" in cols and self.level["split_leakage"] != "off":
                 self._split_leakage(cols["split"], hp, u, start)
 
@@ -187,18 +210,21 @@ class Validator:
                 row_errors |= mask
         row_errors |= ~usable  # a row without text always fails something above; never keep it
 
-        if self.tokenizer is not None:
-            measure = np.flatnonzero(usable & ~row_errors)
-            lengths = fields.token_lengths(self.tokenizer, measure, tp, tc, tr, conversations)
+        measure = np.flatnonzero(usable & ~row_errors)
+        if self.tokenizer is not None and len(measure):
+            lengths, double = measure_rows(self._counter(), measure, tp, tc, tr, conversations)
             too_long = np.zeros(n, dtype=bool)
             longest = lengths.max(axis=1) if len(lengths) else np.zeros(0, dtype=np.int64)
             too_long[measure[longest > cfg.max_length]] = True
+            double_bos = np.zeros(n, dtype=bool)
+            double_bos[measure[double]] = True
             self.tokens["measured"] += len(measure)
             self.tokens["sum"] += int(longest.sum())
             self.tokens["longest"] = max(self.tokens["longest"], int(longest.max()) if len(longest) else 0)
-            self._hit("too_long", too_long, hits)
-            if self.level["too_long"] == "error":
-                row_errors |= too_long
+            for check, mask in (("too_long", too_long), ("double_bos", double_bos)):
+                self._hit(check, mask, hits)
+                if self.level[check] == "error":
+                    row_errors |= mask
             bias_rows, bias_lengths = measure, lengths
         else:
             bias_rows = np.flatnonzero(usable & ~row_errors)
@@ -228,9 +254,18 @@ class Validator:
                 r.append("wrong_type")
         self.valid += int(n - row_errors.sum())
         self.quarantined += int(row_errors.sum())
-        return ChunkResult(~row_errors, reasons, (tp, tc, tr), prompt_hashes)
+        related = {i: r for i, r in related.items() if i in reasons}
+        return ChunkResult(~row_errors, reasons, (tp, tc, tr), prompt_hashes, related)
 
-    def _pairs(self, forward, backward, u, start, exact, scatter, hits) -> None:
+    def _counter(self) -> TokenCounter:
+        if self.counter is None:
+            source = self.tokenizer
+            tokenizer = source if hasattr(source, "apply_chat_template") else source()  # a loader: load it now
+            self.tokenizer = tokenizer
+            self.counter = TokenCounter(tokenizer)
+        return self.counter
+
+    def _pairs(self, forward, backward, u, start, exact, scatter, hits, related) -> None:
         """duplicate_pair (the same hash earlier) and contradiction (the reversed pair's hash earlier)."""
         rows = (start + u).astype(np.int64)
         earlier = self.pairs.lookup(forward)
@@ -244,6 +279,8 @@ class Validator:
             detail = self.tally["duplicate_pair"].detail.setdefault("first_seen", [])
             for j in np.flatnonzero(duplicate)[: max(self.config.example_rows - len(detail), 0)]:
                 detail.append([int(rows[j]), int(of[j])])
+            for j in np.flatnonzero(duplicate):
+                related.setdefault(int(u[j]), {})["duplicate_of"] = int(of[j])
         if self.level["contradiction"] != "off":
             reverse_before = self.pairs.lookup(backward)
             pos = np.searchsorted(keys, backward).clip(max=len(keys) - 1)
@@ -254,6 +291,8 @@ class Validator:
             detail = self.tally["contradiction"].detail.setdefault("reverses", [])
             for j in np.flatnonzero(contradiction)[: max(self.config.example_rows - len(detail), 0)]:
                 detail.append([int(rows[j]), int(of[j])])
+            for j in np.flatnonzero(contradiction):  # a swapped pair: the quarantine entry names the other row
+                related.setdefault(int(u[j]), {})["reverses"] = int(of[j])
         new = earlier[first] < 0
         self.pairs.add(keys[new], rows[first[new]])
 
@@ -337,6 +376,16 @@ class Validator:
         if self.tally["mixed_format"].count:
             self.tally["mixed_format"].detail = {FORMATS[i]: c for i, c in enumerate(self.format_counts) if c}
 
+    def _skipped(self, check: str) -> str | None:
+        """Why a check that is on could not run."""
+        if self.level[check] == "off":
+            return None
+        if check in ("too_long", "double_bos") and self.tokenizer is None:
+            return "no tokenizer (token lengths not measured)"
+        if check == "eval_overlap" and not self.eval_prompts:
+            return "no evaluation prompt set given"
+        return None
+
     def report(self) -> ValidationReport:
         cfg = self.config
         self._finish_details()
@@ -347,9 +396,7 @@ class Validator:
                 count=self.tally[check].count,
                 example_rows=self.tally[check].examples,
                 detail=self.tally[check].detail or None,
-                skipped="no tokenizer (token lengths not measured)"
-                if check == "too_long" and self.tokenizer is None and self.level[check] != "off"
-                else None,
+                skipped=self._skipped(check),
             )
             for check, spec in CHECKS.items()
         }
