@@ -11,7 +11,7 @@ from pydantic_core import InitErrorDetails
 from alignflow.conf.base import Section
 from alignflow.conf.training import TrainingConfig, trl_problems
 
-COMPARISON_METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "win_rate")
+COMPARISON_METRICS = ("win_rate_low", "win_rate", "preference_accuracy", "reward_margin", "logp_accuracy")
 RecipeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=64)]
 
 
@@ -126,7 +126,9 @@ class ComparisonConfig(Section):
         description="Name -> training keys that differ from the `training` section (plus an optional `grid`).",
     )
     metric: Literal[COMPARISON_METRICS] = Field(
-        "preference_accuracy", description="Held-out metric that picks the best recipe (higher is better)."
+        "win_rate_low",
+        description="What picks the best recipe (higher is better): by default the lower bound of its win-rate "
+        "interval against the same opponent (the champion, else the base model), as the gate ranks.",
     )
     register_best: bool = Field(
         True, description="The best recipe goes through registry.gate (challenger, maybe champion); others stay runs."

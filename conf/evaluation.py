@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, Section
@@ -30,29 +28,41 @@ class EvaluationConfig(Section):
     bootstrap_resamples: int = Field(2000, ge=100, le=100_000, description="Paired-bootstrap resamples over prompts.")
     max_pairs: int | None = Field(None, ge=1, description="Score at most this many held-out pairs (None: all).")
     batch_size: int = Field(16, ge=1)
-    win_rate_prompts: int = Field(
-        16,
-        ge=1,
-        description="Held-out prompts (a seeded sample when there are more) on which the candidate and the "
-        "champion (or the base model when there is none) each generate an answer for the judge.",
-    )
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per answer for the win rate.")
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per answer in the head-to-head.")
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature (0: greedy).")
     seed: int = Field(0, description="Seeds the prompt sample and the sampling of every answer.")
-    samples: int = Field(8, ge=0, description="Rows of (prompt, champion, candidate) in the samples table.")
+    samples: int = Field(8, ge=0, description="Rows of (prompt, opponent, candidate) in the samples artifact.")
 
 
-GATE_THRESHOLD_METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "win_rate")
+GATE_THRESHOLD_METRICS = (
+    "preference_accuracy",
+    "reward_margin",
+    "logp_accuracy",
+    "win_rate",
+    "win_rate_low",
+    "win_rate_lc",
+)
 
 
 class GateConfig(Section):
-    metric: Literal["preference_accuracy", "reward_margin", "logp_accuracy"] = Field(
-        "preference_accuracy", description="Held-out metric that decides promotion (higher is better)."
+    """challenger -> champion only on evidence: the head-to-head interval, and guard rails (tasks/registry/gate.py)."""
+
+    min_win_rate_margin: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Promote when the lower bound of the 95% win-rate interval against the champion (the base "
+        "model when there is none) exceeds 0.5 plus this.",
     )
-    min_improvement: float = Field(0.0, ge=0.0, description="The candidate must beat the champion by more than this.")
+    max_nll_increase: float = Field(
+        0.25,
+        ge=0.0,
+        description="Guard rail: the candidate's held-out chosen NLL (nats/token) may exceed the opponent's by at "
+        "most this, so a model that wins by breaking its fluency is not promoted.",
+    )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="Minimum the candidate must reach on each named metric, whatever the champion does: "
+        description="Minimum the candidate must reach on each named metric, whatever the opponent does: "
         f"keys among {', '.join(GATE_THRESHOLD_METRICS)}.",
     )
     max_chosen_nll: float | None = Field(

@@ -26,7 +26,8 @@ class LLMConfig(Section):
     model: str = Field(
         BUILTIN_TINY_MODEL,
         min_length=1,
-        description="transformers: `builtin:tiny-llama` or a local HF model path; openai: the served model name.",
+        description="transformers: `builtin:tiny-llama`, a local HF model path, or `registry:champion` (the current "
+        "champion, else the base model: on-policy data for iterative DPO); openai: the served model name.",
     )
     base_url: str | None = Field(
         None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (`vllm serve`); None: api.openai.com."

@@ -189,6 +189,12 @@ class TrainingConfig(Section):
         "dpo", description="dpo: TRL DPOTrainer; orpo, cpo, simpo: trl.experimental (no reference model)."
     )
     model_name_or_path: str = Field(BUILTIN_TINY_MODEL, description="Base policy: `builtin:tiny-llama` or an HF path.")
+    start_from: Literal["base", "champion"] = Field(
+        "base",
+        description="The policy's starting point: the base model, or the registry's current champion (the base "
+        "model while there is none): one round of iterative DPO per run. DPO's reference model is the starting "
+        "point, so each round is anchored to the model it improves on.",
+    )
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     storage: str | None = Field(

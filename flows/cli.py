@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -30,6 +30,9 @@ from rich.table import Table
 
 from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, load_config
 from alignflow.conf.schema import PipelineConfig
+
+if TYPE_CHECKING:
+    from alignflow.flows.alignment import RunSummary
 
 app = typer.Typer(
     add_completion=False,
@@ -120,28 +123,25 @@ def run(
     _print_summary(result, time.perf_counter() - started, root)
 
 
-def _print_summary(result: dict, wall: float, root: Path) -> None:
-    reg, ev = result["registry"], result["evaluation"]
-    table = Table(title=f"held-out metrics ({ev['pairs']} pairs)")
+def _print_summary(result: RunSummary, wall: float, root: Path) -> None:
+    table = Table(title=f"held-out metrics ({result.held_out_pairs} pairs)")
     table.add_column("model")
-    metrics = list(ev["candidate"])
+    metrics = list(result.held_out["candidate"])
     for m in metrics:
         table.add_column(m, justify="right")
-    for who in ("candidate", "champion", "base"):
-        if who in ev:
-            table.add_row(who, *(f"{ev[who][m]:.4f}" for m in metrics))
+    for who, scores in result.held_out.items():
+        table.add_row(who, *(f"{scores[m]:.4f}" for m in metrics))
     console.print(table)
-    if "win_rate" in ev:
-        win = ev["win_rate"]
-        console.print(
-            f"win rate against the {win['against']}: {win['win_rate']:.2f} over {win['prompts']} held-out prompts "
-            f"({win['wins']} wins, {win['ties']} ties, {win['losses']} losses; judge: {win['judge']})"
-        )
-    verdict = "[green]promoted to champion[/green]" if reg["promoted"] else "[yellow]not promoted[/yellow]"
-    console.print(f"{reg['model']} version {reg['version']}: {verdict} ({reg['reason']})")
-    stages = ", ".join(f"{k} {v:.0f}s" for k, v in result["seconds"].items())
     console.print(
-        f"done in {wall:.0f}s ({stages}). MLflow run {result['mlflow_run_id']}; look at it with:\n"
+        f"win rate against the {result.against}: {result.win_rate:.3f}, 95% CI "
+        f"[{result.win_rate_low:.3f}, {result.win_rate_high:.3f}] on {result.n_prompts} evaluation prompts"
+    )
+    verdict = "[green]promoted to champion[/green]" if result.promoted else "[yellow]not promoted[/yellow]"
+    console.print(f"{result.model} version {result.version}: {verdict}")
+    console.print(f"  {escape(result.decision)}")
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
+    console.print(
+        f"done in {wall:.0f}s ({stages}). MLflow run {result.mlflow_run_id}; look at it with:\n"
         f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
     )
 

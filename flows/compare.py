@@ -14,11 +14,9 @@ A recipe that fails is a `failed` row with its reason; the others carry on.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -27,19 +25,21 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from alignflow.conf.comparison import Recipe, expand_recipes
-from alignflow.conf.loader import ConfigError, config_hash, flatten, load_config
+from alignflow.conf.loader import ConfigError, flatten, load_config
 from alignflow.conf.schema import PipelineConfig
-from alignflow.flows.alignment import evaluate, export_champion, prepare_data, register, win_rate
+from alignflow.flows.bookkeeping import open_book
+from alignflow.flows.data import PreparedData, prepare_data
 from alignflow.flows.notify import failure_hook
 from alignflow.flows.profiles import profile_path
-from alignflow.tasks.evaluation import comparison as compare_mod
-from alignflow.tasks.registry import tracking as tracking_mod
-from alignflow.tasks.registry import versions as versions_mod
+from alignflow.flows.runbook import RunBook
+from alignflow.flows.stages import Champion, base_model, champion, evaluate, fit, register
+from alignflow.tasks.evaluation import comparison as table
+from alignflow.tasks.registry import tracking as mlflow_runs
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, tracking_uri
 from alignflow.tasks.training.curves import plot_comparison_curves
-from alignflow.tasks.training.driver import TrainResult, content_run_name, train_stages
-from alignflow.tasks.training.recipe import effective_config, preload_trainers
+from alignflow.tasks.training.driver import TrainResult
+from alignflow.tasks.training.recipe import preload_trainers
 
 DEFAULT_COMPARISON = "compare"  # conf/compare.yaml
 
@@ -48,196 +48,113 @@ DEFAULT_COMPARISON = "compare"  # conf/compare.yaml
 # the Ray runs are named by content). No `alignflow-train` tag: recipes are meant to train side by
 # side, each within its own training.scaling resources on the shared Ray cluster.
 @task(name="train-recipe", cache_policy=NO_CACHE, retries=0)
-def train_recipe(
-    recipe: Recipe,
-    base: Ref,
-    train_data: Ref,
-    storage: str,
-    run_prefix: str,
-    tracking: str,
-    mlflow_run_id: str,
-    ray_address: str | None,
-) -> TrainResult:
-    """One recipe's stages on Ray; its effective TRL config, curves and cost go to its child run."""
-    logger = get_run_logger()
-    training = recipe.training
-    effective = effective_config(training)
-    for note in effective["notes"]:
-        logger.warning("%s: effective config: %s", recipe.name, note)
-    tracking_mod.log_text(
-        tracking, mlflow_run_id, json.dumps(effective, indent=2, default=str), "train/effective_config.json"
-    )
-    ray_run = content_run_name(storage, f"{run_prefix}-{compare_mod.slug(recipe.name)}", training, base, train_data)
-    trained = train_stages(training, base, train_data, storage, ray_run, tracking, mlflow_run_id, ray_address)
-    cost = compare_mod.recipe_cost(trained, training.scaling.use_gpu)
-    tracking_mod.log_metrics(
-        tracking, mlflow_run_id, {f"cost/{k}": v for k, v in cost.items() if isinstance(v, int | float)}
-    )
-    for stage, stage_result in trained.stages.items():
-        tracking_mod.log_metrics(
-            tracking, mlflow_run_id, {f"cost/{stage}/{k}": v for k, v in stage_result.cost.items()}
-        )
-    logger.info("%s: %s steps in %ss (%s)", recipe.name, cost["steps"], cost["wall_s"], cost["detail"])
+def train_recipe(recipe: Recipe, start: Ref, train_data: Ref, storage: str, book: RunBook) -> TrainResult:
+    """One recipe's stages on Ray, into its child run; then what it cost."""
+    trained = fit(recipe.training, start, train_data, storage, book, f"{book.run_prefix}-{table.slug(recipe.name)}")
+    cost = table.recipe_cost(trained, recipe.training.scaling.use_gpu)
+    book.log_metrics({f"cost/{k}": v for k, v in cost.items() if isinstance(v, int | float)})
+    for stage, result in trained.stages.items():
+        book.log_metrics({f"cost/{stage}/{k}": v for k, v in result.cost.items()})
     return trained
 
 
-def _start_child_runs(
-    config: PipelineConfig, recipes: list[Recipe], tracking: str, parent: str, tags: dict[str, str]
-) -> dict[str, str]:
+def _start_child_runs(config: PipelineConfig, recipes: list[Recipe], book: RunBook) -> dict[str, RunBook]:
     """A nested MLflow run per recipe (MLflow shows them under the parent), with the recipe's params."""
-    remote = tracking.startswith(("http://", "https://", "databricks"))
+    remote = book.tracking.startswith(("http://", "https://", "databricks"))
+    # Not prefect_flow_run_id: that tag finds the flow run's own (parent) run, e.g. for the failure hook.
+    shared = {k: v for k, v in book.tags.items() if k not in ("prefect_flow_run_id", "training_run_id")}
     children = {}
     for recipe in recipes:
-        params = {
-            k: v for k, v in flatten(PipelineConfig(training=recipe.training)).items() if k.startswith("training.")
-        }
-        children[recipe.name] = tracking_mod.start_child_run(
-            tracking,
+        params = flatten(PipelineConfig(training=recipe.training))
+        run_id = mlflow_runs.start_child_run(
+            book.tracking,
             config.registry.experiment,
-            parent,
+            book.run_id,
             recipe.name,
-            params,
-            # Not prefect_flow_run_id: that tag finds the flow run's own (parent) run, e.g. for the failure hook.
-            {
-                **{k: v for k, v in tags.items() if k != "prefect_flow_run_id"},
-                "recipe": recipe.name,
-                "method": compare_mod.stages_label(recipe.training),
-            },
+            {k: v for k, v in params.items() if k.startswith("training.")},
+            {**shared, "recipe": recipe.name, "method": table.stages_label(recipe.training)},
             None if remote else artifact_root(config),
         )
+        book.children[recipe.name] = run_id
+        children[recipe.name] = book.for_child(run_id)
     return children
 
 
 def _run_recipes(
     config: PipelineConfig,
     recipes: list[Recipe],
-    children: dict[str, str],
-    data: Any,
+    children: dict[str, RunBook],
+    data: PreparedData,
     storage: str,
-    tracking: str,
-    opponent: tuple[str, str],
+    opponent: Champion | None,
 ) -> dict[str, dict]:
     """Train at most `max_parallel` recipes at once; each one's evaluation starts when its training ends.
 
-    Returns recipe name -> {"status", "reason"} plus, when completed, "model", "summary", "metrics", "win"."""
+    Returns recipe name -> {"status", "reason"} plus, when completed, "trained" and "evaluation"."""
     logger = get_run_logger()
+    beta = config.training.knob("beta", float)  # one scale for every recipe's implicit reward
     pending, training, evaluating, outcome = list(recipes), {}, {}, {}
-    limit = config.comparison.max_parallel
     while pending or training:
-        while pending and len(training) < limit:
+        while pending and len(training) < config.comparison.max_parallel:
             recipe = pending.pop(0)
             future = train_recipe.with_options(task_run_name=f"train {recipe.name}").submit(
-                recipe,
-                data.base,
-                data.train,
-                storage,
-                config.name,
-                tracking,
-                children[recipe.name],
-                config.runtime.ray_address,
+                recipe, data.start, data.train, storage, children[recipe.name]
             )
             training[future.task_run_id] = (recipe, future)
         done = next(as_completed([future for _, future in training.values()]))
         recipe, future = training.pop(done.task_run_id)
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException) or not future.state.is_completed():
-            reason = compare_mod.short_reason(result if isinstance(result, BaseException) else future.state.message)
+            reason = table.short_reason(result if isinstance(result, BaseException) else future.state.message)
             logger.warning("recipe %s failed in training: %s", recipe.name, reason)
             outcome[recipe.name] = {"status": "failed", "reason": f"train: {reason}"}
             continue
-        model, summary = result.model, result
         evaluating[recipe.name] = (
-            model,
-            summary,
+            result,
             evaluate.with_options(task_run_name=f"evaluate {recipe.name}").submit(
-                config, model, data.base, data.test, None
+                config.evaluation, beta, result.model, data.base, data.split, opponent
             ),
-            win_rate.with_options(task_run_name=f"win-rate {recipe.name}").submit(config, model, *opponent, data.test),
         )
-    for name, (model, summary, metrics_future, win_future) in evaluating.items():
-        metrics, win = metrics_future.result(raise_on_failure=False), win_future.result(raise_on_failure=False)
-        error = next((r for r in (metrics, win) if isinstance(r, BaseException)), None)
-        if error is not None:
-            logger.warning("recipe %s failed in evaluation: %s", name, compare_mod.short_reason(error))
-            outcome[name] = {"status": "failed", "reason": f"evaluate: {compare_mod.short_reason(error)}"}
+    for name, (trained, future) in evaluating.items():
+        evaluation = future.result(raise_on_failure=False)
+        if isinstance(evaluation, BaseException):
+            logger.warning("recipe %s failed in evaluation: %s", name, table.short_reason(evaluation))
+            outcome[name] = {"status": "failed", "reason": f"evaluate: {table.short_reason(evaluation)}"}
             continue
-        outcome[name] = {
-            "status": "completed",
-            "reason": "",
-            "model": model,
-            "summary": summary,
-            "metrics": metrics,
-            "win": win,
-        }
+        outcome[name] = {"status": "completed", "reason": "", "trained": trained, "evaluation": evaluation}
     return outcome
 
 
-def _log_recipe_outcome(tracking: str, run_id: str, outcome: dict) -> None:
+def _log_recipe_outcome(book: RunBook, outcome: dict) -> None:
     if outcome["status"] != "completed":
-        tracking_mod.set_tags(tracking, run_id, {"failure_reason": outcome["reason"][:5000]})
-        tracking_mod.end_run(tracking, run_id, "FAILED")
+        mlflow_runs.set_tags(book.tracking, book.run_id, {"failure_reason": outcome["reason"][:5000]})
+        mlflow_runs.end_run(book.tracking, book.run_id, "FAILED")
         return
-    metrics, win = outcome["metrics"], outcome["win"]
-    # eval/<metric> as the alignment flow logs them: the gate reads a champion's metrics from there.
-    tracking_mod.log_metrics(tracking, run_id, {f"eval/{k}": v for k, v in metrics["candidate"].items()})
-    tracking_mod.log_metrics(tracking, run_id, {f"eval/base/{k}": v for k, v in metrics["base"].items()})
-    tracking_mod.log_win_rate(tracking, run_id, win)
-    tracking_mod.end_run(tracking, run_id)
+    book.log_metrics(outcome["evaluation"].metrics())
+    book.log_table(outcome["evaluation"].head_to_head.rows, "eval/head_to_head.json")
 
 
-def _artifacts(rows: list[dict], best: dict | None, metric: str, png: Path | None, parent: str, tracking: str) -> None:
+def _artifacts(rows: list[dict], best: dict | None, metric: str, png: Path | None, book: RunBook) -> None:
     """The table and the curves, in MLflow (parent run) and as Prefect artifacts."""
     chosen = f"best by {metric}: {best['recipe']}" if best else "no recipe completed"
-    tracking_mod.log_table(tracking, parent, rows, "compare/table.json")
-    tracking_mod.log_text(
-        tracking, parent, compare_mod.table_markdown(rows, best and best["recipe"]), "compare/table.md"
-    )
+    book.log_table(rows, "compare/table.json")
+    book.log_text(table.table_markdown(rows, best and best["recipe"]), "compare/table.md")
     create_table_artifact(
         [{k: ("-" if v is None else v) for k, v in row.items()} for row in rows],
         key="recipe-comparison",
         description=f"{len(rows)} recipes on the same split; {chosen}. "
-        + "; ".join(f"{k}: {v}" for k, v in compare_mod.MEANING.items()),
+        + "; ".join(f"{k}: {v}" for k, v in table.MEANING.items()),
     )
     if png:
-        tracking_mod.log_artifacts(tracking, parent, {"compare": png})
+        import base64
+
+        book.log_files({"compare": png})
         encoded = base64.b64encode(png.read_bytes()).decode()
         create_markdown_artifact(
             f"## Training curves of {len(rows)} recipes\n\n![curves](data:image/png;base64,{encoded})",
             key="recipe-curves",
-            description=f"MLflow run {parent}: compare/{png.name}",
+            description=f"MLflow run {book.run_id}: compare/{png.name}",
         )
-
-
-def _register_best(
-    config: PipelineConfig,
-    tracking: str,
-    recipe: Recipe,
-    outcome: dict,
-    run_id: str,
-    data: Any,
-    tags: dict[str, str],
-    champion_dir: Path | None,
-    evaluated_against: Any,
-) -> dict:
-    """The best recipe through the alignment flow's `register` task: a version from its child run, the gate."""
-    metrics = {
-        "pairs": outcome["metrics"]["pairs"],
-        "candidate": outcome["metrics"]["candidate"],
-        "base": outcome["metrics"]["base"],
-        "win_rate": {k: v for k, v in outcome["win"].items() if k != "rows"},
-    }
-    if champion_dir:  # the champion on the same held-out pairs, for the gate
-        champion = Ref(uri=champion_dir.as_uri(), sha256="")
-        scored = evaluate.with_options(task_run_name="evaluate champion")(config, champion, data.base, data.test, None)
-        metrics["champion"] = scored["candidate"]
-    version_tags = {
-        **tags,
-        "training_run_id": run_id,
-        "recipe": recipe.name,
-        "method": compare_mod.stages_label(recipe.training),
-    }
-    expected = str(evaluated_against.version) if evaluated_against else None
-    return register(config, tracking, run_id, outcome["model"], version_tags, metrics, expected)
 
 
 def _config_from_parameters(parameters: dict) -> PipelineConfig:
@@ -253,136 +170,89 @@ def _config_from_parameters(parameters: dict) -> PipelineConfig:
 )
 def compare(config: PipelineConfig) -> dict:
     """Compare the recipes of `config.comparison` on the same data; the table, the best, the registry outcome."""
-    logger = get_run_logger()
     recipes = expand_recipes(config.comparison.recipes)
     if not recipes:
         raise ConfigError("comparison.recipes: no recipes to compare (see conf/compare.yaml)")
     root = configure_environment(config)
-    tracking = tracking_uri(config)
     run_key = (flow_run.id or "local")[:8]
-    seconds: dict[str, float] = {}
-    data = prepare_data(config, root, seconds)
-
-    tags = {
-        "dataset_uri": data.pairs.uri,
-        "dataset_sha256": data.pairs.sha256,
-        "config_hash": config_hash(config),
-        "git_commit": tracking_mod.git_commit(),
-        "prefect_flow_run_id": str(flow_run.id),
-        "prefect_flow_run_url": flow_run.ui_url or "",
-        "base_model": config.training.model_name_or_path,
-        "base_model_sha256": data.base.sha256,
-        "train_dataset_sha256": data.train.sha256,
-        "test_dataset_sha256": data.test.sha256,
-        "validation.valid": str(data.validation.valid),
-        "validation.quarantined": str(data.validation.quarantined),
-    }
-    remote = tracking.startswith(("http://", "https://", "databricks"))
+    base = base_model(config.training, root / "models")
+    opponent = champion(config.registry, tracking_uri(config), root / "champions" / run_key)
+    data = prepare_data(config, root, base, opponent.model if opponent else None)
     params = {k: v for k, v in flatten(config).items() if not k.startswith("comparison.recipes.")}
-    parent = tracking_mod.start_run(
-        tracking,
-        config.registry.experiment,
-        f"{config.name}-compare-{flow_run.name or run_key}",
-        params,
-        {**tags, "comparison.recipes": json.dumps([r.name for r in recipes])[:5000]},
-        None if remote else artifact_root(config),
-    )
-    tags = {
-        **tags,
-        "comparison_run_id": parent,
-        "config_uri": f"runs:/{parent}/config/resolved.yaml",
-        "validation_report": f"runs:/{parent}/validate/report.json",
-    }
-    children: dict[str, str] = {}
-    try:
-        tracking_mod.log_text(tracking, parent, tracking_mod.config_yaml(config), "config/resolved.yaml")
-        tracking_mod.log_datasets(
-            tracking,
-            parent,
-            {"train": (data.train.uri, data.train.sha256), "test": (data.test.uri, data.test.sha256)},
-            config.name,
-        )
-        tracking_mod.log_artifacts(tracking, parent, {"validate": Path(data.validation.files["report"])})
-        evaluated_against = versions_mod.current_champion(tracking, config.registry.model_name)
-        champion_dir = export_champion(tracking, config.registry.model_name, root / "champions" / run_key)
-        opponent = (str(champion_dir), "champion") if champion_dir else (data.base.loadable, "base")
-
+    name = f"{config.name}-compare-{flow_run.name or run_key}"
+    with open_book(
+        config, data, name, params, **{"comparison.recipes": json.dumps([r.name for r in recipes])[:5000]}
+    ) as book:
         # Once, in this thread, before recipes train from several threads: Ray's start and trl's lazy imports.
         start_ray(config.runtime.ray_address)
         preload_trainers([r.training for r in recipes])
-        children = _start_child_runs(config, recipes, tracking, parent, tags)
+        children = _start_child_runs(config, recipes, book)
         started = time.perf_counter()
-        outcomes = _run_recipes(
-            config, recipes, children, data, config.training.storage or str(root / "ray"), tracking, opponent
-        )
-        seconds["recipes"] = round(time.perf_counter() - started, 1)
+        outcomes = _run_recipes(config, recipes, children, data, config.training.storage or str(root / "ray"), opponent)
+        seconds = round(time.perf_counter() - started, 1)
         rows = []
         for recipe in recipes:
             outcome = outcomes[recipe.name]
-            _log_recipe_outcome(tracking, children[recipe.name], outcome)
+            _log_recipe_outcome(children[recipe.name], outcome)
+            completed = outcome["status"] == "completed"
             rows.append(
-                compare_mod.completed_row(
-                    recipe.name, recipe.training, outcome["summary"], outcome["metrics"]["candidate"], outcome["win"]
-                )
-                if outcome["status"] == "completed"
-                else compare_mod.failed_row(recipe.name, recipe.training, outcome["reason"])
+                table.completed_row(recipe.name, recipe.training, outcome["trained"], outcome["evaluation"])
+                if completed
+                else table.failed_row(recipe.name, recipe.training, outcome["reason"])
             )
         metric = config.comparison.metric
-        best = compare_mod.best_row(rows, metric)
+        best = table.best_row(rows, metric)
         png = plot_comparison_curves(
-            tracking,
-            children,
+            book.tracking,
+            {name: child.run_id for name, child in children.items()},
             root / "scratch" / f"compare-{run_key}" / "curves.png",
             f"{config.name}: {len(recipes)} recipes",
         )
-        _artifacts(rows, best, metric, png, parent, tracking)
-        tracking_mod.log_metrics(
-            tracking,
-            parent,
+        _artifacts(rows, best, metric, png, book)
+        book.log_metrics(
             {
                 "compare/recipes": len(rows),
                 "compare/failed": sum(r["status"] == "failed" for r in rows),
-                "compare/seconds": seconds["recipes"],
+                "compare/seconds": seconds,
                 **({f"compare/best/{metric}": best[metric]} if best else {}),
-            },
+            }
         )
-
-        outcome = None
+        registration = None
+        if best:
+            mlflow_runs.set_tags(book.tracking, book.run_id, {"compare.best_recipe": best["recipe"]})
+            get_run_logger().info("best recipe by %s: %s (%s)", metric, best["recipe"], best[metric])
         if best and config.comparison.register_best:
             recipe = next(r for r in recipes if r.name == best["recipe"])
-            outcome = _register_best(
-                config,
-                tracking,
-                recipe,
-                outcomes[recipe.name],
-                children[recipe.name],
-                data,
-                tags,
-                champion_dir,
-                evaluated_against,
+            child = children[recipe.name]
+            child = RunBook(
+                child.tracking,
+                child.run_id,
+                {**child.tags, "recipe": recipe.name, "method": table.stages_label(recipe.training)},
+                child.run_prefix,
+                child.scratch,
+                child.ray_address,
+                child.flow_run_url,
             )
-            tracking_mod.set_tags(tracking, parent, {"compare.registered_version": outcome["version"]})
-        if best:
-            tracking_mod.set_tags(tracking, parent, {"compare.best_recipe": best["recipe"]})
-            logger.info("best recipe by %s: %s (%s)", metric, best["recipe"], best[metric])
-    except BaseException:
-        for run_id in children.values():
-            if tracking_mod.run_status(tracking, run_id) == "RUNNING":
-                tracking_mod.end_run(tracking, run_id, "FAILED")
-        tracking_mod.end_run(tracking, parent, "FAILED")
-        raise
-    tracking_mod.end_run(tracking, parent)
+            won = outcomes[recipe.name]
+            registration = register(config.registry, child, won["trained"].model, won["evaluation"], opponent)
+            mlflow_runs.set_tags(book.tracking, book.run_id, {"compare.registered_version": registration.version})
     return {
-        "mlflow_run_id": parent,
+        "mlflow_run_id": book.run_id,
         "flow_run_id": str(flow_run.id),
         "dataset": data.pairs.model_dump(),
         "recipes": rows,
-        "children": children,
+        "children": dict(book.children),
         "best": best and best["recipe"],
         "metric": metric,
-        "registry": outcome,
+        "registry": registration
+        and {
+            "model": registration.model,
+            "version": registration.version,
+            "promoted": registration.promoted,
+            "reason": registration.decision.reason,
+        },
         "curves": str(png) if png else None,
-        "seconds": seconds,
+        "seconds": {"recipes": seconds},
     }
 
 

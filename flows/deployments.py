@@ -76,8 +76,13 @@ def run_alignment(
     config = resolve_config(profile, method, beta, learning_rate, max_steps, overrides)
     get_run_logger().info(
         "profile %s: %s, method=%s, beta=%s, learning_rate=%s, max_steps=%s, %d override(s)",
-        profile, config.name, config.training.method, config.training.beta, config.training.learning_rate,
-        config.training.max_steps, len(overrides or []),
-    )  # fmt: skip
+        profile,
+        config.name,
+        config.training.method,
+        config.training.beta,
+        config.training.learning_rate,
+        config.training.max_steps,
+        len(overrides or []),
+    )
     # The pipeline's body, not a subflow: its task runs and artifacts belong to this run.
     return alignment.fn(config)

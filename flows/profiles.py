@@ -36,7 +36,11 @@ def resolve_config(
     overrides: list[str] | None = None,
 ) -> PipelineConfig:
     """The run's config: the profile, then `overrides`, then the knobs that are set (None: the profile's)."""
-    knobs = {"training.method": method, "training.beta": beta, "training.learning_rate": learning_rate,
-             "training.max_steps": max_steps}  # fmt: skip
+    knobs = {
+        "training.method": method,
+        "training.beta": beta,
+        "training.learning_rate": learning_rate,
+        "training.max_steps": max_steps,
+    }
     chosen = [f"{key}={value}" for key, value in knobs.items() if value is not None]
     return load_config(profile_path(profile), [*(overrides or []), *chosen])

@@ -207,8 +207,10 @@ def serve(
     local_mlflow = not tracking.startswith(("http://", "https://"))
     busy = [p for p in (prefect_port, *([mlflow_port] if local_mlflow else [])) if not _port_free(host, p)]
     if busy:
-        console.print(f"[red]port {busy[0]} on {host} is in use[/red]: stop what holds it or pick another port "
-                      "(--prefect-port / --mlflow-port)")  # fmt: skip
+        console.print(
+            f"[red]port {busy[0]} on {host} is in use[/red]: stop what holds it or pick another port "
+            "(--prefect-port / --mlflow-port)"
+        )
         raise typer.Exit(2)
     logs = root / "serve"
     logs.mkdir(parents=True, exist_ok=True)
@@ -232,8 +234,24 @@ def serve(
         procs.append(server)
         if local_mlflow:
             mlflow_log = logs / "mlflow-ui.log"
-            procs.append(_start([_bin("mlflow"), "ui", "--backend-store-uri", tracking, "--host", host,
-                                 "--port", str(mlflow_port), "--workers", "1"], mlflow_log, env))  # fmt: skip
+            procs.append(
+                _start(
+                    [
+                        _bin("mlflow"),
+                        "ui",
+                        "--backend-store-uri",
+                        tracking,
+                        "--host",
+                        host,
+                        "--port",
+                        str(mlflow_port),
+                        "--workers",
+                        "1",
+                    ],
+                    mlflow_log,
+                    env,
+                )
+            )
         console.print(f"starting the Prefect server (database {os.environ['PREFECT_HOME']}/prefect.db) ...")
         _wait_http(f"{api}/health", server, server_log, timeout=180)
         names = deploy_all(profile, overrides)
@@ -276,8 +294,10 @@ def deploy(overrides: OverridesArg = None, profile: ProfileOption = None) -> Non
     except Exception as exc:
         console.print(f"[red]deploy failed[/red]: {exc}")
         raise typer.Exit(1) from None
-    console.print(f"deployed {', '.join(names)} to {os.environ['PREFECT_API_URL']}; "
-                  f"run them with: prefect worker start --pool {WORK_POOL}")  # fmt: skip
+    console.print(
+        f"deployed {', '.join(names)} to {os.environ['PREFECT_API_URL']}; "
+        f"run them with: prefect worker start --pool {WORK_POOL}"
+    )
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -23,7 +23,8 @@ RECIPES = [
     "comparison.recipes.dpo.method=dpo",
     # Valid as far as the schema knows, refused by transformers when the worker builds the trainer.
     "comparison.recipes.broken.lr_scheduler_type=no-such-schedule",
-    "evaluation.win_rate_prompts=4",
+    "evaluation.max_prompts=4",
+    "evaluation.samples_per_prompt=1",
     "evaluation.max_new_tokens=8",
     f"registry.model_name={NAME}",
 ]
@@ -47,6 +48,7 @@ def test_three_recipes_fill_every_column(compared):
         assert row["wall_s"] > 0 and row["compute_s"] > 0 and row["peak_mem_mb"] > 0
         assert 0.0 <= row["preference_accuracy"] <= 1.0 and 0.0 <= row["win_rate"] <= 1.0
         assert row["win_rate_vs"] == "base"  # no champion of this model yet
+        assert row["win_rate_low"] <= row["win_rate"] <= row["win_rate_high"]
     # Measured with forward hooks: DPO runs policy and reference over chosen and rejected, ORPO the policy
     # only, the SFT stage one sequence per example on top.
     assert rows["dpo"]["forward_passes_per_example"] == 4.0 and rows["dpo"]["forward_calls_per_step"] == 2.0
@@ -76,9 +78,12 @@ def test_nested_runs_and_only_the_best_is_registered(compared):
     assert {"compare/table.json", "compare/curves.png"} <= artifacts
     children = {r.data.tags["recipe"]: r for r in child_runs(uri, parent.info.run_id)}
     assert set(children) == {"sft-dpo", "orpo", "dpo", "broken"}
-    assert children["broken"].info.status == "FAILED" and "no-such-schedule" in children["broken"].data.tags[
-        "failure_reason"]  # fmt: skip
+    broken_run = children["broken"]
+    assert broken_run.info.status == "FAILED" and "no-such-schedule" in broken_run.data.tags["failure_reason"]
     assert "sft/loss" in children["sft-dpo"].data.metrics and "eval/preference_accuracy" in children["dpo"].data.metrics
     versions = client.search_model_versions(f"name = '{NAME}'")
     assert [v.run_id for v in versions] == [compared["children"][compared["best"]]]
-    assert compared["registry"]["promoted"]  # the first model of its name: no champion to beat
+    # The first model of its name is judged against the base model like any other: a decision, not a free pass.
+    tags = client.get_model_version(NAME, versions[0].version).tags
+    assert tags["gate.against"] == "base" and "gate.win_rate_ci95" in tags
+    assert compared["registry"]["promoted"] == (tags["gate.outcome"] == "promoted")

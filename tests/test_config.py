@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL
+from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, CHAMPION_MODEL
 from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, config_hash, flatten, load_config
 from alignflow.conf.schema import PipelineConfig
 from alignflow.conf.training import TrainingConfig
@@ -26,7 +26,9 @@ def test_embedded_default_loads_with_defaults():
     assert cfg.generation.prompts == BUILTIN_PROMPTS
     assert cfg.generation.max_prompts is None
     assert len(cfg.generation.generators) == 2
-    assert all(g.model == BUILTIN_TINY_MODEL for g in cfg.generation.generators)
+    # Iterative: the champion writes the candidates and is the starting point (the base model while there is none).
+    assert all(g.model == CHAMPION_MODEL for g in cfg.generation.generators)
+    assert cfg.training.start_from == "champion" and cfg.training.model_name_or_path == BUILTIN_TINY_MODEL
     assert cfg.training.method == "dpo"
     assert cfg.training.beta == 0.1
     assert cfg.training.loss_type == ["sigmoid", "sft"]  # RPO keeps the tiny model fluent
@@ -64,9 +66,9 @@ def test_later_override_wins():
 
 
 def test_override_creates_nested_section():
-    cfg = load_config(overrides=["training.scaling.num_workers=3", "registry.gate.min_improvement=0.01"])
+    cfg = load_config(overrides=["training.scaling.num_workers=3", "registry.gate.min_win_rate_margin=0.01"])
     assert cfg.training.scaling.num_workers == 3
-    assert cfg.registry.gate.min_improvement == 0.01
+    assert cfg.registry.gate.min_win_rate_margin == 0.01
 
 
 def test_bad_value_names_the_key():
@@ -194,7 +196,7 @@ def test_flatten_gives_dotted_keys():
     assert flat["training.scaling.num_workers"] == "2"
     assert flat["training.tiny_model.hidden_size"] == "128"
     assert flat["training.loss_type"] == '["sigmoid", "sft"]'
-    assert flat["registry.gate.metric"] == "preference_accuracy"
+    assert flat["registry.gate.max_nll_increase"] == "0.25"
     assert all(isinstance(v, str) for v in flat.values())
     assert not any(isinstance(v, dict) for v in flat.values())
     assert all(k == "name" or "." in k for k in flat)

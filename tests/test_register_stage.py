@@ -5,20 +5,61 @@ from __future__ import annotations
 from conftest import small_config
 
 from alignflow.conf.evaluation import GateConfig
+from alignflow.tasks.evaluation.head_to_head import HeadToHead
+from alignflow.tasks.evaluation.stats import Interval
 from alignflow.tasks.registry.gate import decide
 from alignflow.tasks.registry.tracking import start_run
 from alignflow.tasks.registry.versions import export_champion, log_model_version, tag_and_alias
 from alignflow.tasks.runtime.state import artifact_root, tracking_uri
 
 
-def test_decide():
-    gate = GateConfig(metric="preference_accuracy", min_improvement=0.05)
-    assert decide({"preference_accuracy": 0.6}, None, gate)[0]
-    assert decide({"preference_accuracy": 0.7}, {"preference_accuracy": 0.6}, gate)[0]
-    promoted, reason = decide({"preference_accuracy": 0.62}, {"preference_accuracy": 0.6}, gate)
-    assert not promoted and "does not beat" in reason
-    promoted, reason = decide({"preference_accuracy": 0.9}, None, gate, has_champion=True)
-    assert not promoted and "by hand" in reason
+def _record(low: float, estimate: float, high: float, against: str = "base", lc: float | None = None) -> HeadToHead:
+    lc_interval = Interval(lc, lc - 0.05, lc + 0.05) if lc is not None else Interval(estimate, low, high)
+    return HeadToHead(
+        against=against,
+        prompt_set="builtin:eval",
+        prompt_set_sha256="0" * 64,
+        judge="offline",
+        prompts=120,
+        samples_per_prompt=4,
+        pairs=480,
+        wins=250,
+        ties=20,
+        losses=210,
+        win_rate=Interval(estimate, low, high),
+        length_controlled=lc_interval,
+        candidate_words=30.0,
+        opponent_words=29.0,
+    )
+
+
+FLUENT = {"chosen_nll": 2.0, "preference_accuracy": 0.8}
+
+
+def test_gate_promotes_only_when_the_interval_clears_one_half():
+    gate = GateConfig()
+    passed = decide(_record(0.52, 0.56, 0.60), FLUENT, {"chosen_nll": 2.1}, gate)
+    assert passed.passed and "0.560 [0.520, 0.600]" in passed.reason and "n=120 prompts x 4 samples" in passed.reason
+    assert passed.tags()["gate.win_rate_ci95"] == "[0.5200, 0.6000]" and passed.tags()["gate.n_prompts"] == "120"
+    assert "lower bound" in passed.rule
+    # A good point estimate is not enough: its interval still covers a coin flip.
+    coin = decide(_record(0.49, 0.58, 0.66), FLUENT, {"chosen_nll": 2.1}, gate)
+    assert not coin.passed and "lower bound 0.490 <= 0.50" in coin.reason
+
+
+def test_the_first_model_must_beat_the_base_model():
+    first = decide(_record(0.18, 0.25, 0.32, against="base"), FLUENT, {"chosen_nll": 2.1}, GateConfig())
+    assert not first.passed and "against the base" in first.reason and first.against == "base"
+
+
+def test_margin_guard_rail_and_thresholds():
+    record = _record(0.53, 0.57, 0.61, against="champion", lc=0.5)
+    assert not decide(record, FLUENT, {"chosen_nll": 2.1}, GateConfig(min_win_rate_margin=0.05)).passed
+    broken = decide(record, {"chosen_nll": 3.0}, {"chosen_nll": 2.5}, GateConfig(max_nll_increase=0.25))
+    assert not broken.passed and "chosen NLL 3.000 > champion's 2.500 + 0.25" in broken.reason
+    lc = decide(record, FLUENT, {"chosen_nll": 2.1}, GateConfig(thresholds={"win_rate_lc": 0.55}))
+    assert not lc.passed and "win_rate_lc 0.5000 < 0.55" in lc.reason
+    assert decide(record, FLUENT, None, GateConfig(thresholds={"preference_accuracy": 0.7})).passed
 
 
 def test_registered_champion_loads_and_generates(tiny_model_path):

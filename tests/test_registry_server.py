@@ -21,15 +21,11 @@ import pytest
 import requests
 from conftest import small_config
 
-from alignflow.conf.evaluation import GateConfig
 from alignflow.tasks.registry import promotion
 from alignflow.tasks.registry.card import model_card, write_model_card
-from alignflow.tasks.registry.gate import decide
 from alignflow.tasks.registry.tracking import log_metrics, start_run
 from alignflow.tasks.registry.versions import (
-    current_champion,
     log_model_version,
-    recorded_champion_metrics,
     tag_and_alias,
 )
 
@@ -106,14 +102,12 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_versions(server, tiny_model_path):
     """v1 registered and promoted by the gate; v2 registered, failed the gate. Returns the run ids."""
-    gate = GateConfig(metric="preference_accuracy", min_improvement=0.0)
     runs = []
-    for metrics in ({"preference_accuracy": 0.6}, {"preference_accuracy": 0.4}):
+    # The gate's decisions, as tasks/registry/gate.py would reach them on these win-rate intervals.
+    for metrics, promote in (({"win_rate_low": 0.55}, True), ({"win_rate_low": 0.41}, False)):
         run_id = start_run(server, "test-server", "server", {"a": "1"}, {"dataset_sha256": "abc"})
         log_metrics(server, run_id, {f"eval/{k}": v for k, v in metrics.items()})
-        has_champion = current_champion(server, NAME) is not None
-        champion = recorded_champion_metrics(server, NAME)
-        promote, reason = decide(metrics, champion, gate, has_champion)
+        reason = f"win rate lower bound {metrics['win_rate_low']} {'>' if promote else '<='} 0.50"
         version = log_model_version(server, run_id, NAME, tiny_model_path)
         tags = {
             "dataset_sha256": "abc",

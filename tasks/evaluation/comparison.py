@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from alignflow.conf.training import TrainingConfig
 
 if TYPE_CHECKING:
+    from alignflow.tasks.evaluation.stage import Evaluation
     from alignflow.tasks.training.driver import TrainResult
 
 COLUMNS = (
@@ -24,6 +25,8 @@ COLUMNS = (
     "preference_accuracy",
     "reward_margin",
     "win_rate",
+    "win_rate_low",
+    "win_rate_high",
     "win_rate_vs",
     "chosen_nll",
     "wall_s",
@@ -60,7 +63,10 @@ COST_COLUMNS = (
 MEANING = {
     "preference_accuracy": "held-out pairs whose implicit reward (vs the base model) prefers chosen",
     "reward_margin": "mean implicit reward margin, beta = the profile's training.beta for every recipe",
-    "win_rate": "answers judged better than the opponent's (ties 1/2) on held-out prompts",
+    "win_rate": "answers judged better than the opponent's (ties 1/2) on the evaluation prompts, every recipe "
+    "against the same opponent (the champion, else the base model)",
+    "win_rate_low": "lower bound of the win rate's 95% paired-bootstrap interval: what the gate reads, and the "
+    "default ranking (comparison.metric)",
     "chosen_nll": "mean per-token NLL of the held-out chosen responses (lower is better)",
     "wall_s": "training wall time over all stages (noisy when recipes share the machine)",
     "compute_s": "CPU-seconds of the training loops (process time, all workers; start-up excluded), or "
@@ -118,14 +124,17 @@ def recipe_cost(trained: TrainResult, use_gpu: bool) -> dict:
     }
 
 
-def completed_row(name: str, training: TrainingConfig, trained: TrainResult, metrics: dict, win: dict) -> dict:
+def completed_row(name: str, training: TrainingConfig, trained: TrainResult, evaluation: Evaluation) -> dict:
+    h2h = evaluation.head_to_head
     row = {
         "recipe": name,
         "status": "completed",
         "stages": stages_label(training),
-        **{k: metrics[k] for k in QUALITY},
-        "win_rate": win["win_rate"],
-        "win_rate_vs": win["against"],
+        **{k: evaluation.held_out.candidate[k] for k in QUALITY},
+        "win_rate": round(h2h.win_rate.estimate, 4),
+        "win_rate_low": round(h2h.win_rate.low, 4),
+        "win_rate_high": round(h2h.win_rate.high, 4),
+        "win_rate_vs": h2h.against,
         **recipe_cost(trained, training.scaling.use_gpu),
     }
     return {k: row[k] for k in COLUMNS}

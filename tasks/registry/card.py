@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alignflow.tasks.evaluation.stage import Evaluation
+from alignflow.tasks.registry.gate import GateDecision
 from alignflow.tasks.registry.tracking import mlflow_client
 
+# How to call a served version (the pyfunc in tasks/registry/serving.py answers with the completion alone).
+USAGE = [
+    'POST /invocations `{"inputs": [{"messages": [{"role": "user", "content": "Why is the sky blue?"}]}]}`',
+    'or `{"inputs": [{"prompt": "Why is the sky blue?", "max_new_tokens": 64}]}`.',
+]
 
-def model_card(name: str, version: str, tags: dict[str, str], metrics: dict, win: dict | None) -> str:
-    """README.md of a model version, written from its lineage tags and held-out metrics."""
+
+def model_card(name: str, version: str, tags: dict[str, str], evaluation: Evaluation, decision: GateDecision) -> str:
+    """README.md of a model version: lineage, the gate's decision with its evidence, held-out metrics, use."""
     lineage = [
         ("dataset", f"`{tags.get('dataset_uri', '?')}` (sha256 `{tags.get('dataset_sha256', '?')}`)"),
         ("validation report", f"`{tags.get('validation_report', '?')}`"),
         ("resolved config", f"`{tags.get('config_uri', '?')}` (hash `{tags.get('config_hash', '?')}`)"),
         ("base model", f"`{tags.get('base_model', '?')}` (sha256 `{tags.get('base_model_sha256', '?')[:16]}`)"),
+        ("started from", f"`{tags.get('started_from', '?')}`"),
         ("method", tags.get("method", "?")),
-        ("git commit", f"`{tags.get('git_commit', '?')}`"),
+        ("code version", f"`{tags.get('git_commit', '?')}`"),
         ("MLflow run", f"`{tags.get('training_run_id', '?')}`"),
         (
             "Prefect flow run",
@@ -23,11 +32,25 @@ def model_card(name: str, version: str, tags: dict[str, str], metrics: dict, win
         ),
         ("weights sha256", f"`{tags.get('model_sha256', '?')}`"),
     ]
+    h2h, held_out = evaluation.head_to_head, evaluation.held_out
+    keys = list(held_out.candidate)
     lines = [
         f"# {name} version {version}",
         "",
-        f"Preference-aligned ({tags.get('method', '?')}) by alignflow. "
-        f"Gate: **{tags.get('gate.outcome', '?')}** ({tags.get('gate.reason', '')}).",
+        f"Preference-aligned ({tags.get('method', '?')}) by alignflow. Gate: **{tags.get('gate.outcome', '?')}**.",
+        "",
+        "## Gate decision",
+        "",
+        f"- decision: {decision.reason}",
+        f"- rule: {decision.rule}",
+        f"- win rate against the {h2h.against}: **{h2h.win_rate.estimate:.3f}**, 95% CI "
+        f"[{h2h.win_rate.low:.3f}, {h2h.win_rate.high:.3f}] (paired bootstrap over prompts)",
+        f"- n: {h2h.prompts} prompts x {h2h.samples_per_prompt} samples = {h2h.pairs} pairs, each judged in both "
+        f"orders ({h2h.wins} wins, {h2h.ties} ties, {h2h.losses} losses; judge: {h2h.judge})",
+        f"- length-controlled win rate: {h2h.length_controlled.estimate:.3f} "
+        f"[{h2h.length_controlled.low:.3f}, {h2h.length_controlled.high:.3f}]; mean answer words "
+        f"{h2h.candidate_words} (candidate) vs {h2h.opponent_words} ({h2h.against})",
+        f"- prompt set: `{h2h.prompt_set}` (sha256 `{h2h.prompt_set_sha256[:16]}`)",
         "",
         "## Lineage",
         "",
@@ -35,21 +58,11 @@ def model_card(name: str, version: str, tags: dict[str, str], metrics: dict, win
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in lineage),
         "",
-        f"## Held-out metrics ({metrics.get('pairs', '?')} pairs)",
+        f"## Held-out pairs ({held_out.pairs})",
         "",
-    ]
-    models = [who for who in ("candidate", "champion", "base") if isinstance(metrics.get(who), dict)]
-    if models:
-        keys = list(metrics[models[0]])
-        lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        lines += [f"| {who} | " + " | ".join(str(metrics[who].get(k)) for k in keys) + " |" for who in models]
-    if win:
-        lines += [
-            "",
-            f"Win rate against the {win['against']}: **{win['win_rate']}** over {win['prompts']} held-out prompts "
-            f"({win['wins']} wins, {win['ties']} ties, {win['losses']} losses; judge: {win.get('judge', '?')}).",
-        ]
-    lines += [
+        "| model | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+        *(f"| {who} | " + " | ".join(str(m.get(k)) for k in keys) + " |" for who, m in held_out.table()),
         "",
         "## Use",
         "",
@@ -57,7 +70,7 @@ def model_card(name: str, version: str, tags: dict[str, str], metrics: dict, win
         f"mlflow models serve -m models:/{name}/{version} --env-manager local",
         "```",
         "",
-        'POST /invocations `{"inputs": ["..."], "params": {"max_new_tokens": 64}}`.',
+        *USAGE,
         "",
     ]
     return "\n".join(lines)

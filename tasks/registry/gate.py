@@ -1,39 +1,93 @@
-"""The promotion gate: promote the candidate or not, and why.
+"""The promotion gate: promote only on evidence.
 
-The candidate is compared with the current champion on the same held-out pairs; the
-champion moves only when the candidate is better by more than `registry.gate.min_improvement`
-(the first model becomes champion).
+The candidate is compared head to head with an opponent: the champion, or the base model when
+there is none (so the first model must beat the base too; nothing passes for free). The rule:
+
+    promote  iff  lower bound of the 95% win-rate interval  >  0.5 + gate.min_win_rate_margin
+             and  held-out chosen NLL  <=  the opponent's + gate.max_nll_increase   (fluency guard rail)
+             and  every metric in gate.thresholds reaches its minimum
+             and  (gate.max_chosen_nll) the candidate's chosen NLL is at most that
+
+Every decision carries the estimate, the interval, n and the rule in words, so the version's
+tags, its model card, the CLI summary and the Prefect artifact all say why.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from alignflow.conf.evaluation import GateConfig
+from alignflow.tasks.evaluation.head_to_head import HeadToHead
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+    rule: str
+    against: str
+    estimate: float
+    low: float
+    high: float
+    n_prompts: int
+    n_pairs: int
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "gate.rule": self.rule,
+            "gate.against": self.against,
+            "gate.win_rate": f"{self.estimate:.4f}",
+            "gate.win_rate_ci95": f"[{self.low:.4f}, {self.high:.4f}]",
+            "gate.n_prompts": str(self.n_prompts),
+            "gate.n_pairs": str(self.n_pairs),
+            "gate.reason": self.reason,
+        }
+
+
+def rule_text(gate: GateConfig) -> str:
+    return (
+        f"promote when the 95% CI lower bound of the win rate > {0.5 + gate.min_win_rate_margin:.2f} "
+        f"and held-out chosen NLL <= opponent's + {gate.max_nll_increase}"
+        + (f" and thresholds {gate.thresholds}" if gate.thresholds else "")
+        + (f" and chosen NLL <= {gate.max_chosen_nll}" if gate.max_chosen_nll is not None else "")
+    )
 
 
 def decide(
-    candidate: dict[str, float], champion: dict[str, float] | None, gate: GateConfig, has_champion: bool | None = None
-) -> tuple[bool, str]:
-    """Promote or not, and why, in words a person reads on the model version.
-
-    `candidate` holds the held-out metrics (plus `win_rate` when measured). The thresholds
-    apply whatever the champion does; then the candidate must beat the champion on
-    `gate.metric` by more than `gate.min_improvement` (the first model needs no champion).
-    """
-    below = [
-        f"{m} {candidate[m]:.4f} < {minimum}" if m in candidate else f"{m} not measured (threshold {minimum})"
-        for m, minimum in gate.thresholds.items()
-        if m not in candidate or candidate[m] < minimum
-    ]
+    h2h: HeadToHead, candidate: dict[str, float], opponent: dict[str, float] | None, gate: GateConfig
+) -> GateDecision:
+    """Promote or not, and why. `candidate`/`opponent` hold held-out metrics (chosen_nll, preference_accuracy, ...)."""
+    bar = 0.5 + gate.min_win_rate_margin
+    wr = h2h.win_rate
+    measured = {**candidate, **{k: v for k, v in h2h.metrics().items() if k.startswith("win_rate")}}
+    failures = []
+    if wr.low <= bar:
+        failures.append(f"win rate lower bound {wr.low:.3f} <= {bar:.2f}")
+    if opponent is not None and "chosen_nll" in candidate and "chosen_nll" in opponent:
+        limit = opponent["chosen_nll"] + gate.max_nll_increase
+        if candidate["chosen_nll"] > limit:
+            failures.append(
+                f"chosen NLL {candidate['chosen_nll']:.3f} > {h2h.against}'s {opponent['chosen_nll']:.3f} + "
+                f"{gate.max_nll_increase}"
+            )
+    for metric, minimum in gate.thresholds.items():
+        value = measured.get(metric)
+        if value is None or value < minimum:
+            failures.append(f"{metric} {'not measured' if value is None else f'{value:.4f}'} < {minimum}")
     if gate.max_chosen_nll is not None and candidate.get("chosen_nll", float("inf")) > gate.max_chosen_nll:
-        below.append(f"chosen_nll {candidate.get('chosen_nll', float('nan')):.4f} > {gate.max_chosen_nll}")
-    if below:
-        return False, "below the gate's thresholds: " + "; ".join(below)
-    value = candidate[gate.metric]
-    if champion is None or gate.metric not in champion:
-        if has_champion:
-            return False, f"the champion's {gate.metric} is unknown (not loadable, none recorded); promote by hand"
-        return True, f"first model: no champion yet ({gate.metric}={value:.4f})"
-    best = champion[gate.metric]
-    if value > best + gate.min_improvement:
-        return True, f"{gate.metric} {value:.4f} > champion {best:.4f} + {gate.min_improvement}"
-    return False, f"{gate.metric} {value:.4f} does not beat champion {best:.4f} + {gate.min_improvement}"
+        failures.append(f"chosen NLL {candidate.get('chosen_nll', float('nan')):.3f} > {gate.max_chosen_nll}")
+    evidence = f"win rate against the {h2h.against} {wr} on n={h2h.prompts} prompts x {h2h.samples_per_prompt} samples"
+    reason = (
+        f"not promoted: {'; '.join(failures)} ({evidence})" if failures else f"promoted: {evidence} clears {bar:.2f}"
+    )
+    return GateDecision(
+        passed=not failures,
+        reason=reason,
+        rule=rule_text(gate),
+        against=h2h.against,
+        estimate=wr.estimate,
+        low=wr.low,
+        high=wr.high,
+        n_prompts=h2h.prompts,
+        n_pairs=h2h.pairs,
+    )

@@ -119,19 +119,6 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
     mlflow_client(tracking_uri).log_batch(run_id, metrics=batch)
 
 
-def log_win_rate(tracking_uri: str, run_id: str, win: dict) -> None:
-    """The win rate and both sides' mean judge scores, under the names the gate and the model card read."""
-    log_metrics(
-        tracking_uri,
-        run_id,
-        {
-            "eval/win_rate": win["win_rate"],
-            "eval/judge/candidate_score": win["candidate_score"],
-            f"eval/judge/{win['against']}_score": win["opponent_score"],
-        },
-    )
-
-
 def log_artifacts(tracking_uri: str, run_id: str, files: dict[str, Path]) -> None:
     """Log files into the run, each under the artifact folder given as its key."""
     client = mlflow_client(tracking_uri)

@@ -7,7 +7,6 @@ history). Not being promoted is an outcome, recorded on the version, not an erro
 
 from __future__ import annotations
 
-from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,6 @@ from alignflow.tasks.registry.tracking import mlflow_client
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
-    from mlflow.models import ModelSignature
 
 
 def current_champion(tracking_uri: str, name: str) -> ModelVersion | None:
@@ -41,28 +39,18 @@ def export_champion(tracking_uri: str, name: str, dest: Path) -> Path | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from alignflow.tasks.registry.serving import download_model_dir
+
     if current_champion(tracking_uri, name) is None:
         return None
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        parts = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
-    except (MlflowException, OSError) as exc:
+        return download_model_dir(f"models:/{name}@{CHAMPION}", dest)
+    except (MlflowException, OSError, KeyError) as exc:
         logging.getLogger(__name__).warning(
             "champion of %s could not be loaded (%s); the gate uses its recorded metrics", name, exc
         )
         return None
-    parts["model"].save_pretrained(dest)
-    parts["tokenizer"].save_pretrained(dest)
-    return dest
-
-
-def recorded_champion_metrics(tracking_uri: str, name: str) -> dict[str, float] | None:
-    """The champion's held-out metrics as logged by the run that registered it."""
-    champion = current_champion(tracking_uri, name)
-    if champion is None or not champion.run_id:
-        return None
-    logged = mlflow_client(tracking_uri).get_run(champion.run_id).data.metrics
-    return {k.removeprefix("eval/"): v for k, v in logged.items() if k.startswith("eval/") and k.count("/") == 1}
 
 
 def find_version(tracking_uri: str, name: str, run_id: str) -> ModelVersion | None:
@@ -76,49 +64,24 @@ def find_version(tracking_uri: str, name: str, run_id: str) -> ModelVersion | No
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def serving_signature() -> ModelSignature:
-    """Text in, text out, with the generation knobs a caller may pass as `params`."""
-    from mlflow.models import infer_signature
-
-    return infer_signature(
-        ["Why is the sky blue?"],
-        ["Because ..."],
-        params={"max_new_tokens": 64, "do_sample": False, "temperature": 1.0, "top_p": 1.0},
-    )
-
-
 def log_model_version(tracking_uri: str, run_id: str, name: str, model_dir: Path) -> str:
-    """Log the model as a transformers text-generation pipeline and register it; the version.
+    """Log the model as the serving pyfunc (alignflow.tasks.registry.serving) and register it; the version.
 
     Idempotent per training run: when a version of `name` was already registered from
     `run_id` (a retried flow, a re-run register stage), that version is returned and
     nothing new is logged.
     """
-    import logging
-
     existing = find_version(tracking_uri, name, run_id)
     if existing is not None:
         return str(existing.version)
 
     import mlflow
-    import transformers
 
-    # It looks for a model card and licence on the hub, which a local model has not.
-    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
+    from alignflow.tasks.registry.serving import log_serving_model
+
     mlflow.set_tracking_uri(tracking_uri)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    generator = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.transformers.log_model(
-            transformers_model=generator,
-            name="model",
-            task="text-generation",
-            signature=serving_signature(),
-            registered_model_name=name,
-            # Inferring requirements imports optional vision packages that are not installed.
-            pip_requirements=[f"{p}=={pkg_version(p)}" for p in ("transformers", "torch", "tokenizers", "accelerate")],
-        )
+        info = log_serving_model(model_dir, registered_model_name=name)
     version = str(info.registered_model_version)
     mlflow_client(tracking_uri).set_model_version_tag(name, version, "training_run_id", run_id)
     return version

@@ -1,0 +1,103 @@
+"""MLflow bookkeeping of a flow run, in one place the alignment and comparison flows share.
+
+`open_book` starts the flow's MLflow run with its lineage tags and the resolved config, and
+logs what the data stages produced (dataset inputs, generation and validation reports and
+metrics). Stages then log into it by id through the `RunBook` they are handed. The run is
+marked FAILED when the flow body raises (`with book:`), before the failure hook notifies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.runtime import flow_run
+
+from alignflow.conf.loader import config_hash, flatten
+from alignflow.conf.schema import PipelineConfig
+from alignflow.flows.data import PreparedData
+from alignflow.flows.runbook import RunBook
+from alignflow.tasks.registry import tracking as mlflow_runs
+from alignflow.tasks.runtime.state import artifact_root, home, tracking_uri
+
+
+def lineage_tags(config: PipelineConfig, data: PreparedData) -> dict[str, str]:
+    """What a model version needs to be traced back to its data, code, config and Prefect run."""
+    return {
+        "dataset_uri": data.pairs.uri,
+        "dataset_sha256": data.pairs.sha256,
+        "config_hash": config_hash(config),
+        "git_commit": mlflow_runs.git_commit(),
+        "prefect_flow_run_id": str(flow_run.id),
+        "prefect_flow_run_url": flow_run.ui_url or "",
+        "method": config.training.method,
+        "base_model": config.training.model_name_or_path,
+        "base_model_sha256": data.base.sha256,
+        "started_from": data.start_label,
+        "train_dataset_sha256": data.train.sha256,
+        "test_dataset_sha256": data.test.sha256,
+        "validation.valid": str(data.validation.valid),
+        "validation.quarantined": str(data.validation.quarantined),
+    }
+
+
+def open_book(
+    config: PipelineConfig, data: PreparedData, run_name: str, params: dict[str, str] | None = None, **tags: str
+) -> RunBook:
+    """Start the flow's MLflow run, log the resolved config and what the data stages produced."""
+    tracking = tracking_uri(config)
+    lineage = {**lineage_tags(config, data), **tags}
+    # A tracking server stores artifacts where it is configured to; a local store, in the state dir.
+    remote = tracking.startswith(("http://", "https://", "databricks"))
+    run_id = mlflow_runs.start_run(
+        tracking,
+        config.registry.experiment,
+        run_name,
+        flatten(config) if params is None else params,
+        lineage,
+        None if remote else artifact_root(config),
+    )
+    book = RunBook(
+        tracking=tracking,
+        run_id=run_id,
+        tags={
+            **lineage,
+            "training_run_id": run_id,
+            "config_uri": f"runs:/{run_id}/config/resolved.yaml",
+            "validation_report": f"runs:/{run_id}/validate/report.json",
+        },
+        run_prefix=config.name,
+        scratch=home(config) / "scratch",
+        ray_address=config.runtime.ray_address,
+        flow_run_url=flow_run.ui_url,
+    )
+    try:
+        _log_data(book, config, data)
+    except BaseException:
+        mlflow_runs.end_run(tracking, run_id, "FAILED")
+        raise
+    return book
+
+
+def _log_data(book: RunBook, config: PipelineConfig, data: PreparedData) -> None:
+    book.log_text(mlflow_runs.config_yaml(config), "config/resolved.yaml")
+    mlflow_runs.log_datasets(
+        book.tracking,
+        book.run_id,
+        {"train": (data.train.uri, data.train.sha256), "test": (data.test.uri, data.test.sha256)},
+        config.name,
+    )
+    generated = data.generation.model_dump()
+    book.log_metrics({f"generate/{k}": v for k, v in generated.items() if isinstance(v, int | float)})
+    book.log_metrics({"validate/valid": data.validation.valid, "validate/quarantined": data.validation.quarantined})
+    folder = data.pairs.path.parent
+    book.log_files(
+        {
+            "generate": folder / "report.json",
+            "generate/pipeline": folder / "pipeline.yaml",
+            "generate/lineage": folder / "lineage.json",  # content hash + pipeline hash
+            "generate/failed": folder / "failed_rows.jsonl",
+            "validate": Path(data.validation.files["report"]),
+            "validate/quarantine": Path(data.validation.files["quarantine"]),
+            "validate/summary": Path(data.validation.files["summary"]),
+        }
+    )

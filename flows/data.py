@@ -1,0 +1,111 @@
+"""Stages 1 and 2, shared by the alignment and comparison flows: generate, then validate.
+
+The generated dataset lives in a folder keyed by the content of everything that shapes the
+candidates and their scores (prompts, generator and judge settings, models, code, seed), so a
+re-run finds it again; the generate and validate tasks are Prefect-cached on the same content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignflow.conf.base import CHAMPION_MODEL
+from alignflow.conf.schema import PipelineConfig
+from alignflow.flows import artifacts
+from alignflow.flows.stages import base_model, generate, validate
+from alignflow.tasks.generation.endpoints import llm_slots
+from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
+from alignflow.tasks.generation.prompts import prompts_path, source_sha256
+from alignflow.tasks.generation.report import GenerationReport
+from alignflow.tasks.runtime.state import Ref, sha256_text
+from alignflow.tasks.validation import stage as validation
+from alignflow.tasks.validation.report import ValidationReport
+
+
+class GateFailed(RuntimeError):
+    """The run stopped at a gate (exit code 1), not because something broke."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What the data stages hand training: the models, the pairs and their validated split."""
+
+    base: Ref
+    start: Ref  # the policy's starting point: the base model, or the champion (training.start_from)
+    start_label: str
+    pairs: Ref
+    generation: GenerationReport
+    validation: ValidationReport
+    split: dict[str, Ref]
+
+    @property
+    def train(self) -> Ref:
+        return self.split["train"]
+
+    @property
+    def test(self) -> Ref:
+        return self.split["test"]
+
+
+def _generator_models(config: PipelineConfig, root: Path, base: Ref, champion: Ref | None) -> list[Ref | None]:
+    """Each generator's local model (None for an endpoint: its identity is in the settings)."""
+    models: list[Ref | None] = []
+    for _, llm in llm_slots(config.generation):
+        if llm.provider != "transformers":
+            models.append(None)
+        elif llm.model == CHAMPION_MODEL:
+            models.append(champion or base)
+        elif llm.model == config.training.model_name_or_path:
+            models.append(base)
+        else:
+            models.append(
+                base_model(config.training.model_copy(update={"model_name_or_path": llm.model}), root / "models")
+            )
+    return models
+
+
+def prepare_data(config: PipelineConfig, root: Path, base: Ref, champion: Ref | None) -> PreparedData:
+    """Generate (or import) pairs and validate them; raises GateFailed when the data is not fit to train on."""
+    gen = config.generation
+    models = [] if gen.preference_data else _generator_models(config, root, base, champion)
+    key, source_file = (
+        ("generation.preference_data", Path(gen.preference_data).expanduser())
+        if gen.preference_data
+        else ("generation.prompts", prompts_path(gen.prompts))
+    )
+    try:
+        source = Ref(uri=source_file.resolve().as_uri(), sha256=source_sha256(source_file))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc} ({key})") from None
+    # Binarization and thresholds only pick pairs from the candidates (one pairs folder per setting inside).
+    data_key = sha256_text(
+        candidate_settings(gen),
+        str(gen.preference_data),
+        source.sha256,
+        code_version(),
+        str(config.runtime.seed),
+        *(m.sha256 for m in models if m is not None),
+    )[:16]
+    folder = root / "datasets" / data_key
+    pairs, generated = generate(gen, source, models, folder, config.runtime.seed, config.runtime.ray_address)
+
+    checks_key = sha256_text(config.validation.model_dump_json(), pairs.sha256, validation.code_version())[:12]
+    report, split = validate(pairs, config.validation, base, folder / "validation" / checks_key)
+    artifacts.validation(report)
+    if not report.gate.passed:
+        raise GateFailed(
+            "validation gate failed: "
+            + "; ".join(report.gate.failures)
+            + f" (report: {report.files['report']}, quarantine: {report.files['quarantine']})"
+        )
+    from_champion = config.training.start_from == "champion" and champion is not None
+    return PreparedData(
+        base=base,
+        start=champion if from_champion and champion else base,
+        start_label="champion" if from_champion else "base",
+        pairs=pairs,
+        generation=generated,
+        validation=report,
+        split=split,
+    )
