@@ -99,6 +99,38 @@ def prefect_harness():
         yield
 
 
+# Integration tests start Ray, a server (Prefect, MLflow, the fake OpenAI endpoint), a browser, distilabel's
+# step processes or a whole flow; `pytest -m "not integration"` runs the fast unit tests alone. A test file
+# marks itself (pytestmark = pytest.mark.integration), or is marked here by the fixtures it uses or by name.
+INTEGRATION_FIXTURES = {"ray_session", "prefect_harness"}
+INTEGRATION_MODULES = {
+    "test_compare_flow",
+    "test_deploy_server",
+    "test_flow_e2e",
+    "test_generate_byo",
+    "test_generate_cache",
+    "test_generate_endpoint",
+    "test_generate_ray",
+    "test_generate_stage",
+    "test_notify_webhook",
+    "test_registry_server",
+    "test_sft_stage",
+    "test_train_distributed",
+    "test_train_objectives",
+    "test_train_stage",
+    "test_serving",
+    "test_stack",
+    "test_gpu_kit",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
