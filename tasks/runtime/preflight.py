@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignflow.conf.base import CHAMPION_MODEL
 from alignflow.conf.schema import PipelineConfig
 from alignflow.tasks.runtime.state import home
 
@@ -75,7 +76,7 @@ def _host_port(address: str, default_port: int) -> tuple[str, int]:
 def check_model(name: str, hf_home: Path) -> str | None:
     """A built-in model, a local folder with config.json, an s3:// (fsspec) prefix, or a hub id in the
     local cache (offline, the default) or on the hub (HF_HUB_OFFLINE=0)."""
-    if name.startswith("builtin:"):
+    if name.startswith("builtin:") or name == CHAMPION_MODEL:  # built here, or exported from the registry
         return None
     if "://" in name:
         return check_storage(name)
