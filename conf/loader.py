@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in nested dicts; the value is parsed as YAML (1e-4, true, [a, b])."""
     key, sep, raw = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {override!r}: expected key.path=value")
+        raise ConfigError(f"override {shown_override(override)!r}: expected key.path=value")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -52,7 +53,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     for depth, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parents[: depth + 1])}: is a value, not a section (override {override!r})")
+            raise ConfigError(
+                f"{'.'.join(parents[: depth + 1])}: is a value, not a section (override {shown_override(override)!r})"
+            )
         node = child
     node[leaf] = value
 
@@ -61,13 +64,39 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+# What a pasted credential looks like: provider prefixes, or a long run of letters and digits with both in it.
+_SECRET_VALUE = re.compile(r"^(sk-|sk_|hf_|ghp_|xox[abp]-|AKIA|eyJ)|^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9_\-+/=]{24,}$")
+_SECRET_KEY = re.compile(r"(key|token|secret|password|passwd)(?!_env)", re.IGNORECASE)
+
+
+def looks_secret(key: str, value: object) -> bool:
+    """True when a config value should never be printed: a credential-shaped value, or a credential-named key."""
+    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1])) or (
+        isinstance(value, str) and bool(_SECRET_VALUE.search(value.strip()))
+    )
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_\-+/=]{6,}")
+
+
+def shown_override(override: str) -> str:
+    """`key=value` as it may be printed: the value masked when it looks like a secret, and any credential-shaped
+    word inside a structured value (`{llm: {api_key_env: sk-...}}`) masked too."""
+    key, sep, raw = override.partition("=")
+    if sep and looks_secret(key, raw):
+        return f"{key}=***"
+    masked = _TOKEN.sub(lambda m: "***" if _SECRET_VALUE.search(m.group(0)) else m.group(0), raw)
+    return f"{key}{sep}{masked}"
+
+
 def format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for err in exc.errors():
         path = _key_path(err["loc"]) or "(top level)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         given = err.get("input")
-        shown = "" if err["type"] == "extra_forbidden" or isinstance(given, dict) else f" (got {given!r})"
+        hidden = err["type"] == "extra_forbidden" or isinstance(given, dict) or looks_secret(path, given)
+        shown = "" if hidden else f" (got {given!r})"
         lines.append(f"  {path}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -81,7 +110,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        label = f"{source} with overrides {' '.join(overrides)}" if overrides else str(source)
+        label = f"{source} with overrides {' '.join(map(shown_override, overrides))}" if overrides else str(source)
         raise ConfigError(format_errors(exc, label)) from None
 
 

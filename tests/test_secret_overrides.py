@@ -1,0 +1,34 @@
+"""A credential passed by mistake as an override is never printed back."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignflow.conf.loader import ConfigError, load_config, shown_override
+
+KEY = "sk-abcdef1234567890abcdef"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        f"generation.judge.llm.api_key_env={KEY}",
+        f"generation.judge={{kind: ultrafeedback, llm: {{provider: openai, api_key_env: {KEY}}}}}",
+        f"generation.generators=[{{provider: openai, model: m, api_key_env: {KEY}}}]",
+        f"runtime.notify_webhook={KEY}",
+        f"training.betaa={KEY}",
+    ],
+)
+def test_a_secret_looking_override_is_masked_in_every_error(override):
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=[override])
+    assert KEY not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_ordinary_overrides_are_shown_as_given():
+    assert shown_override("training.beta=0.1") == "training.beta=0.1"
+    assert shown_override("generation.prompts=data/prompts.jsonl") == "generation.prompts=data/prompts.jsonl"
+    assert shown_override("generation.judge.llm.api_key_env=OPENAI_API_KEY") == (
+        "generation.judge.llm.api_key_env=OPENAI_API_KEY"
+    )
+    assert shown_override("runtime.token=abc") == "runtime.token=***"
