@@ -36,11 +36,21 @@ def _report(result: dict, title: str) -> None:
 def promote_model(
     name: str, version: int, reason: str, tracking_uri: str | None = None, user: str | None = None
 ) -> dict:
-    """Move `champion` of `name` to `version`; `reason` is recorded with who and when."""
+    """Move `champion` of `name` to `version`; `reason` is recorded with who and when.
+
+    Args:
+        name: The registered model (MLflow), e.g. alignflow-tiny.
+        version: The model version to make champion; one that failed the gate can be promoted too, and is then
+            tagged promotion_gate_overridden=true.
+        reason: Why, in words a colleague reads later: recorded on the version and in the champion history.
+        tracking_uri: The MLflow tracking server (default: $MLFLOW_TRACKING_URI, else the state directory's SQLite).
+        user: Who decided (default: the authenticated user, else $ALIGNFLOW_USER, else the OS user).
+    """
     uri = tracking_uri or promotion.default_tracking_uri()
     result = promotion.promote(uri, name, str(version), reason, user=user, source="manual", flow_run=_flow_run_ref())
     if result["changed"]:
-        _report(result, f"promoted {name} version {version}")
+        overridden = " (gate overridden: it had not passed)" if result.get("gate_overridden") else ""
+        _report(result, f"promoted {name} version {version}{overridden}")
     get_run_logger().info("%s version %s is champion (was %s)", name, version, result.get("previous"))
     return result
 
@@ -49,7 +59,14 @@ def promote_model(
 def rollback_model(
     name: str, reason: str = "rollback", tracking_uri: str | None = None, user: str | None = None
 ) -> dict:
-    """Move `champion` of `name` back to the version that held it before the current one."""
+    """Move `champion` of `name` back to the version that held it before the current one.
+
+    Args:
+        name: The registered model (MLflow), e.g. alignflow-tiny.
+        reason: Why the current champion is withdrawn: recorded on the version and in the champion history.
+        tracking_uri: The MLflow tracking server (default: $MLFLOW_TRACKING_URI, else the state directory's SQLite).
+        user: Who decided (default: the authenticated user, else $ALIGNFLOW_USER, else the OS user).
+    """
     uri = tracking_uri or promotion.default_tracking_uri()
     result = promotion.rollback(uri, name, reason, user=user, flow_run=_flow_run_ref())
     _report(result, f"rolled back {name} to version {result['version']}")

@@ -80,9 +80,15 @@ def promote(
     if not result["changed"]:
         console.print(f"{name} version {version} is already the champion; nothing changed")
         return
+    if result["gate_overridden"]:
+        console.print(
+            f"[yellow]gate overridden[/yellow]: version {version} did not pass the gate "
+            f"({result['gate_reason'] or 'no reason recorded'}); you promoted it by hand, and the version is tagged "
+            "promotion_gate_overridden=true"
+        )
     console.print(
         f"[green]{name} version {version} is champion[/green] (was {result['previous']}); "
-        f"by {result['by']} at {result['at']}"
+        f"by {result['by']} at {result['at']}: {reason}"
     )
 
 
@@ -108,19 +114,30 @@ def history(
     tracking_uri: TrackingOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """List the champions of a model, oldest first (gate promotions, manual promotions, rollbacks)."""
+    """Every version with its aliases and gate outcome, then the champion changes, oldest first."""
     from alignflow.tasks.registry import promotion
 
-    events = _call(promotion.history, _tracking(tracking_uri, config), name)
+    uri = _tracking(tracking_uri, config)
+    every = _call(promotion.versions, uri, name)
+    events = _call(promotion.history, uri, name)
     if as_json:
-        print(json.dumps(events, indent=2))
+        print(json.dumps({"versions": every, "champion_changes": events}, indent=2))
         return
+    out = Console(soft_wrap=True)
+    versions = Table(title=f"{name}: versions (newest first)")
+    for col in ("version", "aliases", "created", "gate", "against", "win rate", "95% CI", "n prompts"):
+        versions.add_column(col)
+    for v in every:
+        gate = v["gate"] + (" (overridden by hand)" if v["overridden"] else "")
+        cells = (v["version"], ", ".join(v["aliases"]) or "-", v["created"], gate, v["against"], v["win_rate"])
+        versions.add_row(*cells, v["ci95"], v["n_prompts"])
+    out.print(versions)
     table = Table(title=f"{name}: champion history")
     for col in ("#", "at", "action", "version", "previous", "by", "reason"):
         table.add_column(col)
     for e in events:
         table.add_row(*(str(e.get(k) or "-") for k in ("seq", "at", "action", "version", "previous", "by", "reason")))
-    Console(soft_wrap=True).print(table)
+    out.print(table)
     if not events:
         console.print(f"{name} has no recorded champion changes")
 

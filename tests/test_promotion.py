@@ -63,6 +63,8 @@ def test_promote_and_rollback_on_sqlite(sqlite_model, monkeypatch):
     with pytest.raises(promotion.PromotionRefused, match="nothing to roll back"):
         promotion.rollback(uri, "m")
     assert [e["version"] for e in promotion.history(uri, "m")] == ["1", "2", "3", "2", "1"]
+    listed = promotion.versions(uri, "m")
+    assert [v["version"] for v in listed] == ["3", "2", "1"] and listed[2]["aliases"] == ["champion"]
     assert client.get_model_version("m", "3").tags["rolled_back_by"] == "carol"
 
 

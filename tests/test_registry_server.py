@@ -160,6 +160,7 @@ def test_cli_promote_rollback_history(server, two_versions):
     client = MlflowClient(server)
     done = cli(server, "promote", NAME, "2", "--reason", "better answers on the support prompts")
     assert done.returncode == 0, done.stderr
+    assert "gate overridden" in done.stderr and "did not pass the gate" in done.stderr
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     tags = client.get_model_version(NAME, "2").tags
     assert tags["promoted_by"] == "alice" and tags["promotion_reason"] == "better answers on the support prompts"
@@ -179,7 +180,12 @@ def test_cli_promote_rollback_history(server, two_versions):
 
     shown = cli(server, "history", NAME, "--json")
     assert shown.returncode == 0, shown.stderr
-    events = json.loads(shown.stdout)
+    listed = json.loads(shown.stdout)
+    events = listed["champion_changes"]
+    assert [(v["version"], v["aliases"]) for v in listed["versions"]] == [("2", ["challenger"]), ("1", ["champion"])]
+    assert [v["gate"] for v in listed["versions"]] == ["not promoted", "promoted"] and listed["versions"][0][
+        "overridden"
+    ]
     assert [(e["action"], e["version"], e["previous"]) for e in events] == [
         ("gate", "1", None),
         ("promote", "2", "1"),

@@ -268,7 +268,37 @@ def promote(
                 "flow_run": flow_run,
             },
         )
-    return {"model": name, "changed": True, **event}
+    overridden = outcome == "not promoted"
+    return {
+        "model": name,
+        "changed": True,
+        **event,
+        "gate_overridden": overridden,
+        "gate_reason": found.tags.get("gate.reason", "") if overridden else "",
+    }
+
+
+def versions(tracking_uri: str, name: str) -> list[dict]:
+    """Every version of `name`, newest first, with its aliases and the gate's outcome and evidence."""
+    client = mlflow_client(tracking_uri)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    found = client.search_model_versions(f"name = '{name}'")
+    return [
+        {
+            "version": str(v.version),
+            "aliases": sorted(aliases.get(str(v.version), [])),
+            "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=UTC).isoformat(timespec="seconds"),
+            "gate": v.tags.get("gate.outcome", "-"),
+            "against": v.tags.get("gate.against", "-"),
+            "win_rate": v.tags.get("gate.win_rate", "-"),
+            "ci95": v.tags.get("gate.win_rate_ci95", "-"),
+            "n_prompts": v.tags.get("gate.n_prompts", "-"),
+            "overridden": v.tags.get("promotion_gate_overridden") == "true",
+        }
+        for v in sorted(found, key=lambda v: int(v.version), reverse=True)
+    ]
 
 
 def rollback(
