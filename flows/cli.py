@@ -111,14 +111,20 @@ def run(
     )
     started = time.perf_counter()
     from alignflow.flows.alignment import GateFailed, alignment
+    from alignflow.flows.logs import tracebacks_to_file
 
+    log_file = tracebacks_to_file(root)
     try:
         result = alignment(cfg)
     except GateFailed as exc:
-        console.print(f"[yellow]stopped at a gate[/yellow]: {exc}")
+        console.print(f"[yellow]stopped at a gate[/yellow]: {escape(str(exc))}")
+        console.print(f"full log: {log_file}")
         raise typer.Exit(1) from None
-    except Exception as exc:  # a stage failed: say which and why, exit 1
-        console.print(f"[red]run failed[/red]: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # a stage failed: say which and why in one line, exit 1; the traceback is in the log
+        console.print(
+            f"[red]run failed[/red]: {type(exc).__name__}: {escape(str(exc).splitlines()[0] if str(exc) else '')}"
+        )
+        console.print(f"full log (with the traceback): {log_file}")
         raise typer.Exit(1) from None
     _print_summary(result, time.perf_counter() - started, root)
 
