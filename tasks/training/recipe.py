@@ -14,7 +14,7 @@ import dataclasses
 import os
 import tempfile
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from alignflow.conf.training import TrainingConfig, run_defaults
@@ -85,13 +85,12 @@ def get_tokenizer(model_path: str, stage: str):
     return tokenizer
 
 
-def get_model(training: TrainingConfig, model_path: str):
+def get_model(model_args):
     """The base model as trl.ModelConfig describes it (dtype, revision, attention, QLoRA quantization)."""
     import torch
     from transformers import AutoModelForCausalLM
-    from trl import ModelConfig, get_quantization_config
+    from trl import get_quantization_config
 
-    model_args = ModelConfig(**training.model_kwargs(model_path))
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     return AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
@@ -100,14 +99,6 @@ def get_model(training: TrainingConfig, model_path: str):
         dtype=dtype,
         quantization_config=get_quantization_config(model_args),
     )
-
-
-def get_peft_config(training: TrainingConfig, model_path: str):
-    """LoRA adapters (None unless use_peft), from trl.ModelConfig's lora_* fields."""
-    from trl import ModelConfig
-    from trl import get_peft_config as from_model_config
-
-    return from_model_config(ModelConfig(**training.model_kwargs(model_path)))
 
 
 def with_reference_cache(trainer_class: type, cache_file: Path) -> type:
@@ -158,18 +149,20 @@ def build_trainer(
     train_path: str,
     output_dir: str,
     stage: str = "preference",
-    callbacks: tuple = (),
+    callbacks: Sequence = (),
     reference_cache: Path | None = None,
 ):
     """The stage's TRL trainer on the train split at `train_path`: `training.method`, or SFT when `stage` is "sft"."""
     import datasets
+    from trl import ModelConfig, get_peft_config
 
     stage = SFT if stage == SFT else training.method
     ###################
     # Model & tokenizer
     ###################
+    model_args = ModelConfig(**training.model_kwargs(model_path))
     tokenizer = get_tokenizer(model_path, stage)
-    model = get_model(training, model_path)
+    model = get_model(model_args)
     ######
     # Data
     ######
@@ -188,7 +181,7 @@ def build_trainer(
         train_dataset=data,
         processing_class=tokenizer,
         callbacks=list(callbacks),
-        peft_config=get_peft_config(training, model_path),
+        peft_config=get_peft_config(model_args),  # LoRA from ModelConfig's lora_* fields, None unless use_peft
     )
     return trainer, tokenizer
 
