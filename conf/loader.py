@@ -101,16 +101,35 @@ def format_errors(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """The resolved config: profile file (default: the embedded one) plus overrides."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), trl_checks: bool = True
+) -> PipelineConfig:
+    """The resolved config: profile file (default: the embedded one) plus overrides.
+
+    `trl_checks`: also run TRL's own checks on the training knobs (check_trl). The CLI runs them
+    itself, after the cheap checks (keys, paths, endpoints), so that those answer in a second."""
     source = Path(path) if path else DEFAULT_PROFILE
     data = _read_yaml(source)
     for override in overrides:
         apply_override(data, override)
+    label = f"{source} with overrides {' '.join(map(shown_override, overrides))}" if overrides else str(source)
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        label = f"{source} with overrides {' '.join(map(shown_override, overrides))}" if overrides else str(source)
+        raise ConfigError(format_errors(exc, label)) from None
+    if trl_checks:
+        check_trl(config, label)
+    return config
+
+
+def check_trl(config: PipelineConfig, label: str = "config") -> None:
+    """TRL's own checks (its config classes' __post_init__) on the training section and every recipe;
+    ConfigError naming each rejected key. Imports TRL's config classes: seconds, the first time."""
+    from alignflow.conf.comparison import check_with_trl
+
+    try:
+        check_with_trl(config.training, config.comparison)
+    except ValidationError as exc:
         raise ConfigError(format_errors(exc, label)) from None
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from alignflow.conf.base import Section
-from alignflow.conf.comparison import ComparisonConfig, check_with_trl
+from alignflow.conf.comparison import ComparisonConfig
 from alignflow.conf.evaluation import EvaluationConfig, RegistryConfig
 from alignflow.conf.generation import GenerationConfig
 from alignflow.conf.merge import deep_merge
@@ -81,10 +81,4 @@ class PipelineConfig(Section):
                         f"comparison.recipes.{name}.{key}: recipes share the base model of training.{key}; "
                         "compare base models in separate runs"
                     )
-        return self
-
-    @model_validator(mode="after")
-    def _trl_accepts_the_knobs(self) -> PipelineConfig:
-        # Last: TRL's own checks import its config classes (seconds), so a typo caught above exits fast.
-        check_with_trl(self.training, self.comparison)
         return self

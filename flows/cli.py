@@ -47,13 +47,27 @@ ConfigOption = Annotated[
 ]
 
 
-def _load(config: Path | None, overrides: list[str]) -> PipelineConfig:
+def _config_error(exc: ConfigError) -> typer.Exit:
+    console.print(f"[red]config error[/red] {escape(str(exc))}")  # not markup: keys like orpo[beta=0]
+    console.print("Fix the key above (see conf/pipeline.yaml for every knob), then run again.")
+    return typer.Exit(2)
+
+
+def _load(config: Path | None, overrides: list[str], trl_checks: bool = True) -> PipelineConfig:
     try:
-        return load_config(config, overrides)
+        return load_config(config, overrides, trl_checks=trl_checks)
     except ConfigError as exc:
-        console.print(f"[red]config error[/red] {escape(str(exc))}")  # not markup: keys like orpo[beta=0]
-        console.print("Fix the key above (see conf/pipeline.yaml for every knob), then run again.")
-        raise typer.Exit(2) from None
+        raise _config_error(exc) from None
+
+
+def _check_trl(cfg: PipelineConfig) -> None:
+    """TRL's own value checks: after the cheap ones, since they import TRL (seconds)."""
+    from alignflow.conf.loader import check_trl
+
+    try:
+        check_trl(cfg)
+    except ConfigError as exc:
+        raise _config_error(exc) from None
 
 
 def _check_api_keys(cfg: PipelineConfig) -> None:
@@ -99,9 +113,10 @@ def run(
     home: HomeOption = None,
 ) -> None:
     """Run the whole pipeline as one Prefect flow."""
-    cfg = _load(config, [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])])
+    cfg = _load(config, [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])], False)
     _check_api_keys(cfg)
     _preflight(cfg)
+    _check_trl(cfg)
     from alignflow.tasks.runtime.state import configure_environment
 
     root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported

@@ -197,7 +197,12 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
     """(config key, target, check) for every part the config names, in pipeline order."""
     hf_home = Path(os.environ.get("HF_HOME") or home(config) / "hf")
     gen, found = config.generation, []
-    for key, path in (("generation.prompts", gen.prompts), ("generation.preference_data", gen.preference_data)):
+    paths = (
+        ("generation.prompts", gen.prompts),
+        ("generation.preference_data", gen.preference_data),
+        ("evaluation.prompts", config.evaluation.prompts),
+    )
+    for key, path in paths:
         if path and not path.startswith("builtin:") and "://" not in path:
             found.append((key, path, lambda p=path: None if Path(p).expanduser().exists() else "no such file"))
     if not gen.preference_data:
