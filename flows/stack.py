@@ -109,6 +109,17 @@ def client_env(home: Path, ports: Ports, creds: dict[str, str]) -> dict[str, str
     }
 
 
+def profile_overrides(ports: Ports) -> list[str]:
+    """What conf/stack.yaml needs on top when the stack runs on other ports than the profile names."""
+    if ports == Ports():
+        return []
+    return [
+        f"runtime.tracking_uri=http://{HOST}:{ports.mlflow}",
+        f"runtime.mlflow_ui_url=http://{HOST}:{ports.mlflow}",
+        f"runtime.ray_address={HOST}:{ports.ray}",
+    ]
+
+
 def urls(root: Path, ports: Ports) -> str:
     return "\n".join(
         [
@@ -118,7 +129,8 @@ def urls(root: Path, ports: Ports) -> str:
             f"  Postgres         {HOST}:{ports.postgres}   databases {', '.join(DATABASES)}",
             f"  Ray              {HOST}:{ports.ray}   head + worker node (resource {WORKER_RESOURCE!r})",
             f"  Prefect worker   pool {WORK_POOL!r}; logs in {root / 'logs'}",
-            f"  your shell       . {root / 'env.sh'}   then: alignflow run --config conf/stack.yaml",
+            f"  your shell       . {root / 'env.sh'}   then: alignflow run --config conf/stack.yaml "
+            + " ".join(profile_overrides(ports)),
         ]
     )
 
@@ -153,7 +165,7 @@ def stack_up(home: Path, ports: Ports | None = None, deploy: bool = True) -> dic
             from alignflow.flows.serve import deploy_all
 
             os.environ.update(env)  # before prefect is imported: its settings read the environment
-            deploy_all(profile="stack")
+            deploy_all(profile="stack", overrides=profile_overrides(ports))
             start_prefect_worker(root, WORK_POOL, full)
     except BaseException:
         stack_down(home)

@@ -8,6 +8,7 @@ stack's folder, never through argv (which `ps` shows).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from alignflow.flows.processes import (
     HOST,
+    descendants,
     free_ports,
     http_status,
     run_checked,
@@ -237,6 +239,7 @@ def start_mlflow(root: Path, ports: Ports, creds: dict[str, str], env: dict[str,
         "--serve-artifacts",
         "--host",
         HOST,
+        descendants,
         "--port",
         str(ports.mlflow),
         "--workers",
@@ -296,13 +299,12 @@ def ray_node_args(root: Path, ports: Ports, head: bool, cpus: int = 1) -> list[s
         *_node_ports(),
     ]
     if head:
-        (dashboard,) = free_ports(1)
+        # No dashboard (as for the local Ray of the embedded default): it costs start-up time and memory.
         return [
             *common,
             "--head",
             f"--port={ports.ray}",
-            f"--dashboard-host={HOST}",
-            f"--dashboard-port={dashboard}",
+            "--include-dashboard=false",
             f"--temp-dir={root / 'ray' / 'h'}",
         ]
     return [
@@ -326,13 +328,19 @@ def ray_node_count(address: str) -> int:
 NODE_ENV = {"RAY_agent_register_timeout_ms": "180000"}
 
 
-def _start_node(name: str, args: list[str], env: dict[str, str], root: Path, ready, attempts: int = 3) -> dict:
+def _start_node(name: str, args: list[str], env: dict[str, str], root: Path, ready, attempts: int = 5) -> dict:
     """`ray start --block` until `ready()`; again when it gives up (its own 30 s registration limit, which a
     machine busy with other work can exceed)."""
+    # As root, start-up runs at a higher priority: the raylet gives its agents about 15 s to report their
+    # ports, which a machine busy with other work can exceed. Back to normal once the node has joined.
+    boost = ["nice", "-n", "-10"] if os.geteuid() == 0 and shutil.which("nice") else []
     for attempt in range(attempts):
-        record = spawn(name, args, {**env, **NODE_ENV}, root)
+        record = spawn(name, [*boost, *args], {**env, **NODE_ENV}, root)
         try:
             wait_for(ready, f"the Ray node {name}", record, 150)
+            for pid in [record["pid"], *descendants(record["pid"])]:
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, pid, 0)
             return record
         except (RuntimeError, TimeoutError):
             terminate(record)

@@ -102,8 +102,18 @@ def test_compose_file_is_valid_for_docker_compose():
     tool = shutil.which("docker-compose")
     if tool is None:
         pytest.skip("docker-compose (Debian's docker-compose 1.29) not installed: apt-get install -y docker-compose")
+    # Credentials come from the environment: without them compose refuses (and names the variable).
+    needed = re.findall(r"\$\{(\w+):\?", (DEPLOY / "docker-compose.yml").read_text())
+    bare = {k: v for k, v in os.environ.items() if k not in needed}
     done = subprocess.run(
-        [tool, "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True
+        [tool, "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, env=bare
+    )
+    assert done.returncode != 0 and needed[0] in done.stderr
+    done = subprocess.run(
+        [tool, "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env={**bare, **dict.fromkeys(needed, "x")},
     )
     assert done.returncode == 0, done.stderr
 
@@ -114,7 +124,8 @@ def test_cluster_profile_points_at_the_compose_services(cluster, compose):
     tracking = urlparse(cluster.runtime.tracking_uri)
     mlflow_cmd = _command(services[tracking.hostname])
     assert f"--port {tracking.port}" in mlflow_cmd and "--serve-artifacts" in mlflow_cmd
-    assert "mlflow-postgres:5432" in mlflow_cmd and "s3://mlflow" in mlflow_cmd
+    assert "--app-name basic-auth" in mlflow_cmd and "s3://mlflow" in mlflow_cmd
+    assert "@mlflow-postgres:5432/mlflow" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
     # Ray: the worker container joins the head as a node, so the flow reaches it with `auto`.
     assert cluster.runtime.ray_address == "auto"
     assert "--port=6379" in _command(services["ray-head"])
@@ -134,7 +145,7 @@ def test_cluster_profile_points_at_the_compose_services(cluster, compose):
         assert service["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
     for path in (
-        cluster.runtime.home,
+        services["worker"]["environment"]["ALIGNFLOW_HOME"],  # the profile leaves the state dir to the env
         cluster.training.model_name_or_path,
         *(g.model for g in cluster.generation.generators),
     ):
@@ -164,6 +175,19 @@ def test_compose_services_are_wired_consistently(compose):
     env = services["worker"]["environment"]
     for key in ("ALIGNFLOW_HOME", "ALIGNFLOW_MLFLOW_UI_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         assert env[key], key
+    # Auth as `alignflow stack up` tested it: every secret from the environment, none with a default.
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"].startswith(
+        "${PREFECT_API_AUTH_STRING:?"
+    )
+    for key in (
+        "PREFECT_API_AUTH_STRING",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
+        assert env[key].startswith(f"${{{key}:?"), key
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    assert not re.search(r"\$\{\w*(PASSWORD|SECRET|AUTH)\w*:-", text), "a secret with a default value"
 
 
 def test_dockerfile_installs_the_tested_versions():
@@ -199,7 +223,8 @@ def test_kuberay_manifests():
         assert {r["configMapRef"]["name"] for r in refs if "configMapRef" in r} == {
             storage["ConfigMap"]["metadata"]["name"]
         }
-        assert {r["secretRef"]["name"] for r in refs if "secretRef" in r} == {storage["Secret"]["metadata"]["name"]}
+        assert {r["secretRef"]["name"] for r in refs if "secretRef" in r} == {"alignflow-credentials"}
+    assert "Secret" not in storage  # credentials are created from the environment, never kept in the repo
 
     job = _yaml(DEPLOY / "kuberay" / "rayjob.yaml")
     assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]

