@@ -116,6 +116,12 @@ class GenerationConfig(Section):
         description="Bring your own pairs and skip generation: a .jsonl/.json/.parquet/.csv file or a `datasets` "
         "folder in a TRL preference format (standard, conversational, implicit prompt).",
     )
+    preference_columns: dict[Literal["prompt", "chosen", "rejected", "system"], str] = Field(
+        default_factory=dict,
+        description="preference_data's columns when they are named otherwise: TRL's name -> the file's, e.g. "
+        "{prompt: question, chosen: response_j, rejected: response_k}; `system` names a system-prompt column. "
+        "Also read by `alignflow validate`.",
+    )
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [GeneratorConfig(temperature=0.5), GeneratorConfig(temperature=1.2)],
         min_length=1,

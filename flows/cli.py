@@ -250,7 +250,11 @@ def _print_comparison(result: dict, wall: float, root: Path) -> None:
 @app.command()
 def validate(
     data: Annotated[
-        Path, typer.Argument(help="Preference dataset: .jsonl, .json, .parquet or .csv (standard or conversational).")
+        Path,
+        typer.Argument(
+            help="Preference dataset: .jsonl, .json, .parquet or .csv (gzipped text too), or a dataset id read "
+            "offline from the HF cache (owner/name[:split])."
+        ),
     ],
     config: ConfigOption = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
@@ -258,61 +262,110 @@ def validate(
         Path | None, typer.Option("--out", help="Folder for quarantine, summary and split (default: next to --report).")
     ] = None,
     no_tokenizer: Annotated[
-        bool, typer.Option("--no-tokenizer", help="Skip the token-length checks (no model or tokenizer is loaded).")
+        bool,
+        typer.Option(
+            "--no-tokenizer",
+            help="Skip the token checks (too_long, double_bos): no tokenizer is loaded. Without it the tokenizer "
+            "of training.model_name_or_path is loaded once rows need it (the offline tiny model's alone is built).",
+        ),
     ] = False,
     overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides")] = None,
 ) -> None:
     """Check a preference dataset on its own (the flow's validate stage); exit 1 when the gate fails."""
-    cfg = _load(config, overrides or [])
+    cfg = _load(config, overrides or [], trl_checks=False)  # nothing is trained: TRL's checks are not needed
+    from alignflow.tasks.generation.byo import PreferenceDataError, is_dataset_id, load_dataset_id
     from alignflow.tasks.runtime.state import configure_environment, home
     from alignflow.tasks.validation.readers import DatasetError, check_readable
     from alignflow.tasks.validation.stage import validate_file
 
+    dataset_id = is_dataset_id(str(data))
+    if not dataset_id:
+        try:
+            check_readable(data)  # before anything slow: a bad path costs nothing
+        except DatasetError as exc:
+            console.print(f"[red]cannot read dataset[/red]: {exc}")
+            raise typer.Exit(2) from None
+    eval_prompts = _eval_prompts(cfg)
+    configure_environment(cfg)
+    name = str(data).removeprefix("hf:").replace("/", "--").replace(":", "-") if dataset_id else data.stem
+    out_dir = out or (report.parent if report else home(cfg) / "validate") / f"{name}.validation"
+    notes: list[str] = []
+    if dataset_id:
+        try:
+            data, note = load_dataset_id(str(data), out_dir / "source")
+        except PreferenceDataError as exc:
+            console.print(f"[red]cannot read dataset[/red]: {escape(str(exc))}")
+            raise typer.Exit(2) from None
+        notes.append(note)
+
+    def load_tokenizer():  # called by the validator once the first rows need measuring, not before
+        from alignflow.tasks.validation.tokens import load_tokenizer
+
+        return load_tokenizer(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models")
+
+    token_checks = {"too_long", "double_bos"} & {*cfg.validation.errors, *cfg.validation.warnings}
+    tokenizer = load_tokenizer if token_checks and not no_tokenizer else None
     try:
-        check_readable(data)  # before anything slow: a bad path costs nothing
+        result = validate_file(
+            data,
+            cfg.validation,
+            out_dir,
+            tokenizer,
+            columns=cfg.generation.preference_columns,
+            eval_prompts=eval_prompts,
+            notes=notes,
+        )
     except DatasetError as exc:
         console.print(f"[red]cannot read dataset[/red]: {exc}")
         raise typer.Exit(2) from None
-    configure_environment(cfg)
-    tokenizer = None
-    if not no_tokenizer and "too_long" in (*cfg.validation.errors, *cfg.validation.warnings):
-        from transformers import AutoTokenizer
-
-        from alignflow.tasks.runtime.tiny_model import resolve_model
-
-        model = resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models")
-        tokenizer = AutoTokenizer.from_pretrained(str(model))
-    out_dir = out or (report.parent if report else home(cfg) / "validate") / f"{data.stem}.validation"
-    try:
-        result = validate_file(data, cfg.validation, out_dir, tokenizer)
-    except DatasetError as exc:
-        console.print(f"[red]cannot read dataset[/red]: {exc}")
+    except OSError as exc:  # the tokenizer of training.model_name_or_path could not be loaded
+        console.print(
+            f"[red]cannot load the tokenizer[/red] of training.model_name_or_path={cfg.training.model_name_or_path}: "
+            f"{escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)} (--no-tokenizer skips the token checks)"
+        )
         raise typer.Exit(2) from None
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
-    table = Table(title=f"{data}: {result.valid}/{result.rows} valid ({result.format})")
+    for note in result.notes:
+        console.print(f"[dim]read:[/dim] {escape(note)}")
+    table = Table(title=escape(f"{data}: {result.valid}/{result.rows} valid ({result.format})"))
     for col in ("check", "level", "count", "example rows"):
         table.add_column(col)
     for check_id, item in result.checks.items():
         if item.count or item.level == "error":
-            table.add_row(check_id, item.level, str(item.count), str(item.example_rows))
+            count = "skipped" if item.skipped and not item.count else str(item.count)
+            table.add_row(check_id, item.level, count, str(item.example_rows))
     console.print(table)
+    for check_id, item in result.checks.items():
+        if item.skipped:
+            console.print(f"[dim]{check_id} skipped: {item.skipped}[/dim]")
     if result.tokens.measured:
         t = result.tokens
         console.print(
             f"tokens: longest {t.longest}, mean {t.mean}, {t.truncated_fraction:.1%} over max_length={t.max_length}"
         )
     for warning in result.gate.warnings:
-        console.print(f"[yellow]warning[/yellow] {warning}")
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     console.print(
         f"quarantine: {result.files['quarantine']}  summary: {result.files['summary']}  "
         f"report: {report or result.files['report']}"
     )
     if not result.gate.passed:
-        console.print("[yellow]gate failed[/yellow]: " + "; ".join(result.gate.failures))
+        console.print("[yellow]gate failed[/yellow]: " + escape("; ".join(result.gate.failures)))
         raise typer.Exit(1)
     console.print(f"[green]gate passed[/green] ({result.rows_per_second} rows/s)")
+
+
+def _eval_prompts(cfg: PipelineConfig) -> list[str]:
+    """The evaluation prompt set (evaluation.prompts), for the eval_overlap check; exit 2 when unreadable."""
+    from alignflow.tasks.generation.prompts import load_prompts
+
+    try:
+        return [row["prompt"] for row in load_prompts(cfg.evaluation.prompts)]
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]config error[/red] evaluation.prompts: {escape(str(exc))}")
+        raise typer.Exit(2) from None
 
 
 from alignflow.flows.registry_cli import add_commands  # noqa: E402  (promote, rollback, history)

@@ -42,40 +42,41 @@ def query_texts(rows: np.ndarray, tp: list, conversations: dict) -> list[str]:
     return out
 
 
-def in_eval_set(queries: list[str], eval_prompts: frozenset[str]) -> np.ndarray:
-    """Per query: its normalisation is one of the evaluation prompts'."""
-    if not eval_prompts or not queries:
-        return np.zeros(len(queries), dtype=bool)
-    return np.fromiter((q in eval_prompts for q in normalise(queries)), dtype=bool, count=len(queries))
+def in_eval_set(normalised: list[str], eval_prompts: frozenset[str]) -> np.ndarray:
+    """Per normalised query: it is one of the evaluation prompts."""
+    if not eval_prompts or not normalised:
+        return np.zeros(len(normalised), dtype=bool)
+    return np.fromiter((q in eval_prompts for q in normalised), dtype=bool, count=len(normalised))
 
 
-def prompt_in_responses(queries: list[str], chosen: list[str], rejected: list[str]) -> np.ndarray:
+def prompt_in_responses(normalised: list[str], chosen: list[str], rejected: list[str]) -> np.ndarray:
     """Per row: chosen or rejected holds the whole (normalised, 4+ word) prompt as a run of words.
 
-    Responses are only lower-cased for a first test on the prompt's longest word (cheap, in
-    pyarrow); the few rows that pass it are normalised in full and compared word-aligned."""
+    A first test is cheap: the prompt's most telling words (with digits first, then the longest)
+    must all occur in the lower-cased response. Only the rows that pass it are normalised in full
+    and compared word-aligned, so the cost stays near one substring search per row."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    n = len(queries)
+    n = len(normalised)
     hits = np.zeros(n, dtype=bool)
     if not n:
         return hits
-    norm = normalise(queries)
-    candidates = []
     lower_c = pc.utf8_lower(pa.array(chosen, type=pa.string())).to_pylist()
     lower_r = pc.utf8_lower(pa.array(rejected, type=pa.string())).to_pylist()
-    for i, q in enumerate(norm):
+    candidates = []
+    for i, q in enumerate(normalised):
         words = q.split(" ")
         if len(words) < MIN_PROMPT_WORDS:
             continue
-        probe = max(words, key=len)
-        if probe in lower_c[i] or probe in lower_r[i]:
+        probes = sorted(set(words), key=lambda w: (w.isalpha(), -len(w)))[:3]
+        c, r = lower_c[i], lower_r[i]
+        if all(w in c for w in probes) or all(w in r for w in probes):
             candidates.append(i)
     if candidates:
         texts = normalise([chosen[i] for i in candidates] + [rejected[i] for i in candidates])
         k = len(candidates)
         for j, i in enumerate(candidates):
-            needle = f" {norm[i]} "
+            needle = f" {normalised[i]} "
             hits[i] = needle in f" {texts[j]} " or needle in f" {texts[k + j]} "
     return hits

@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-CACHE_LIMIT = 1 << 19  # units remembered (about 50 MB at most); cleared when full, so memory stays flat
+if TYPE_CHECKING:
+    from alignflow.conf.training import TinyModelConfig
+
+CACHE_LIMIT = 1 << 19  # units remembered per cache (about 50 MB at most); cleared when full: memory stays flat
 FIRST_CHECK = 256  # texts compared with whole-text tokenization before trusting the unit sums
 BATCH_CHECK = 8  # texts compared again in every later batch
 SHAPE_CHECK = 8  # rows of each conversation shape compared with apply_chat_template
@@ -48,7 +53,8 @@ class TokenCounter:
         self.skeletons: dict[tuple[str, ...], list[str] | None] = {}
         self.shape_checked: dict[tuple[str, ...], int] = {}
         self.additive: bool | None = None if self.backend is not None else False
-        self.cache: dict[str, int] = {}
+        self.words: dict[str, int] = {}  # count of " " + key
+        self.heads: dict[str, int] = {}  # count of key (a text's first unit)
         self.bos = getattr(tokenizer, "bos_token", None) or None
         self.rng = random.Random(seed)
         self.stats = {"texts": 0, "whole": 0, "jinja_rows": 0}
@@ -176,7 +182,8 @@ class TokenCounter:
             exact = self._whole([texts[i] for i in checks])
             if not np.array_equal(exact, counts[checks]):
                 self.additive = False  # not a tokenizer the unit sums hold for: whole texts from now on
-                self.cache.clear()
+                self.words.clear()
+                self.heads.clear()
                 return self._whole(texts)
             if self.additive is None and len(checks) >= min(FIRST_CHECK, len(texts) - len(whole)):
                 self.additive = True
@@ -197,35 +204,46 @@ class TokenCounter:
         return np.fromiter((len(x) for x in ids), np.int64, len(texts))
 
     def _unit_sums(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per text, the sum of its units' counts; and the texts that must be counted whole."""
+        """Per text, the sum of its units' counts; and the texts that must be counted whole.
+
+        A text split at its spaces gives its units: the first as it is, every other one with the
+        space in front. Two caches hold their counts: `heads` by the text, `words` by what follows
+        the space. The split and the lookups of each distinct part run in pyarrow (measured 2.5x
+        faster than str.split and dict lookups per part)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        array = pa.array(texts, type=pa.large_string())
-        units = pc.split_pattern(pc.replace_substring(array, " ", "\x00 "), "\x00")
-        offsets = units.offsets.to_numpy()
-        flat = units.flatten()
-        # A cut right after whitespace (two spaces, a space after a newline) is not a token boundary.
-        ends_blank = pc.binary_length(pc.utf8_rtrim_whitespace(flat)).to_numpy() < pc.binary_length(flat).to_numpy()
-        ends_blank[offsets[1:] - 1] = False  # the text's last unit may end as it likes
-        blank_cut = np.add.reduceat(ends_blank.astype(np.int64), offsets[:-1]) > 0
-        has_nul = pc.match_substring(array, "\x00").to_numpy(zero_copy_only=False)
-        whole = np.flatnonzero(blank_cut | has_nul)
-
+        lists = pc.split_pattern(pa.array(texts, type=pa.large_string()), " ")
+        offsets = lists.offsets.to_numpy()
+        flat = lists.flatten()
+        starts, lasts = offsets[:-1], offsets[1:] - 1
+        for cache in (self.words, self.heads):
+            if len(cache) > CACHE_LIMIT:
+                cache.clear()  # memory stays flat (a cache holds at most the limit plus one batch's units)
         encoded = pc.dictionary_encode(flat)
-        uniques = encoded.dictionary.to_pylist()
-        cache = self.cache
-        known = np.fromiter((cache.get(u, -1) for u in uniques), np.int64, len(uniques))
-        missing = np.flatnonzero(known < 0)
+        indices = encoded.indices.to_numpy()
+        word = self._lookup(self.words, encoded.dictionary.to_pylist(), " ")[indices]
+        head = self._lookup(self.heads, flat.take(pa.array(starts)).to_pylist(), "")
+        cumulative = np.concatenate([[0], np.cumsum(word)])
+        sums = cumulative[offsets[1:]] - cumulative[starts] - word[starts] + head
+        # A cut right after whitespace (two spaces, a space after a newline) is not a token boundary.
+        lengths = pc.binary_length(flat).to_numpy()
+        blank = pc.binary_length(pc.utf8_rtrim_whitespace(flat)).to_numpy() < lengths
+        blank |= lengths == 0
+        blank[starts] &= lengths[starts] > 0  # a text may start with a space
+        blank[lasts] = False  # and end as it likes
+        whole = np.flatnonzero(np.add.reduceat(blank.astype(np.int64), starts) > 0)
+        return sums, whole
+
+    def _lookup(self, cache: dict[str, int], keys: list[str], prefix: str) -> np.ndarray:
+        """Counts of prefix + key, from the cache; the missing ones tokenized in one batch."""
+        counts = np.fromiter((cache.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        missing = np.flatnonzero(counts < 0)
         if len(missing):
-            fresh = self._whole([uniques[j] for j in missing])
-            known[missing] = fresh
-            if len(cache) + len(missing) > CACHE_LIMIT:
-                cache.clear()
-            cache.update(zip((uniques[j] for j in missing), fresh.tolist(), strict=True))
-        per_unit = known[encoded.indices.to_numpy()]
-        cumulative = np.concatenate([[0], np.cumsum(per_unit)])
-        return cumulative[offsets[1:]] - cumulative[offsets[:-1]], whole
+            new = list(dict.fromkeys(keys[j] for j in missing))
+            cache.update(zip(new, self._whole([prefix + k for k in new]).tolist(), strict=True))
+            counts[missing] = [cache[keys[j]] for j in missing]
+        return counts
 
     def _double_bos(self, texts: list[str]) -> np.ndarray:
         out = np.zeros(len(texts), dtype=bool)
@@ -266,3 +284,30 @@ def measure_rows(
             [tp[i] for i in plain], [tc[i] for i in plain], [tr[i] for i in plain]
         )
     return lengths, double
+
+
+def load_tokenizer(name_or_path: str, tiny: TinyModelConfig, models_dir: Path) -> Any:
+    """The tokenizer the train stage will use, with no model built or loaded.
+
+    For the offline tiny model only its BPE tokenizer is trained (a second or two of CPU, on the
+    same shipped text and vocabulary size as the model's build, so the same tokenizer) and kept
+    under `models_dir`; building the whole model would take a minute on a fresh state directory."""
+    from transformers import AutoTokenizer
+
+    from alignflow.conf.base import BUILTIN_TINY_MODEL
+
+    if name_or_path != BUILTIN_TINY_MODEL:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS
+    from alignflow.tasks.runtime import tiny_model
+    from alignflow.tasks.runtime.state import sha256_file, sha256_text
+
+    key = sha256_text(tiny_model.BUILD_VERSION, str(tiny.vocab_size), sha256_file(SHIPPED_PROMPTS))[:12]
+    target = Path(models_dir) / f"tiny-llama-tokenizer-{key}"
+    if not (target / "tokenizer_config.json").exists():
+        scratch = target.with_name(target.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        tiny_model._train_tokenizer(tiny_model._corpus(), tiny.vocab_size).save_pretrained(scratch)
+        shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)  # atomic: a half-written tokenizer is never picked up
+    return AutoTokenizer.from_pretrained(str(target))

@@ -192,7 +192,7 @@ class Validator:
                 self._pairs(combine(hp, hc, hr), combine(hp, hr, hc), u, start, exact, scatter, hits, related)
             check_eval = self.level["eval_overlap"] != "off" and self.eval_prompts
             if self.level["prompt_in_response"] != "off" or check_eval:
-                queries = overlap.query_texts(u, tp, conversations)
+                queries = overlap.normalise(overlap.query_texts(u, tp, conversations))
                 if self.level["prompt_in_response"] != "off":
                     self._hit("prompt_in_response", scatter(overlap.prompt_in_responses(queries, lc, lr)), hits)
                 if check_eval:
