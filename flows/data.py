@@ -16,7 +16,7 @@ from alignflow.flows import artifacts
 from alignflow.flows.stages import base_model, generate, validate
 from alignflow.tasks.generation.endpoints import llm_slots
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
-from alignflow.tasks.generation.prompts import prompts_path, source_sha256
+from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.runtime.state import Ref, sha256_text
 from alignflow.tasks.validation import stage as validation
@@ -90,8 +90,12 @@ def prepare_data(config: PipelineConfig, root: Path, base: Ref, champion: Ref | 
     folder = root / "datasets" / data_key
     pairs, generated = generate(gen, source, models, folder, config.runtime.seed, config.runtime.ray_address)
 
-    checks_key = sha256_text(config.validation.model_dump_json(), pairs.sha256, validation.code_version())[:12]
-    report, split = validate(pairs, config.validation, base, folder / "validation" / checks_key)
+    columns = (gen.preference_columns or None) if gen.preference_data else None
+    eval_prompts = [row["prompt"] for row in load_prompts(config.evaluation.prompts)]
+    checks_key = sha256_text(
+        config.validation.model_dump_json(), pairs.sha256, validation.code_version(), str(columns), *eval_prompts
+    )[:12]
+    report, split = validate(pairs, config.validation, base, folder / "validation" / checks_key, columns, eval_prompts)
     artifacts.validation(report)
     if not report.gate.passed:
         raise GateFailed(

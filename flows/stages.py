@@ -102,7 +102,9 @@ def generate(
     """Synthetic pairs from the prompts (or the user's own pairs, snapshotted), and the stage's report."""
     logger = get_run_logger()
     if generation.preference_data:
-        pairs, report = import_preference_data(generation.preference_data, out_dir)
+        pairs, report = import_preference_data(
+            generation.preference_data, out_dir, generation.preference_columns or None
+        )
         logger.info("using %s preference rows (%s) from %s: generation skipped", report.rows, report.format, source.uri)
     else:
         rows = load_prompts(
@@ -131,14 +133,24 @@ def generate(
 
 @task(name="validate", cache_policy=CONTENT, persist_result=True)
 def validate(
-    pairs: Ref, config: ValidationConfig, tokenizer_from: Ref, out_dir: Path
+    pairs: Ref,
+    config: ValidationConfig,
+    tokenizer_from: Ref,
+    out_dir: Path,
+    columns: dict[str, str] | None = None,
+    eval_prompts: list[str] | None = None,
 ) -> tuple[ValidationReport, dict[str, Ref]]:
-    """The report and Refs to the train/test split it wrote (none when the gate failed)."""
+    """The report and Refs to the train/test split it wrote (none when the gate failed).
+
+    `columns` maps a user's column names to TRL's (generation.preference_columns); `eval_prompts` is the
+    evaluation set, so that a training prompt that is also an evaluation prompt is an error (eval_overlap)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from.loadable)
     # Streams the file: checks, quarantine and the grouped train/test split, chunk by chunk.
-    report = validation.validate_file(pairs.path, config, out_dir, tokenizer)
+    report = validation.validate_file(
+        pairs.path, config, out_dir, tokenizer, columns=columns, eval_prompts=eval_prompts
+    )
     split = {
         key: Ref(uri=Path(report.files[key]).as_uri(), sha256=sha256_file(Path(report.files[key])))
         for key in ("train", "test")
