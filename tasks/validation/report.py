@@ -1,7 +1,7 @@
 """The validation report (the typed result of the stage) and the gate's verdict.
 
 `ValidationReport.model_dump(mode="json")` is report.json exactly; its schema is documented in
-README.md, "Validation report". Optional parts (a check's detail, the source, the split, the
+docs/validation.md. Optional parts (a check's detail, the source, the split, the
 files) are left out of the dump when absent, as the file has always done, not written as null.
 """
 
