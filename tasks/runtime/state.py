@@ -65,6 +65,9 @@ def configure_environment(config: PipelineConfig) -> Path:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "INFO",  # stage starts and ends are the run's progress lines
+        # The temporary API a run without a server starts takes 8-15 s here, and over Prefect's 20 s default
+        # on a busy 2-core machine ("Timed out while attempting to connect to ephemeral Prefect API server").
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "MLFLOW_TRACKING_URI": tracking_uri(config),
         "HF_HOME": str(root / "hf"),
         "HF_HUB_OFFLINE": "1",
