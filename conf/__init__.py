@@ -1,6 +1,5 @@
-"""Declarative side of alignflow: the config schema, its loader and the YAML profiles."""
+"""Declarative side of alignflow: the config schema (one module per section), its loader and the YAML profiles.
 
-from alignflow.conf.loader import ConfigError, load_config
-from alignflow.conf.schema import PipelineConfig
-
-__all__ = ["ConfigError", "PipelineConfig", "load_config"]
+Nothing is imported here: importing one section (alignflow.conf.base, ...) must not load the loader
+and the whole schema with it (that made every conf module part of one import cycle).
+"""
