@@ -10,7 +10,6 @@ errors must not wait for that.
 from __future__ import annotations
 
 import functools
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,12 +27,11 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
 
 
 def git_commit() -> str:
-    """The commit the code runs from (a lineage tag), or "unknown" outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The code that runs (a lineage tag): the checkout's commit, or the package version + a hash of its code
+    (tasks/runtime/code_version.py; read where the code lies, so a deployment's worker records it too)."""
+    from alignflow.tasks.runtime.code_version import code_version
+
+    return code_version()
 
 
 def config_yaml(config) -> str:
@@ -63,7 +61,10 @@ def start_run(
     experiment_id = (
         found.experiment_id if found else client.create_experiment(experiment, artifact_location=artifact_location)
     )
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    from alignflow.tasks.runtime.code_version import context_tags
+
+    # MLflow's source and user tags (its fluent API sets them, create_run does not); the caller's win.
+    run = client.create_run(experiment_id, run_name=run_name, tags={**context_tags(), **tags})
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start : start + 100])
