@@ -106,8 +106,9 @@ class Layout:
             n -= 1  # the same conversation twice: the last turns are the (identical) responses
         while n and isinstance(c[n - 1], dict) and c[n - 1].get("role") == "assistant":
             n -= 1  # the prompt ends on the user's turn
-        if n == 0:  # the responses alone: the prompt column is the user turn
-            self._count("responses_only")
+        if n == 0:  # the responses alone (or sides that share nothing): the prompt column is the user turn
+            alone = all(isinstance(m, dict) and m.get("role") == "assistant" for m in (*c[:1], *r[:1]))
+            self._count("responses_only" if alone else "unshared")
             return [{"role": "user", "content": prompt}], c, r
         shared = c[:n]
         self._count("stripped")
@@ -138,6 +139,8 @@ class Layout:
                     f"{k['history']} rows share a system prompt or earlier turns on both sides: they are part of "
                     "the prompt"
                 )
+            if k.get("unshared"):
+                out.append(f"{k['unshared']} rows: chosen and rejected start differently (no shared prompt turn)")
             if k.get("responses_only"):
                 out.append(f"{k['responses_only']} rows hold the responses alone: the prompt column is the user turn")
             if k.get("prompt_differs"):
