@@ -47,6 +47,7 @@ from alignflow.flows.stack_services import (
     DATABASES,
     WORKER_RESOURCE,
     Ports,
+    normal_priority,
     start_mlflow,
     start_postgres,
     start_prefect,
@@ -135,8 +136,9 @@ def urls(root: Path, ports: Ports) -> str:
     )
 
 
-def stack_up(home: Path, ports: Ports | None = None, deploy: bool = True) -> dict[str, str]:
-    """Start what is not running yet, in dependency order; the client environment. A failure stops it all."""
+def stack_up(home: Path, ports: Ports | None = None, deploy: bool = True, ray: bool = True) -> dict[str, str]:
+    """Start what is not running yet, in dependency order; the client environment. A failure stops it all.
+    `ray=False`: no Ray nodes (a Ray cluster of your own, or none needed)."""
     ports = ports or Ports()
     root = stack_dir(home)
     root.mkdir(parents=True, exist_ok=True)
@@ -159,8 +161,11 @@ def stack_up(home: Path, ports: Ports | None = None, deploy: bool = True) -> dic
     try:
         start_postgres(root, ports.postgres, creds["ALIGNFLOW_DB_PASSWORD"])
         for name, start in starters.items():
-            if name not in running:
+            if name not in running and (ray or not name.startswith("ray-")):
                 start()
+        for record in records(root):
+            if record["name"].startswith("ray-"):
+                normal_priority(record)  # the head too: it answered the worker's registration at that priority
         if deploy and "prefect-worker" not in running:
             from alignflow.flows.serve import deploy_all
 
@@ -218,6 +223,7 @@ def up(
     mlflow_port: Annotated[int, typer.Option("--mlflow-port")] = Ports.mlflow,
     prefect_port: Annotated[int, typer.Option("--prefect-port")] = Ports.prefect,
     ray_port: Annotated[int, typer.Option("--ray-port")] = Ports.ray,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Start no Ray nodes (bring your own cluster).")] = False,
 ) -> None:
     """Start the stack in the background (a second `up` starts only what is not running)."""
     root_home = _home(home)
@@ -235,14 +241,17 @@ def up(
     busy = [
         f"{name} port {port}"
         for name, port in wanted.items()
-        if name not in running and not (name == "postgres" and pg_running) and not port_free(port)
+        if name not in running
+        and not (name == "postgres" and pg_running)
+        and not port_free(port)
+        and not (no_ray and name == "ray-head")
     ]
     if busy:
         console.print(f"[red]in use[/red]: {', '.join(busy)}; stop what holds it or pick another port (--*-port)")
         raise typer.Exit(2)
     started = time.monotonic()
     try:
-        stack_up(root_home, ports)
+        stack_up(root_home, ports, ray=not no_ray)
     except Exception as exc:
         console.print(f"[red]stack up failed[/red] (everything it started is stopped again): {exc}")
         raise typer.Exit(1) from None

@@ -332,21 +332,25 @@ def _start_node(name: str, args: list[str], env: dict[str, str], root: Path, rea
     """`ray start --block` until `ready()`; again when it gives up (its own 30 s registration limit, which a
     machine busy with other work can exceed)."""
     # As root, start-up runs at a higher priority: the raylet gives its agents about 15 s to report their
-    # ports, which a machine busy with other work can exceed. Back to normal once the node has joined.
+    # ports, which a machine busy with other work can exceed. `normal_priority` once the nodes have joined.
     boost = ["nice", "-n", "-10"] if os.geteuid() == 0 and shutil.which("nice") else []
     for attempt in range(attempts):
         record = spawn(name, [*boost, *args], {**env, **NODE_ENV}, root)
         try:
             wait_for(ready, f"the Ray node {name}", record, 150)
-            for pid in [record["pid"], *descendants(record["pid"])]:
-                with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, pid, 0)
             return record
         except (RuntimeError, TimeoutError):
             terminate(record)
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def normal_priority(record: dict) -> None:
+    """A node started at a raised priority back to normal (its workers, started later, inherit this)."""
+    for pid in [record["pid"], *descendants(record["pid"])]:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
 
 
 def start_ray_head(root: Path, ports: Ports, env: dict[str, str]) -> dict:
