@@ -87,15 +87,13 @@ def test_runner_smoke_on_cpu(tmp_path):
     assert result["smoke_test"]["dpo"]["ok"] and result["smoke_test"]["orpo"]["ok"], result["smoke_test"]
     assert not result["errors"], result["errors"]
     rows = result["rows"]
-    for label in (
-        "DPO, alignflow GPU defaults",
-        "DPO, TRL defaults",
-        "DPO, alignflow + precomputed reference log-probs",
-    ):
-        assert rows[label]["tokens"] > 0 and rows[label]["tokens_per_s"] > 0
-    assert rows["DPO, alignflow GPU defaults"]["bf16"] is False  # a CPU run: alignflow's CPU settings
+    for label in ("DPO, TRL defaults", "DPO, alignflow + precomputed reference log-probs"):
+        assert rows[label]["tokens"] > 0 and rows[label]["tokens_per_s"] > 0 and rows[label]["timed_steps"] == 1
     assert rows["DPO, TRL defaults"]["activation_checkpointing"] is True  # TRL's own default
+    assert rows["DPO, alignflow + precomputed reference log-probs"]["bf16"] is False  # alignflow's CPU settings
     assert rows["DPO, alignflow + precomputed reference log-probs"]["precompute_s"] > 0
+    assert rows["DPO, alignflow + LoRA r16 (conf/cluster.yaml as shipped)"]["lora"] is True
+    assert result["skipped"]["ORPO, alignflow GPU defaults"].startswith("--smoke: config built")  # every row's config
     generation = next(v for k, v in rows.items() if k.startswith("Generation"))
     for side in ("direct transformers generate", "distilabel pipeline"):
         assert generation[side]["responses"] > 0 and generation[side]["tokens"] > 0

@@ -238,11 +238,11 @@ class Row:
     setup: str = "alignflow"  # alignflow: conf/cluster.yaml through alignflow's recipe; trl: TRL's defaults
     overrides: tuple[str, ...] = ()  # alignflow config overrides, key.path=value (TRL knobs by TRL's names)
     needs: str | None = None  # "liger": skipped where Liger cannot run
-    smoke: bool = False  # trained by --smoke too; the other rows' configs are only built there (same code path)
+    smoke: bool = False  # trained by --smoke too; there the other rows' configs are only built (same code path)
 
 
 MATRIX: list[Row | str] = [
-    Row("DPO, alignflow GPU defaults", smoke=True),
+    Row("DPO, alignflow GPU defaults"),  # --smoke: its smoke test is this row, one step
     Row("DPO, TRL defaults", setup="trl", smoke=True),
     Row(
         "DPO, alignflow + precomputed reference log-probs",
@@ -280,8 +280,8 @@ class Bench:
 
 
 def recipe():
-    """alignflow's training recipe (tasks/training/recipe.py): the TRL config, model and LoRA config its Ray
-    workers build. Only these narrow functions are used; the trainer itself is built here."""
+    """alignflow's training recipe (tasks/training/recipe.py): the TRL classes, TRL config and model its Ray
+    workers build (trl_classes, trl_args, get_model); the trainer itself is built here, from TRL."""
     from alignflow.tasks.training import recipe as module
 
     return module
@@ -377,8 +377,11 @@ def build_trainer(bench: Bench, row: Row, steps: int, out: Path):
     training, args, batch = row_config(bench, row, steps, out)
     if row.setup == "trl":
         model, peft = bench.model_path, None
-    else:
-        model, peft = lib.get_model(training, bench.model_path), lib.get_peft_config(training, bench.model_path)
+    else:  # as recipe.build_trainer loads them: trl.ModelConfig from the section, LoRA from its lora_* fields
+        from trl import ModelConfig, get_peft_config
+
+        model_args = ModelConfig(**training.model_kwargs(bench.model_path))
+        model, peft = lib.get_model(model_args), get_peft_config(model_args)
     kwargs = {"peft_config": peft} if peft is not None else {}
     trainer = measured(trainer_class)(model=model, args=args, train_dataset=preference_data(steps * batch, bench.seq),
                                       processing_class=bench.tokenizer, **kwargs)  # fmt: skip
@@ -615,6 +618,8 @@ def main() -> None:
 
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --smoke to check the code path on CPU")
+    if args.smoke:  # one thread, as a 1-CPU Ray worker gets: OpenMP threads on a busy machine wait on each other
+        torch.set_num_threads(1)
     env = environment()
     log(f"versions: {json.dumps(env['versions'])}")
     log(f"requirement problems: {env['requirement_problems'] or 'none'}")
