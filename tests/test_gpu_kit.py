@@ -77,6 +77,15 @@ def test_mfu_counts_the_lm_head():
     assert run.forward_flops(qwen15, 1024) == 2 * n + 4 * 28 * 1536 * 1024
 
 
+def test_the_kit_installs_into_a_site_packages_folder():
+    """datasets hashes map functions with dill, which pickles modules outside a site-packages folder by value:
+    with the kit elsewhere, TRL's dataset preparation fails (seen with a --target folder of another name)."""
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    import run
+
+    assert run.SITE.name == "site-packages"
+
+
 def test_runner_smoke_on_cpu(tmp_path):
     """The runner's whole path on CPU with tiny shapes: smoke test, training rows, the generation row."""
     env = {**os.environ, "OUT": str(tmp_path), "ALIGNFLOW_HOME": str(tmp_path / "home")}

@@ -45,6 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "conf" / "cluster.yaml"
 SITE_ENV = "ALIGNFLOW_GPU_SITE"  # where the kit was installed; spawned children read it too
+# A folder named site-packages: datasets hashes its map functions with dill, which pickles modules from
+# anywhere else by value (and fails on pyarrow's types) rather than by reference.
+SITE = Path(tempfile.gettempdir()) / "alignflow-gpu" / "site-packages"
 QWEN25_05B = dict(
     vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
     num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
@@ -602,7 +605,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "bench" / "results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a step or two: checks the code path")
     parser.add_argument("--budget-s", type=float, default=450.0, help="no row starts after this many seconds")
-    parser.add_argument("--site", type=Path, default=Path(tempfile.gettempdir()) / "alignflow-gpu-site")
+    parser.add_argument("--site", type=Path, default=SITE, help="where the kit's wheels are installed")
     args = parser.parse_args()
     begun = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
