@@ -213,6 +213,10 @@ def test_broken_gzip_names_the_problem(tmp_path):
     plain.write_text('{"prompt": "p"}\n')
     with pytest.raises(DatasetError, match="named .gz but not gzip-compressed"):
         check_readable(plain)
+    hidden = tmp_path / "hidden.jsonl"
+    hidden.write_bytes(gzip.compress(b'{"prompt": "p"}\n'))
+    with pytest.raises(DatasetError, match=r"gzip-compressed: name it hidden\.jsonl\.gz"):
+        check_readable(hidden)
     with pytest.raises(DatasetError, match="unsupported file type '.parquet.gz'"):
         check_readable(write(tmp_path / "x.parquet.gz", [{"a": 1}]))
 

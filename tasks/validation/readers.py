@@ -80,13 +80,15 @@ def check_readable(path: str | Path) -> str:
         raise DatasetError(f"{path}: named .gz but not gzip-compressed (rename it without .gz)")
     if kind == "parquet" and head == GZIP_MAGIC:
         raise DatasetError(f"{path}: a gzip-compressed file named .parquet (parquet compresses itself: gunzip it)")
+    if head == GZIP_MAGIC and not named_gzip:  # compressed data is read only when the name says so
+        where = f"{path}:1: malformed JSON line" if kind in ("jsonl", "json") else f"{path}: not {kind} text"
+        raise DatasetError(f"{where} (the file is gzip-compressed: name it {path.name}.gz)")
     return kind
 
 
 def compression(path: str | Path) -> str | None:
-    """ "gzip" when the file is gzip-compressed (by its first bytes, whatever its name), else None."""
-    with open(path, "rb") as handle:
-        return "gzip" if handle.read(2) == GZIP_MAGIC else None
+    """`gzip` for a file named .gz (check_readable holds that it is gzip data), else None."""
+    return "gzip" if Path(path).suffix.lower() == ".gz" else None
 
 
 def open_binary(path: Path) -> io.BufferedIOBase:
