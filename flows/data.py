@@ -65,10 +65,11 @@ def _generator_models(config: PipelineConfig, root: Path, base: Ref, champion: R
     return models
 
 
-def prepare_data(config: PipelineConfig, root: Path, base: Ref, champion: Ref | None) -> PreparedData:
-    """Generate (or import) pairs and validate them; raises GateFailed when the data is not fit to train on."""
+def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) -> tuple[Ref, GenerationReport, str]:
+    """Stage 1, the `generate` task in the dataset folder of its content key: the pairs, the report and the key.
+
+    `models`: each generator's local model (_generator_models), none for your own preference data."""
     gen = config.generation
-    models = [] if gen.preference_data else _generator_models(config, root, base, champion)
     key, source_file = (
         ("generation.preference_data", Path(gen.preference_data).expanduser())
         if gen.preference_data
@@ -87,8 +88,18 @@ def prepare_data(config: PipelineConfig, root: Path, base: Ref, champion: Ref | 
         str(config.runtime.seed),
         *(m.sha256 for m in models if m is not None),
     )[:16]
+    pairs, generated = generate(
+        gen, source, models, root / "datasets" / data_key, config.runtime.seed, config.runtime.ray_address
+    )
+    return pairs, generated, data_key
+
+
+def prepare_data(config: PipelineConfig, root: Path, base: Ref, champion: Ref | None) -> PreparedData:
+    """Generate (or import) pairs and validate them; raises GateFailed when the data is not fit to train on."""
+    gen = config.generation
+    models = [] if gen.preference_data else _generator_models(config, root, base, champion)
+    pairs, generated, data_key = generate_data(config, root, models)
     folder = root / "datasets" / data_key
-    pairs, generated = generate(gen, source, models, folder, config.runtime.seed, config.runtime.ray_address)
 
     columns = (gen.preference_columns or None) if gen.preference_data else None
     eval_prompts = [row["prompt"] for row in load_prompts(config.evaluation.prompts)]

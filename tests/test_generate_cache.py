@@ -1,8 +1,8 @@
 """A re-run reuses the generated data without one LLM call: through the flow's own generate path.
 
-`alignflow.flows.alignment.generate_data` is what the alignment flow runs for stage 1 (the Prefect
-`generate` task on its content key, results persisted); here it runs inside a small flow,
-twice, against the OpenAI-compatible test server, which counts every request.
+`alignflow.flows.data.generate_data` is what both flows run for stage 1 (the Prefect `generate`
+task in the dataset folder of its content key, results persisted); here it runs inside a small
+flow, twice, against the OpenAI-compatible test server, which counts every request.
 """
 
 from __future__ import annotations
@@ -25,11 +25,15 @@ def server():
 def generate_only(prefect_harness, state_dir):
     from prefect import flow
 
-    from alignflow.flows.alignment import generate_data
+    from alignflow.flows.data import generate_data
+    from alignflow.tasks.generation.endpoints import llm_slots
 
     @flow(name="generate-only")
     def generate_only(config):
-        return generate_data(config, state_dir, None, {})
+        # What the flow passes: no models for your own data, None for each endpoint (every LLM here is one).
+        gen = config.generation
+        models = [] if gen.preference_data else [None] * len(llm_slots(gen))
+        return generate_data(config, state_dir, models)
 
     return generate_only
 
