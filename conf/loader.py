@@ -66,14 +66,25 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 # What a pasted credential looks like: provider prefixes, or a long run of letters and digits with both in it.
 _SECRET_VALUE = re.compile(r"^(sk-|sk_|hf_|ghp_|xox[abp]-|AKIA|eyJ)|^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9_\-+/=]{24,}$")
-_SECRET_KEY = re.compile(r"(key|token|secret|password|passwd)(?!_env)", re.IGNORECASE)
+# A leaf key that names a credential (api_key, hf_token, secret, password), not one that merely contains
+# the word (max_new_tokens, api_key_env: the NAME of a variable).
+_SECRET_KEY = re.compile(r"^(.*_)?(api_?key|key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
 
 
 def looks_secret(key: str, value: object) -> bool:
     """True when a config value should never be printed: a credential-shaped value, or a credential-named key."""
-    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1])) or (
-        isinstance(value, str) and bool(_SECRET_VALUE.search(value.strip()))
-    )
+    if _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+        return True
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return not _is_location(text) and bool(_SECRET_VALUE.search(text))
+
+
+def _is_location(text: str) -> bool:
+    """A path or a URL is shown: it is what a user most often mistypes, and not a credential on its own."""
+    text = text.strip()
+    return text.startswith(("/", "~", ".")) or "://" in text
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-+/=]{6,}")
@@ -85,6 +96,8 @@ def shown_override(override: str) -> str:
     key, sep, raw = override.partition("=")
     if sep and looks_secret(key, raw):
         return f"{key}=***"
+    if _is_location(raw):
+        return override
     masked = _TOKEN.sub(lambda m: "***" if _SECRET_VALUE.search(m.group(0)) else m.group(0), raw)
     return f"{key}{sep}{masked}"
 

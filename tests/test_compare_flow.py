@@ -22,7 +22,8 @@ RECIPES = [
     "comparison.recipes.orpo.method=orpo",
     "comparison.recipes.dpo.method=dpo",
     # Valid as far as the schema knows, refused by transformers when the worker builds the trainer.
-    "comparison.recipes.broken.lr_scheduler_type=no-such-schedule",
+    # TRL accepts it when the config loads; torch.compile refuses it when the recipe trains.
+    "comparison.recipes.broken.torch_compile_backend=no-such-backend",
     "evaluation.max_prompts=4",
     "evaluation.samples_per_prompt=1",
     "evaluation.max_new_tokens=8",
@@ -61,7 +62,7 @@ def test_three_recipes_fill_every_column(compared):
 def test_failing_recipe_is_marked_failed_with_its_reason(compared):
     broken = next(r for r in compared["recipes"] if r["recipe"] == "broken")
     assert broken["status"] == "failed"
-    assert "no-such-schedule" in broken["detail"] and broken["detail"].startswith("train:")
+    assert "no-such-backend" in broken["detail"] and broken["detail"].startswith("train:")
     assert broken["preference_accuracy"] is None
 
 
@@ -79,7 +80,7 @@ def test_nested_runs_and_only_the_best_is_registered(compared):
     children = {r.data.tags["recipe"]: r for r in child_runs(uri, parent.info.run_id)}
     assert set(children) == {"sft-dpo", "orpo", "dpo", "broken"}
     broken_run = children["broken"]
-    assert broken_run.info.status == "FAILED" and "no-such-schedule" in broken_run.data.tags["failure_reason"]
+    assert broken_run.info.status == "FAILED" and "no-such-backend" in broken_run.data.tags["failure_reason"]
     assert "sft/loss" in children["sft-dpo"].data.metrics and "eval/preference_accuracy" in children["dpo"].data.metrics
     versions = client.search_model_versions(f"name = '{NAME}'")
     assert [v.run_id for v in versions] == [compared["children"][compared["best"]]]

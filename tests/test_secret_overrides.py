@@ -32,3 +32,7 @@ def test_ordinary_overrides_are_shown_as_given():
         "generation.judge.llm.api_key_env=OPENAI_API_KEY"
     )
     assert shown_override("runtime.token=abc") == "runtime.token=***"
+    assert shown_override("evaluation.max_new_tokens=12") == "evaluation.max_new_tokens=12"
+    assert shown_override("runtime.home=/tmp/alignflow-test-abc123def456ghi789") == (
+        "runtime.home=/tmp/alignflow-test-abc123def456ghi789"
+    )
