@@ -5,4 +5,5 @@ versions    register a run's model, tag it, alias it `challenger`, find and expo
 gate        promote or not, and why
 promotion   champion promotion, rollback and history, under a per-model lock
 card        the model card (README.md next to the logged model)
+serving     the served model: a pyfunc around the HF folder (MLflow models from code)
 """
