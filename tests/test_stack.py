@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from alignflow.flows.processes import alive, free_ports, http_status, port_free, records
+from alignflow.flows.processes import alive, free_ports, port_free, records
+from alignflow.flows.processes import http_status as _status
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
@@ -60,7 +61,11 @@ def stack():
     home.chmod(0o755)
     ports = Ports(*free_ports(5))
     # The Ray nodes are started by their own test: on a busy machine they are the part that may need retries.
-    env = stack_up(home, ports, ray=False)
+    try:
+        env = stack_up(home, ports, ray=False)  # stops what it started when it fails
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
     yield {"home": home, "ports": ports, "env": env}
     started = records(home / "stack")
     stopped = stack_down(home)
@@ -74,6 +79,11 @@ def stack():
     shutil.rmtree(home, ignore_errors=True)
 
 
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    """GET's status; a generous time-out, as MLflow checks a password with PBKDF2 (slow on a busy machine)."""
+    return _status(url, headers, timeout=60)
+
+
 def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
@@ -81,7 +91,7 @@ def _basic(user: str, password: str) -> dict[str, str]:
 def _post(url: str, headers: dict[str, str] | None = None) -> int:
     request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -139,7 +149,7 @@ def test_everything_lives_under_the_state_directory(stack):
         data=b"{}",
         headers={"Content-Type": "application/json", **_basic(user, password)},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         deployments = {d["name"]: d for d in json.load(response)}
     nightly = deployments["nightly-alignment"]["parameters"]
     assert nightly["profile"] == "stack"
@@ -152,7 +162,7 @@ def test_down_then_up_again_keeps_the_data(stack):
 
     root = stack["home"] / "stack"
     before = {r["name"]: r["pid"] for r in records(root)}
-    stack_up(stack["home"], stack["ports"])
+    stack_up(stack["home"], stack["ports"], ray=False)
     assert {r["name"]: r["pid"] for r in records(root)} == before
     assert not port_free(stack["ports"].postgres)
 
