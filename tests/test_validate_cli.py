@@ -129,3 +129,22 @@ def test_validate_file_reads_the_flows_pairs(tmp_path, pairs_frame):
     assert report.gate.passed and report.valid == len(frame)
     train = pd.read_parquet(report.files["train"])
     assert {"prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected"} <= set(train.columns)
+
+
+def test_cli_builds_the_tiny_models_tokenizer_alone(tmp_path):
+    # A fresh state directory: the token checks need the tokenizer, never the model (a minute to build).
+    write_pairs(tmp_path / "pairs.jsonl", 25)
+    args = ["validate", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "o"), *SMALL]
+    result = CliRunner().invoke(app, [*args, f"runtime.home={tmp_path / 'home'}"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["tokens"]["measured"] == 25
+    built = [p.name for p in (tmp_path / "home" / "models").iterdir()]
+    assert len(built) == 1 and built[0].startswith("tiny-llama-tokenizer-")
+
+
+def test_cli_reads_nothing_it_does_not_need_for_an_unreadable_file(tmp_path):
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{not json\n')
+    args = ["validate", str(tmp_path / "broken.jsonl"), "--out", str(tmp_path / "o"), *SMALL]
+    result = CliRunner().invoke(app, [*args, f"runtime.home={tmp_path / 'home'}"])
+    assert result.exit_code == 2 and "broken.jsonl:2: malformed JSON line" in result.output
+    assert not (tmp_path / "home" / "models").exists()  # the file failed before any tokenizer was wanted
