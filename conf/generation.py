@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, Section
+from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, CHAMPION_MODEL, Section
 
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 JUDGE_ASPECTS = ("overall-rating", "helpfulness", "honesty", "instruction-following", "truthfulness")
@@ -40,6 +40,13 @@ class LLMConfig(Section):
     max_retries: int = Field(
         3, ge=0, le=20, description="openai: retries of HTTP 5xx/429/408 and time-outs, with exponential backoff."
     )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="openai: requests in flight at once to this endpoint (None: an equal share of "
+        "generation.max_concurrency). Halved while the server answers 429/503 or times out, regrown as it recovers.",
+    )
     temperature: float = Field(1.0, ge=0.0, le=5.0, description="0: greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(64, ge=1, le=32768)
@@ -60,7 +67,7 @@ class LLMConfig(Section):
                 "api_key_env must be the NAME of an environment variable (letters, digits, _), never the key itself"
             )
         if self.provider == "transformers":
-            given = [k for k in ("base_url", "api_key_env") if getattr(self, k) is not None]
+            given = [k for k in ("base_url", "api_key_env", "max_concurrency") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)}: only for provider: openai")
         if self.base_url is not None:
@@ -123,7 +130,10 @@ class GenerationConfig(Section):
         "Also read by `alignflow validate`.",
     )
     generators: list[GeneratorConfig] = Field(
-        default_factory=lambda: [GeneratorConfig(temperature=0.5), GeneratorConfig(temperature=1.2)],
+        default_factory=lambda: [  # the embedded default (conf/pipeline.yaml): 4 on-policy candidates per prompt
+            GeneratorConfig(model=CHAMPION_MODEL, temperature=t, num_generations=2, repetition_penalty=1.0)
+            for t in (0.7, 1.0)
+        ],
         min_length=1,
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Who rates the candidates.")
@@ -147,6 +157,13 @@ class GenerationConfig(Section):
         "generated is kept; a re-run retries only the failed rows).",
     )
     input_batch_size: int = Field(16, ge=1, description="Rows per distilabel batch.")
+    max_concurrency: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Endpoint requests in flight at once, all openai LLMs of the stage together: each gets an "
+        "equal share, at most its own max_concurrency (what one LLM leaves goes to the others).",
+    )
     ray: bool = Field(False, description="Run the distilabel pipeline on the Ray cluster (runtime.ray_address).")
 
     @field_validator("judge", mode="before")

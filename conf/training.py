@@ -190,7 +190,7 @@ class TrainingConfig(Section):
     )
     model_name_or_path: str = Field(BUILTIN_TINY_MODEL, description="Base policy: `builtin:tiny-llama` or an HF path.")
     start_from: Literal["base", "champion"] = Field(
-        "base",
+        "champion",
         description="The policy's starting point: the base model, or the registry's current champion (the base "
         "model while there is none): one round of iterative DPO per run. DPO's reference model is the starting "
         "point, so each round is anchored to the model it improves on.",
