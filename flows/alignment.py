@@ -27,6 +27,7 @@ from alignflow.flows.runbook import RunBook
 from alignflow.flows.stages import Registration, base_model, champion, evaluate, register, train
 from alignflow.tasks.evaluation.stage import Evaluation
 from alignflow.tasks.runtime.state import configure_environment, tracking_uri
+from alignflow.tasks.training.driver import TrainResult
 
 __all__ = ["GateFailed", "RunSummary", "alignment"]
 
@@ -48,6 +49,8 @@ class RunSummary(BaseModel):
     held_out: dict[str, dict[str, float]]
     held_out_pairs: int
     steps: int
+    resumed_from_step: int
+    dataset_sha256: str
     seconds: dict[str, float]
 
 
@@ -97,7 +100,7 @@ def alignment(config: PipelineConfig) -> RunSummary:
         with clock("register"):
             outcome = register(config.registry, book, trained.model, evaluation, opponent)
         _report(config, book, evaluation, outcome, clock.seconds | {"train_steps": trained.steps})
-    return _summary(book, evaluation, outcome, trained.steps, clock.seconds)
+    return _summary(book, evaluation, outcome, trained, data.pairs.sha256, clock.seconds)
 
 
 def _run_key() -> str:
@@ -132,7 +135,12 @@ def _report(
 
 
 def _summary(
-    book: RunBook, evaluation: Evaluation, outcome: Registration, steps: int, seconds: dict[str, float]
+    book: RunBook,
+    evaluation: Evaluation,
+    outcome: Registration,
+    trained: TrainResult,
+    dataset_sha256: str,
+    seconds: dict[str, float],
 ) -> RunSummary:
     h2h = evaluation.head_to_head
     return RunSummary(
@@ -149,6 +157,8 @@ def _summary(
         n_prompts=h2h.prompts,
         held_out=dict(evaluation.held_out.table()),
         held_out_pairs=evaluation.held_out.pairs,
-        steps=steps,
+        steps=trained.steps,
+        resumed_from_step=trained.resumed_from_step,
+        dataset_sha256=dataset_sha256,
         seconds=seconds,
     )

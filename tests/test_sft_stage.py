@@ -19,7 +19,8 @@ def train_ref(pairs_frame, tmp_path_factory) -> Ref:
 def test_sft_then_dpo_in_the_train_task(prefect_harness, ray_session, tiny_model_path, train_ref, state_dir):
     from mlflow import MlflowClient
 
-    from alignflow.flows.alignment import train
+    from alignflow.flows.runbook import RunBook
+    from alignflow.flows.stages import train
     from alignflow.tasks.training.driver import finished_stage
 
     cfg = small_config(
@@ -32,7 +33,8 @@ def test_sft_then_dpo_in_the_train_task(prefect_harness, ray_session, tiny_model
     uri = tracking_uri(cfg)
     run_id = start_run(uri, "test-sft", "sft-dpo", {}, {})
     base = Ref(uri=tiny_model_path.as_uri(), sha256=sha256_tree(tiny_model_path))
-    trained = train(cfg.training, base, train_ref, str(state_dir / "ray"), "test-sft", uri, run_id, None)
+    book = RunBook(tracking=uri, run_id=run_id, tags={}, run_prefix="test-sft", scratch=state_dir / "scratch")
+    trained = train(cfg.training, base, train_ref, str(state_dir / "ray"), book)
 
     sft, dpo = trained.stages["sft"], trained.stages["dpo"]
     assert sft.steps == 1 and dpo.steps == 1 and trained.wall_s >= dpo.wall_s

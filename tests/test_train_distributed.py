@@ -157,5 +157,5 @@ def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_ha
         proc.wait(timeout=30)
 
     result = alignment(cfg)
-    assert result["training"]["steps"] == 40
-    assert result["training"]["resumed_from_step"] >= 10  # continued from the killed run's checkpoint
+    assert result.steps == 40
+    assert result.resumed_from_step >= 10  # continued from the killed run's checkpoint
