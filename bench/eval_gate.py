@@ -27,7 +27,13 @@ RESULTS = ROOT / "bench" / "results" / "eval_gate.json"
 def _round(home: Path, overrides: list[str]) -> dict:
     started = time.perf_counter()
     done = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "alignflow"), "run", "--config", str(ROOT / "conf" / "pipeline.yaml"), *overrides],
+        [
+            str(ROOT / ".venv" / "bin" / "alignflow"),
+            "run",
+            "--config",
+            str(ROOT / "conf" / "pipeline.yaml"),
+            *overrides,
+        ],
         env={**os.environ, "ALIGNFLOW_HOME": str(home)},
         capture_output=True,
         text=True,
@@ -67,11 +73,16 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="alignflow-eval-gate-"))
     rounds = []
-    for i in range(args.rounds):
+    for _ in range(args.rounds):
         rounds.append(_round(home, args.overrides))
         print(json.dumps(rounds[-1]), file=sys.stderr)
     load = os.getloadavg()[0]
-    result = {"profile": "conf/pipeline.yaml", "overrides": args.overrides, "load_avg_1m": round(load, 1), "rounds": rounds}
+    result = {
+        "profile": "conf/pipeline.yaml",
+        "overrides": args.overrides,
+        "load_avg_1m": round(load, 1),
+        "rounds": rounds,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
