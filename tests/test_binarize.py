@@ -119,8 +119,9 @@ def test_never_pairs_a_candidate_with_itself(data, min_margin):
 def test_generator_labels_default():
     generation = GenerationConfig()
     labels = generator_labels(generation)
-    assert len(labels) == sum(g.num_generations for g in generation.generators) == 2
-    assert labels[0].startswith("g0:") and labels[1].startswith("g1:")
+    # The embedded default: two generators (0.7 and 1.0), two candidates each, on the champion.
+    assert len(labels) == sum(g.num_generations for g in generation.generators) == 4
+    assert labels[0].startswith("g0:") and labels[2].startswith("g1:")
     assert len(set(labels)) == 2
 
 
