@@ -320,6 +320,8 @@ def measured(trainer_class):
     import torch
 
     class Measured(trainer_class):
+        precompute_s = 0.0  # set during __init__, where TRL precomputes the reference log-probs
+
         def training_step(self, model, inputs, *args, **kwargs):
             for key in TIMING_KEYS:
                 if key in inputs:
@@ -389,7 +391,6 @@ def build_trainer(bench: Bench, row: Row, steps: int, out: Path):
     trainer = measured(trainer_class)(model=model, args=args, train_dataset=preference_data(steps * batch, bench.seq),
                                       processing_class=bench.tokenizer, **kwargs)  # fmt: skip
     trainer.counted = [torch.zeros((), dtype=torch.long, device=bench.device), 0, 0]
-    trainer.precompute_s = 0.0
     return trainer, args, batch, peft is not None
 
 
