@@ -5,9 +5,14 @@
 Writes synthetic JSON lines (1% bad rows of several kinds) into a temporary folder,
 validates each size in a fresh subprocess (so ru_maxrss is that run's peak), with and
 without the tokenizer-based checks (the offline tiny model's BPE tokenizer and chat
-template), and writes bench/results/validate_throughput.json plus a table. Targets
-(issue 4): at least 50k rows/s without the tokenizer checks; peak memory flat as the
-file grows (100k vs 1M rows).
+template), and writes bench/results/validate_throughput.json plus a table. Targets:
+at least 50k rows/s without the tokenizer checks (issue 4), at least 20k rows/s with them
+(issue 17); peak memory flat as the file grows (100k vs 1M rows).
+
+The machine is shared: each result records the 1-minute load average before and after the
+run, and the run's CPU seconds (user + system), so a figure taken on a busy machine says so.
+`--tokens-parallel` lets the tokenizers library use its threads (the state directory's
+environment turns them off, as the flow runs with them off).
 """
 
 from __future__ import annotations
@@ -99,9 +104,36 @@ def synthesize(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
         raise SystemExit("parquet: convert the jsonl first (not needed for the figures)")
 
 
+def per_row_template(counter, rows, tp: list, tc: list, tr: list, conversations: dict):
+    """The token counting validation had before TokenCounter (--baseline): the chat template through
+    Jinja for every row, then every templated text tokenized whole."""
+    import numpy as np
+
+    if not len(rows):
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=bool)
+    convs = []
+    for i in rows:
+        if i in conversations:
+            p, c, r = conversations[i]
+            convs += [p + c, p + r]
+        else:
+            user = {"role": "user", "content": tp[i]}
+            convs += [[user, {"role": "assistant", "content": tc[i]}], [user, {"role": "assistant", "content": tr[i]}]]
+    texts = counter.tokenizer.apply_chat_template(convs, tokenize=False)
+    backend = counter.tokenizer.backend_tokenizer
+    counts = (len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False))
+    return np.fromiter(counts, dtype=np.int64, count=len(texts)).reshape(-1, 2), np.zeros(len(rows), dtype=bool)
+
+
 def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
+    """One validation in this process; prints its figures as one JSON line."""
     from alignflow.conf.validation import ValidationConfig
     from alignflow.tasks.validation.stage import validate_file
+
+    if os.environ.get("BENCH_BASELINE"):
+        from alignflow.tasks.validation import validator
+
+        validator.measure_rows = per_row_template
 
     tokenizer = None
     if tokenizer_dir:
@@ -112,7 +144,7 @@ def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
     started = time.perf_counter()
     report = validate_file(path, config, Path(out_dir), tokenizer)
     wall = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(
             {
@@ -121,14 +153,17 @@ def worker(path: str, tokenizer_dir: str | None, out_dir: str) -> None:
                 "quarantined": report.quarantined,
                 "seconds": round(wall, 2),
                 "rows_per_s": round(report.rows / wall),
-                "peak_rss_mb": round(peak_kb / 1024, 1),
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
                 "gate_passed": report.gate.passed,
+                "notes": report.notes,
             }
         )
     )
 
 
 def main(args: argparse.Namespace) -> None:
+    results_path = Path(args.results)
     from alignflow.conf.schema import PipelineConfig
     from alignflow.tasks.runtime.state import configure_environment
 
@@ -154,11 +189,29 @@ def main(args: argparse.Namespace) -> None:
                 cmd = [sys.executable, __file__, "--worker", str(data), str(tmp / f"out-{rows}-{with_tokenizer}")]
                 if with_tokenizer:
                     cmd.append(str(tokenizer_dir))
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                env = os.environ.copy()
+                if args.tokens_parallel:
+                    env["TOKENIZERS_PARALLELISM"] = "true"
+                if args.baseline:
+                    env["BENCH_BASELINE"] = "1"
+                load_before = round(os.getloadavg()[0], 1)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode:
                     raise SystemExit(proc.stderr)
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
-                result.update(file_mib=round(data.stat().st_size / 2**20, 1), tokenizer_checks=with_tokenizer)
+                result.update(
+                    file_mib=round(data.stat().st_size / 2**20, 1),
+                    tokenizer_checks=with_tokenizer,
+                    rows_per_cpu_s=round(result["rows"] / max(result["cpu_seconds"], 1e-9)),
+                    load_avg_1m=[load_before, round(os.getloadavg()[0], 1)],
+                    tokenizers_parallelism=env.get("TOKENIZERS_PARALLELISM"),
+                    token_counting="per-row template, whole texts (baseline)"
+                    if with_tokenizer and args.baseline
+                    else "TokenCounter"
+                    if with_tokenizer
+                    else None,
+                    measured=time.strftime("%Y-%m-%d %H:%M"),
+                )
                 results.append(result)
                 print(json.dumps(result))
             data.unlink()
@@ -166,25 +219,32 @@ def main(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     # Merge with earlier figures for other sizes (a run replaces only the sizes it measured).
-    fresh = {(r["rows"], r["tokenizer_checks"]) for r in results}
-    if RESULTS.exists():
-        earlier = json.loads(RESULTS.read_text()).get("results", [])
-        results = [r for r in earlier if (r["rows"], r["tokenizer_checks"]) not in fresh] + results
-    results.sort(key=lambda r: (r["tokenizer_checks"], r["rows"]))
+    def key(r: dict) -> tuple:
+        return r["rows"], r["tokenizer_checks"], r.get("token_counting")
+
+    fresh = {key(r) for r in results}
+    if results_path.exists():
+        earlier = json.loads(results_path.read_text()).get("results", [])
+        results = [r for r in earlier if key(r) not in fresh] + results
+    results.sort(key=lambda r: (r["tokenizer_checks"], str(r.get("token_counting")), r["rows"]))
     summary = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "config": "ValidationConfig() defaults (chunk_rows=10000), JSON lines input, 1% bad rows",
+        "config": "ValidationConfig() defaults (chunk_rows=10000), JSON lines input, 1% bad rows; the tokenizer "
+        "checks: too_long and double_bos through the tiny model's BPE tokenizer and chat template (vocab 2048)",
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{'rows':>9} {'tokenizer':>9} {'MiB':>7} {'seconds':>8} {'rows/s':>9} {'peak MB':>8}")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"\n{'rows':>9} {'tokenizer':>9} {'MiB':>7} {'seconds':>8} {'rows/s':>9} {'rows/cpu-s':>10} {'peak MB':>8} load"
+    )
     for r in results:
         print(
             f"{r['rows']:>9} {('yes' if r['tokenizer_checks'] else 'no'):>9} {r['file_mib']:>7} "
-            f"{r['seconds']:>8} {r['rows_per_s']:>9} {r['peak_rss_mb']:>8}"
+            f"{r['seconds']:>8} {r['rows_per_s']:>9} {r.get('rows_per_cpu_s', '-'):>10} {r['peak_rss_mb']:>8} "
+            f"{r.get('load_avg_1m', '-')} {r.get('token_counting') or ''}"
         )
-    print(f"\nwritten {RESULTS.relative_to(ROOT)}")
+    print(f"\nwritten {results_path}")
 
 
 if __name__ == "__main__":
@@ -192,6 +252,11 @@ if __name__ == "__main__":
         worker(sys.argv[2], sys.argv[4] if len(sys.argv) > 4 else None, sys.argv[3])
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+        parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
         parser.add_argument("--tokenizer-rows", type=int, nargs="*", default=[100_000, 1_000_000])
+        parser.add_argument("--tokens-parallel", action="store_true", help="let the tokenizers library use its threads")
+        parser.add_argument("--results", default=str(RESULTS), help="the JSON file to merge the figures into")
+        parser.add_argument(
+            "--baseline", action="store_true", help="count tokens as before TokenCounter (Jinja per row, whole texts)"
+        )
         main(parser.parse_args())
