@@ -14,6 +14,8 @@ from alignflow.conf.base import CHAMPION_MODEL
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows import artifacts
 from alignflow.flows.stages import base_model, generate, validate
+from alignflow.tasks.generation.byo import is_dataset_id
+from alignflow.tasks.generation.byo import source_sha256 as dataset_sha256
 from alignflow.tasks.generation.endpoints import llm_slots
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
@@ -76,7 +78,10 @@ def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) 
         else ("generation.prompts", prompts_path(gen.prompts))
     )
     try:
-        source = Ref(uri=source_file.resolve().as_uri(), sha256=source_sha256(source_file))
+        if gen.preference_data and is_dataset_id(gen.preference_data):  # the generate stage reads the HF cache
+            source = Ref(uri=gen.preference_data, sha256=dataset_sha256(gen.preference_data))
+        else:
+            source = Ref(uri=source_file.resolve().as_uri(), sha256=source_sha256(source_file))
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc} ({key})") from None
     # Binarization and thresholds only pick pairs from the candidates (one pairs folder per setting inside).

@@ -286,6 +286,18 @@ def test_cli_validates_a_dataset_id(hf_cache, tmp_path):
     assert written["valid"] == 4 and written["notes"][0].startswith("read with datasets.load_dataset")
 
 
+def test_preflight_looks_for_a_dataset_id_in_the_cache(hf_cache):
+    import os
+
+    from alignflow.tasks.runtime.preflight import check_dataset_id, parts
+
+    hf_home = Path(os.environ["HF_HOME"])
+    assert check_dataset_id(f"{hf_cache}:train_prefs", hf_home) is None
+    assert "not in the HF datasets cache" in check_dataset_id("someone/absent", hf_home)
+    found = {key: target for key, target, _ in parts(small_config(f"generation.preference_data={hf_cache}"))}
+    assert found["generation.preference_data"] == hf_cache
+
+
 # ---- through the whole flow -------------------------------------------------------------------------------
 
 EVAL = ["evaluation.max_prompts=12", "evaluation.samples_per_prompt=2", "evaluation.max_new_tokens=12"]

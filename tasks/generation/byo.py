@@ -56,6 +56,17 @@ def is_dataset_id(source: str | Path) -> bool:
     return "/" in text and suffix not in (*SUFFIXES, ".gz") and _DATASET_ID.match(text) is not None
 
 
+def in_hf_cache(source: str, cache_dir: str | Path) -> bool:
+    """Whether the HF datasets cache holds the id (a look at its folder: no `datasets` import, for preflight)."""
+    match = _DATASET_ID.match(source)
+    if match is None:
+        return False
+    *namespace, name = match.group(1).split("/")
+    # datasets' camelcase_to_snakecase, as load_dataset names the folder
+    name = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)).lower()
+    return (Path(cache_dir) / "___".join([*namespace, name])).is_dir()
+
+
 def load_dataset_id(source: str, out_dir: Path) -> tuple[Path, str]:
     """Read a dataset id from the HF cache (offline: nothing is downloaded) into out_dir/pairs.parquet.
 

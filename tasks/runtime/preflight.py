@@ -193,6 +193,20 @@ def _s3_credentials() -> bool:
 # ---- all of them -----------------------------------------------------------------------------------------
 
 
+def _dataset_id(path: str) -> bool:
+    from alignflow.tasks.generation.byo import is_dataset_id  # imported only for bring-your-own data
+
+    return is_dataset_id(path)
+
+
+def check_dataset_id(source: str, hf_home: Path) -> str | None:
+    """A dataset id must be in the HF datasets cache: nothing is downloaded."""
+    from alignflow.tasks.generation.byo import in_hf_cache
+
+    cache = Path(os.environ.get("HF_DATASETS_CACHE") or hf_home / "datasets")
+    return None if in_hf_cache(source, cache) else f"not in the HF datasets cache {cache} (nothing is downloaded)"
+
+
 def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | None]]]:
     """(config key, target, check) for every part the config names, in pipeline order."""
     hf_home = Path(os.environ.get("HF_HOME") or home(config) / "hf")
@@ -203,6 +217,9 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
         ("evaluation.prompts", config.evaluation.prompts),
     )
     for key, path in paths:
+        if key == "generation.preference_data" and path and _dataset_id(path):
+            found.append((key, path, lambda p=path: check_dataset_id(p, hf_home)))  # read from the HF cache
+            continue
         if path and not path.startswith("builtin:") and "://" not in path:
             found.append((key, path, lambda p=path: None if Path(p).expanduser().exists() else "no such file"))
     if not gen.preference_data:
