@@ -32,11 +32,14 @@ from __future__ import annotations
 import functools
 from importlib.metadata import version as pkg_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 HF_ARTIFACT = "hf_model"
 # The generation options, and their defaults where the model's generation_config.json sets none.
@@ -253,7 +256,7 @@ def requirements() -> list[str]:
     return [f"{p}=={pkg_version(p).split('+')[0]}" for p in REQUIREMENTS]
 
 
-def log_serving_model(model_dir: Path, registered_model_name: str | None = None, name: str = "model"):
+def log_serving_model(model_dir: Path, registered_model_name: str | None = None, name: str = "model") -> ModelInfo:
     """Log `model_dir` (a HF folder) as the serving model in the active MLflow run; its ModelInfo.
 
     Logging loads the model once and answers the input example, which MLflow stores with the
@@ -314,6 +317,7 @@ def usage_markdown(name: str, version: str, port: int = 5001) -> str:
             "## Use",
             "",
             "```bash",
+            "# in the project's virtualenv (the server runs its uvicorn), MLFLOW_TRACKING_URI set to the registry",
             f"mlflow models serve -m models:/{name}/{version} --env-manager local --port {port}",
             "# a chat: the answer is the completion alone, a JSON string",
             f"curl -s {url} -H 'Content-Type: application/json' -d '{chat}'",
