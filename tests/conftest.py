@@ -118,7 +118,6 @@ INTEGRATION_MODULES = {
     "test_train_distributed",
     "test_train_objectives",
     "test_train_stage",
-    "test_serving",
     "test_stack",
     "test_gpu_kit",
 }
