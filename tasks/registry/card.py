@@ -8,15 +8,12 @@ from alignflow.tasks.evaluation.stage import Evaluation
 from alignflow.tasks.registry.gate import GateDecision
 from alignflow.tasks.registry.tracking import mlflow_client
 
-# How to call a served version (the pyfunc in tasks/registry/serving.py answers with the completion alone).
-USAGE = [
-    'POST /invocations `{"inputs": [{"messages": [{"role": "user", "content": "Why is the sky blue?"}]}]}`',
-    'or `{"inputs": [{"prompt": "Why is the sky blue?", "max_new_tokens": 64}]}`.',
-]
-
 
 def model_card(name: str, version: str, tags: dict[str, str], evaluation: Evaluation, decision: GateDecision) -> str:
     """README.md of a model version: lineage, the gate's decision with its evidence, held-out metrics, use."""
+    # Imported here: serving.py imports mlflow, and the CLI imports this module.
+    from alignflow.tasks.registry.serving import usage_markdown
+
     lineage = [
         ("dataset", f"`{tags.get('dataset_uri', '?')}` (sha256 `{tags.get('dataset_sha256', '?')}`)"),
         ("validation report", f"`{tags.get('validation_report', '?')}`"),
@@ -64,14 +61,7 @@ def model_card(name: str, version: str, tags: dict[str, str], evaluation: Evalua
         "|---" * (len(keys) + 1) + "|",
         *(f"| {who} | " + " | ".join(str(m.get(k)) for k in keys) + " |" for who, m in held_out.table()),
         "",
-        "## Use",
-        "",
-        "```bash",
-        f"mlflow models serve -m models:/{name}/{version} --env-manager local",
-        "```",
-        "",
-        *USAGE,
-        "",
+        *usage_markdown(name, version).split("\n"),
     ]
     return "\n".join(lines)
 
