@@ -81,8 +81,9 @@ def test_registered_champion_loads_and_generates(tiny_model_path):
 
     mlflow.set_tracking_uri(uri)
     generator = mlflow.pyfunc.load_model("models:/test-register@champion")
-    out = generator.predict(["Why is the sky blue?"], params={"max_new_tokens": 8})
-    assert isinstance(out[0], str) and out[0]
+    # The completion alone, sampled: one of a few answers of the tiny test model may be empty.
+    out = generator.predict(["Why is the sky blue?"] * 6, params={"max_new_tokens": 8})
+    assert all(isinstance(text, str) and not text.startswith("Why is the sky") for text in out) and any(out)
 
     exported = export_champion(uri, "test-register", cfg.runtime.home / "exported")
     assert (exported / "config.json").is_file()
