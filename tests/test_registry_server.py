@@ -22,7 +22,7 @@ import requests
 from conftest import small_config
 
 from alignflow.tasks.registry import promotion
-from alignflow.tasks.registry.card import model_card, write_model_card
+from alignflow.tasks.registry.card import write_model_card
 from alignflow.tasks.registry.tracking import log_metrics, start_run
 from alignflow.tasks.registry.versions import (
     log_model_version,
@@ -139,7 +139,7 @@ def test_register_is_idempotent_and_gated(server, two_versions, tiny_model_path)
     [event] = promotion.history(server, NAME)
     assert event["action"] == "gate" and event["version"] == "1" and event["previous"] is None
     # The model card lives next to MLmodel in the version's artifacts.
-    write_model_card(server, NAME, "1", model_card(NAME, "1", failed, {"pairs": 3}, None))
+    write_model_card(server, NAME, "1", f"# {NAME} version 1\n\nGate: {failed['gate.outcome']}\n")
     model_id = client.get_model_version(NAME, "1").source.removeprefix("models:/")
     assert "README.md" in {a.path for a in client.list_logged_model_artifacts(model_id)}
 
