@@ -23,15 +23,14 @@ import math
 import re
 from collections import Counter
 
-STOPWORDS = frozenset(
-    """
+_STOPWORDS_TEXT = """
     a an the and or but if of to in on at by for with from as is are was were be been being it its this
     that these those there here what which who whom how why when where do does did can could should
     would will shall may might must i you he she we they me him her us them my your his our their not
     no so than then too very just also into about over under up down out more most some any each other
     such only own same s t
-    """.split()
-)
+"""
+STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 _WORD = re.compile(r"[a-z0-9]+")
 TARGET_WORDS_WITHOUT_REFERENCE = 40
 
