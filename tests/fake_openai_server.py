@@ -2,7 +2,8 @@
 
 It speaks POST /v1/chat/completions like vLLM or TGI: generation requests get deterministic
 answers, UltraFeedback judge requests (recognized by distilabel's system prompt) get one
-"Rating: N" section per text. Markers in a prompt inject failures:
+"Rating: N" section per text. Connections are kept alive (HTTP/1.1), as vLLM's are. Markers in
+a prompt inject failures:
 
     [flaky]          HTTP 500 on the first 2 requests for that prompt and model, then answers
     [fail]           HTTP 500 always, for models whose name contains "beta"
@@ -11,9 +12,18 @@ answers, UltraFeedback judge requests (recognized by distilabel's system prompt)
     [slow-always]    every request sleeps past the time-out, for models whose name contains "beta"
     [judge-flaky]    the judge's first answer does not parse, then it does
     [judge-garbage]  the judge's answer never parses
+    [rate-limited]   HTTP 429 with a Retry-After on the first request for that prompt and model
 
-Every request is recorded (kind, model, prompt, status) so tests can count LLM calls, and the
-Authorization header is checked against the expected key (401 otherwise).
+Server-wide settings (attributes, changeable while it runs) model a busy server:
+
+    latency_s        every answer takes this long (a fixed latency per request)
+    capacity         more requests than this in flight at once get HTTP 429 with a Retry-After
+    rate_limit_until every request before this time.monotonic() gets HTTP 429 with a Retry-After
+    retry_after_s    the Retry-After those 429s carry
+
+Every request is recorded (kind, model, prompt, status, when it arrived and was answered) so
+tests can count LLM calls, and the Authorization header is checked against the expected key
+(401 otherwise). `peak_in_flight` is the most requests the server was answering at once.
 """
 
 from __future__ import annotations
@@ -38,13 +48,21 @@ class Request:
     model: str
     prompt: str  # the user prompt (generation) or the instruction being judged
     status: int
+    arrived: float = 0.0  # time.monotonic()
+    in_flight: int = 0  # requests the server was answering when this one arrived (itself included)
 
 
 @dataclass
 class FakeOpenAI:
     api_key: str
     slow_seconds: float = 2.5
+    latency_s: float = 0.0
+    capacity: int | None = None
+    rate_limit_until: float = 0.0
+    retry_after_s: float = 1.0
     requests: list[Request] = field(default_factory=list)
+    in_flight: int = 0
+    peak_in_flight: int = 0
     _attempts: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -62,11 +80,25 @@ class FakeOpenAI:
         with self._lock:
             self.requests.clear()
             self._attempts.clear()
+            self.peak_in_flight = self.in_flight
+
+    @contextmanager
+    def answering(self) -> Iterator[int]:
+        """Count one request in flight while it is answered; yields how many are (itself included)."""
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            now = self.in_flight
+        try:
+            yield now
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     # --- answering ------------------------------------------------------------------------------
 
-    def answer(self, body: dict, authorization: str) -> tuple[int, dict, float]:
-        """(status, JSON body, seconds to sleep first) for one request."""
+    def answer(self, body: dict, authorization: str, in_flight: int = 1) -> tuple[int, dict, float]:
+        """(status, JSON body, seconds to sleep first) for one request; `in_flight` counts it."""
         messages = body.get("messages") or []
         model = str(body.get("model", ""))
         is_judge = any(JUDGE_MARK in str(m.get("content", "")) for m in messages if m.get("role") == "system")
@@ -76,9 +108,15 @@ class FakeOpenAI:
         with self._lock:
             self._attempts[(kind, model, prompt)] += 1
             attempt = self._attempts[(kind, model, prompt)]
-        status, sleep = 200, 0.0
+        status, sleep, arrived = 200, self.latency_s, time.monotonic()
         if authorization != f"Bearer {self.api_key}":
             status = 401
+        elif (
+            arrived < self.rate_limit_until
+            or (self.capacity is not None and in_flight > self.capacity)
+            or ("[rate-limited]" in prompt and attempt == 1)
+        ):
+            status, sleep = 429, 0.0
         elif kind == "generate":
             always = "[fail-all]" in prompt or ("[fail]" in prompt and "beta" in model)
             if always or ("[flaky]" in prompt and attempt <= 2):
@@ -86,10 +124,12 @@ class FakeOpenAI:
             elif ("[slow]" in prompt and attempt == 1) or ("[slow-always]" in prompt and "beta" in model):
                 sleep = self.slow_seconds
         with self._lock:
-            self.requests.append(Request(kind, model, prompt, status))
+            self.requests.append(Request(kind, model, prompt, status, arrived, in_flight))
         if status == 401:  # echoing what was presented, as some servers do: the client must not log it
             message = f"invalid api key {authorization.removeprefix('Bearer ')}"
             return status, {"error": {"message": message, "type": "invalid_request_error"}}, sleep
+        if status == 429:
+            return status, {"error": {"message": "injected rate limit", "type": "rate_limit_error"}}, sleep
         if status != 200:
             return status, {"error": {"message": "injected server error", "type": "server_error"}}, sleep
         n = int(body.get("n") or 1)
@@ -151,20 +191,26 @@ def serve(fake: FakeOpenAI) -> tuple[ThreadingHTTPServer, str]:
     """Start the server in a daemon thread; returns it and its base URL (…/v1)."""
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connections, as with vLLM
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
             if not self.path.rstrip("/").endswith("/chat/completions"):
                 self.send_error(404)
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            status, payload, sleep = fake.answer(body, self.headers.get("Authorization", ""))
-            if sleep:
-                time.sleep(sleep)
+            body = json.loads(raw or b"{}")
+            with fake.answering() as in_flight:
+                status, payload, sleep = fake.answer(body, self.headers.get("Authorization", ""), in_flight)
+                if sleep:
+                    time.sleep(sleep)
             data = json.dumps(payload).encode()
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    self.send_header("Retry-After", f"{fake.retry_after_s:g}")
                 self.end_headers()
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
@@ -175,7 +221,7 @@ def serve(fake: FakeOpenAI) -> tuple[ThreadingHTTPServer, str]:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
-        request_queue_size = 256  # the default 5 refuses connections when a whole batch arrives at once
+        request_queue_size = 1024  # the default 5 refuses connections when a whole batch arrives at once
 
     server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -193,9 +239,10 @@ def endpoint(url: str, model: str, **settings: object) -> str:
 
 
 @contextmanager
-def running(slow_seconds: float = 2.5) -> Iterator[tuple[FakeOpenAI, str]]:
-    """The server, with the key exported as KEY_VARIABLE (what a generator's api_key_env names)."""
-    fake = FakeOpenAI(api_key=API_KEY, slow_seconds=slow_seconds)
+def running(slow_seconds: float = 2.5, **settings: object) -> Iterator[tuple[FakeOpenAI, str]]:
+    """The server, with the key exported as KEY_VARIABLE (what a generator's api_key_env names);
+    `settings`: latency_s, capacity, rate_limit_until, retry_after_s."""
+    fake = FakeOpenAI(api_key=API_KEY, slow_seconds=slow_seconds, **settings)  # type: ignore[arg-type]
     httpd, url = serve(fake)
     os.environ[KEY_VARIABLE] = API_KEY
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 from alignflow.conf.generation import GenerationConfig
 from alignflow.tasks.runtime.state import sha256_text
 
-# Settings that change which rows fail, never what a successful row holds: left out of the
-# fingerprint, so raising a time-out after an outage keeps what was generated.
-_RETRY_KNOBS = ("timeout", "max_retries", "parse_retries", "retry_backoff")
+# Settings that change which rows fail or how fast, never what a successful row holds: left out of
+# the fingerprint, so raising a time-out after an outage keeps what was generated.
+_RETRY_KNOBS = ("timeout", "max_retries", "parse_retries", "retry_backoff", "max_concurrency")
 
 
 def candidate_settings(generation: GenerationConfig) -> str:

@@ -4,13 +4,17 @@ Two small subclasses, each for one reason:
 
 - SeededTransformersLLM generates in batches with seeded sampling (distilabel hands the
   transformers pipeline the whole batch, which without a batch size runs one prompt at a time).
-- EndpointLLM (OpenAILLM) turns a request that still fails after the client's retries into a
-  per-row error instead of failing the whole batch: distilabel would otherwise replace every
-  row of the batch with None and only log a warning. The error text reaches the stage report
-  and failed_rows.jsonl.
+- EndpointLLM (OpenAILLM) sends a batch's requests at once, at most `max_concurrency` in flight
+  (limits.AdaptiveLimit: fewer while the server answers 429/503 or times out), retries them
+  itself, and turns a request that still fails into that row's error instead of failing the
+  whole batch: distilabel would otherwise replace every row of the batch with None and only log
+  a warning. The error text reaches the stage report and failed_rows.jsonl.
 
-Retries of HTTP 5xx/429/408 and time-outs are the OpenAI client's own (exponential backoff
-from 0.5 s, capped at 8 s, with jitter; `max_retries` and `timeout` from the config).
+Retries (limits.retry_delay) follow the OpenAI client's policy: HTTP 5xx/429/409/408, time-outs
+and dropped connections, exponential backoff from 0.5 s capped at 8 s with jitter, a server's
+Retry-After honoured; `max_retries` and `timeout` from the config. They are done here rather
+than inside the client so that a retry waits outside the concurrency limit, and a 429 holds
+back the other requests too.
 
 API keys: the key is read from the environment variable named by `api_key_env` when the
 pipeline is built, and set as distilabel's `api_key` (a SecretStr). distilabel leaves any
@@ -26,12 +30,15 @@ from typing import Any
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
 from distilabel.models.llms import OpenAILLM, TransformersLLM
-from pydantic import Field, SecretStr
+from distilabel.models.llms.base import AsyncLLM
+from pydantic import Field, PrivateAttr, SecretStr
 
 from alignflow.conf.generation import LLMConfig
 from alignflow.tasks.generation.endpoints import api_key
+from alignflow.tasks.generation.limits import AdaptiveLimit, is_overload, retry_delay
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CONCURRENCY = 16  # an endpoint LLM built outside the stage (the evaluation's judge) without its own
 TRANSFORMERS_REPETITION_PENALTY = 1.1
 
 
@@ -57,50 +64,166 @@ class SeededTransformersLLM(TransformersLLM):
 
 
 class EndpointLLM(OpenAILLM):
-    """OpenAILLM that reports a request failing after all retries as that row's error."""
+    """OpenAILLM with a concurrency limit and its own retries, reporting a request that fails after all
+    retries as that row's error."""
 
     api_key_env: str | None = None  # recorded in pipeline.yaml: which variable held the key, never its value
     # distilabel declares an int; the config (and the OpenAI client) take fractions of a second
     timeout: RuntimeParameter[float] = Field(120.0, description="Seconds per request before it times out.")
+    max_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, description="Requests in flight at once.")
+    _limit: AdaptiveLimit | None = PrivateAttr(None)
+
+    def load(self) -> None:
+        # OpenAIBaseClient.load would also build a synchronous client nobody uses (its own
+        # connection pool and TLS context); one pooled async client, with retries left to us.
+        AsyncLLM.load(self)
+        from openai import AsyncOpenAI
+
+        if self.api_key is None:
+            raise ValueError(f"{self.model}: no API key (build_llm reads it from the variable api_key_env names)")
+        self._aclient = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self.api_key.get_secret_value(),
+            max_retries=0,
+            timeout=self.timeout,
+            default_headers=self.default_headers,
+            http_client=_http_client(self.max_concurrency),
+        )
+        self._limit = AdaptiveLimit(self.max_concurrency)
+
+    def unload(self) -> None:
+        if self._aclient is not None and self._event_loop is not None and not self._event_loop.is_closed():
+            self._event_loop.run_until_complete(self._aclient.close())  # its pooled connections
+        super().unload()
 
     async def _agenerate(self, inputs: list, num_generations: int = 1, **kwargs: Any) -> list:
-        async def one(formatted: Any) -> dict:
-            try:
-                output = await self.agenerate(input=formatted, num_generations=num_generations, **kwargs)
-            except Exception as exc:  # the client already retried what is retryable
-                reason = describe_error(exc, self.timeout, self.max_retries)
-                if self.api_key is not None and len(self.api_key.get_secret_value()) > 4:
-                    reason = reason.replace(self.api_key.get_secret_value(), "***")  # a server may echo it
-                return {
-                    "generations": [None] * num_generations,
-                    "statistics": {"input_tokens": [0], "output_tokens": [0] * num_generations},
-                    "error": [reason] * num_generations,
-                }
-            output["error"] = [None] * len(output["generations"])
-            return output
+        if self._limit is None:
+            self._limit = AdaptiveLimit(self.max_concurrency)
+        return list(await asyncio.gather(*(self._request(f, num_generations, kwargs) for f in inputs)))
 
-        return list(await asyncio.gather(*(one(formatted) for formatted in inputs)))
+    async def _request(self, formatted: Any, num_generations: int, kwargs: dict) -> dict:
+        """One input: sent when the limit allows, retried while retryable, its error kept when it fails."""
+        limit = self._limit
+        assert limit is not None
+        attempt = 0
+        while True:
+            async with limit.slot() as epoch:
+                try:
+                    output = await self.agenerate(input=formatted, num_generations=num_generations, **kwargs)
+                except Exception as exc:
+                    delay = retry_delay(exc, attempt)
+                    if is_overload(exc):  # a 429/503 holds back every request for its delay; a time-out does not
+                        limit.overloaded(epoch, delay if not _timed_out(exc) else None)
+                    if delay is None or attempt >= self.max_retries:
+                        return self._failed(exc, attempt + 1, num_generations)
+                else:
+                    limit.succeeded()
+                    output["error"] = [None] * len(output["generations"])
+                    return output
+            attempt += 1
+            await asyncio.sleep(delay)  # outside the limit: other requests go on meanwhile
+
+    async def _generate_chat_completion(
+        self,
+        input: Any,
+        num_generations: int = 1,
+        max_new_tokens: int = 128,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: str | list[str] | None = None,
+        response_format: dict[str, str] | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> dict:
+        """distilabel's request body, sent as it is: `chat.completions.create` first walks the body
+        against the API's typed parameters, recursively, for every request (the largest part of
+        the client's CPU per request in a profile); the JSON on the wire is the same. alignflow sends
+        no structured output (distilabel's instructor path)."""
+        from openai.types.chat import ChatCompletion
+
+        body: dict[str, Any] = {
+            "messages": input,
+            "model": self.model,
+            "logprobs": logprobs,
+            "top_logprobs": top_logprobs,
+            "max_tokens": max_new_tokens,
+            "n": num_generations,
+            "frequency_penalty": frequency_penalty,
+            "presence_penalty": presence_penalty,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop": stop,
+        }
+        if isinstance([m for m in input if m["role"] == "user"][0]["content"], list):
+            body.pop("stop")  # as distilabel: a message with an image takes no stop
+        if response_format is not None:
+            body["response_format"] = response_format
+        body.update(extra_body or {})
+        completion = await self._aclient.post("/chat/completions", body=body, cast_to=ChatCompletion)
+        return self._generations_from_openai_completion(completion)
+
+    def _failed(self, exc: Exception, attempts: int, num_generations: int) -> dict:
+        reason = describe_error(exc, self.timeout, attempts)
+        if self.api_key is not None and len(self.api_key.get_secret_value()) > 4:
+            reason = reason.replace(self.api_key.get_secret_value(), "***")  # a server may echo it
+        return {
+            "generations": [None] * num_generations,
+            "statistics": {"input_tokens": [0], "output_tokens": [0] * num_generations},
+            "error": [reason] * num_generations,
+        }
 
 
-def describe_error(exc: BaseException, timeout: float, retries: int) -> str:
+def _timed_out(exc: BaseException) -> bool:
+    import openai
+
+    return isinstance(exc, openai.APITimeoutError)
+
+
+def _http_client(concurrency: int):
+    """aiohttp under the OpenAI client where it is installed (about half the CPU per request of the
+    pure-Python httpx, measured), else the client's httpx; either keeps a connection alive for
+    every request that may be in flight (the client's default keeps 100)."""
+    from openai import DEFAULT_CONNECTION_LIMITS, DefaultAioHttpClient, DefaultAsyncHttpxClient
+
+    limits = type(DEFAULT_CONNECTION_LIMITS)(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
+    )
+    try:
+        return DefaultAioHttpClient(limits=limits)
+    except RuntimeError:  # aiohttp is not installed
+        return DefaultAsyncHttpxClient(limits=limits)
+
+
+def describe_error(exc: BaseException, timeout: float, attempts: int) -> str:
     """One line saying why a request failed, for people reading failed_rows.jsonl."""
     import openai
 
-    tries = f"after {retries + 1} attempts"
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
     if isinstance(exc, openai.APITimeoutError):
-        return f"timed out ({timeout:g} s per request) {tries}"
+        return f"timed out ({timeout:g} s per request){tries}"
     if isinstance(exc, openai.APIStatusError):
         body = " ".join(str(exc.message).split())[:200]
-        retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500  # what the client retries
-        return f"HTTP {exc.status_code}{' ' + tries if retried else ''}: {body}"
+        return f"HTTP {exc.status_code}{tries}: {body}"
     if isinstance(exc, openai.APIConnectionError):
-        return f"connection failed {tries}: {exc.__cause__ or exc}"
+        return f"connection failed{tries}: {exc.__cause__ or exc}"
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
-def build_llm(llm: LLMConfig, where: str, model_path: str | None, seed: int, batch_size: int, threads: int = 0):
+def build_llm(
+    llm: LLMConfig,
+    where: str,
+    model_path: str | None,
+    seed: int,
+    batch_size: int,
+    threads: int = 0,
+    concurrency: int | None = None,
+):
     """The distilabel LLM for one config entry; `model_path` is the loadable local model (transformers),
-    `threads` the CPU threads it may use (0: all)."""
+    `threads` the CPU threads it may use (0: all), `concurrency` an endpoint's requests in flight
+    (None: its own max_concurrency, else DEFAULT_CONCURRENCY)."""
     if llm.provider == "openai":
         return EndpointLLM(
             model=llm.model,
@@ -109,6 +232,7 @@ def build_llm(llm: LLMConfig, where: str, model_path: str | None, seed: int, bat
             api_key_env=llm.api_key_env,
             timeout=llm.timeout,
             max_retries=llm.max_retries,
+            max_concurrency=concurrency or llm.max_concurrency or DEFAULT_CONCURRENCY,
             generation_kwargs=generation_kwargs(llm),
         )
     if model_path is None:
