@@ -4,20 +4,26 @@
 
 Generators are local transformers models or OpenAI-compatible endpoints (llms.py); the judge is
 the offline scorer or an UltraFeedback LLM judge (steps.py). With `generation.ray` the same
-pipeline runs on the Ray cluster (distilabel's RayPipeline). stage.py runs it in a spawned
-process and turns its rows into pairs.
+pipeline runs on the Ray cluster (distilabel's RayPipeline). stage.py runs it in a process of
+its own (run_in_worker) and turns its rows into pairs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
+import pickle
 import shutil
+import subprocess
+import sys
+import traceback
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
 from alignflow.tasks.generation.endpoints import llm_slots
+from alignflow.tasks.generation.limits import concurrency_shares
 from alignflow.tasks.runtime.state import sha256_text
 
 
@@ -35,13 +41,24 @@ def generator_labels(generation: GenerationConfig) -> list[str]:
     ]
 
 
+def step_batches(generation: GenerationConfig, shares: list[int | None]) -> list[int]:
+    """Rows per batch of each LLM's step (llm_slots order).
+
+    A local model takes generation.input_batch_size (it shapes the sampled text). An endpoint
+    step sends its whole batch at once through its concurrency limit and takes the next batch
+    only when the last request of this one is back: two rounds of its share keep the limit full
+    while the batch's stragglers finish, and cost distilabel's per-batch hops half as often."""
+    size = generation.input_batch_size
+    return [size if share is None else max(size, 2 * share) for share in shares]
+
+
 def build_pipeline(
     rows: list[dict], generation: GenerationConfig, model_paths: list[str | None], cache_dir: Path, seed: int
 ):
     """The distilabel pipeline; `model_paths[i]` is the loadable local model of llm_slots()[i]."""
-    from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
+    from alignflow.tasks.generation.bookkeeping import StagePipeline
     from alignflow.tasks.generation.llms import build_llm, cpu_threads_each
     from alignflow.tasks.generation.steps import (
         CollectCandidates,
@@ -51,50 +68,68 @@ def build_pipeline(
     )
 
     slots = llm_slots(generation)
-    batch = generation.input_batch_size
+    shares = concurrency_shares([llm for _, llm in slots], generation.max_concurrency)
+    batches = step_batches(generation, shares)
+    gen_batch = max(batches[: len(generation.generators)])  # the prompts' and candidates' batches
     # Local models share this machine's cores; on Ray each actor gets the threads Ray gives it.
     threads = 0 if generation.ray else cpu_threads_each([llm for _, llm in slots])
-    with Pipeline(name="alignflow-generate", cache_dir=cache_dir) as pipeline:
+
+    def llm(i: int):
+        where, config = slots[i]
+        return build_llm(config, where, model_paths[i], seed + i, batches[i], threads, shares[i])
+
+    with StagePipeline(name="alignflow-generate", cache_dir=cache_dir) as pipeline:
         load = LoadDataFromDicts(
             data=[
                 {"row": r["row"], "prompt_id": r["id"], "instruction": r["prompt"], "reference": r["reference"]}
                 for r in rows
             ],
-            batch_size=batch,
+            batch_size=gen_batch,
         )
         generators = [
             TrackedTextGeneration(
                 name=f"generator_{i}",
-                llm=build_llm(gen, where, model_paths[i], seed + i, batch, threads),
+                llm=llm(i),
                 num_generations=gen.num_generations,
                 group_generations=True,
-                input_batch_size=batch,
+                input_batch_size=batches[i],
                 generator_index=i,
                 label=label,
                 progress_total=len(rows),
             )
-            for i, ((where, gen), label) in enumerate(zip(slots, step_labels(generation), strict=False))
+            for i, (gen, label) in enumerate(zip(generation.generators, step_labels(generation), strict=True))
         ]
-        collect = CollectCandidates(name="candidates", input_batch_size=batch)
+        collect = CollectCandidates(name="candidates", input_batch_size=gen_batch)
         position = len(generators)
         if generation.judge.kind == "offline":
             scorer = OfflineJudge(
-                name="judge", input_batch_size=batch, progress_total=len(rows), progress_position=position
+                name="judge", input_batch_size=gen_batch, progress_total=len(rows), progress_position=position
             )
         else:
-            where, llm = slots[-1]
             scorer = UltraFeedbackJudge(
                 name="judge",
-                llm=build_llm(llm, where, model_paths[-1], seed + position, batch, threads),
+                llm=llm(position),
                 aspect=generation.judge.aspect,
                 parse_retries=generation.judge.parse_retries,
                 retry_backoff=generation.judge.retry_backoff,
-                input_batch_size=batch,
+                input_batch_size=batches[position],
                 progress_total=len(rows),
                 progress_position=position,
             )
         load >> generators >> collect >> scorer
     return pipeline
+
+
+def preload_modules(generation: GenerationConfig) -> list[str]:
+    """What distilabel's step processes import, for the fork server to import once."""
+    # distilabel.pipeline: the pool's worker initializer lives there
+    modules = ["distilabel.pipeline", "alignflow.tasks.generation.steps", "alignflow.tasks.generation.llms"]
+    providers = {llm.provider for _, llm in llm_slots(generation)}
+    if "openai" in providers:
+        modules.append("openai")
+    if "transformers" in providers:
+        modules += ["torch", "transformers.pipelines"]  # what TransformersLLM.load imports
+    return modules
 
 
 def pipeline_definition(pipeline, rows: list[dict], ray_address: str | None = None) -> str:
@@ -120,10 +155,21 @@ def run_pipeline(
     seed: int,
     ray_address: str | None = None,
 ) -> None:
-    """Run the pipeline (in this process): writes attempt.parquet, pipeline.yaml and distilabel.log."""
+    """Run the pipeline (in this process, run_in_worker's): writes attempt.parquet, pipeline.yaml and
+    distilabel.log."""
     # distilabel collects its step processes' logs (and writes pipeline.log) only in a process
-    # named MainProcess; this one is the stage's spawned worker, which plays that part.
+    # named MainProcess; this one is the stage's worker, which plays that part.
     multiprocessing.current_process().name = "MainProcess"
+    if not generation.ray:
+        # distilabel starts a process per step with the default start method: with spawn each one
+        # imported distilabel, openai or torch anew (27 of the 40 s a 200-prompt run took on a
+        # busy machine). A fork server imports them once, while this process builds the pipeline,
+        # and forks the step processes from there (it runs no threads, so forking it is safe).
+        from multiprocessing import forkserver
+
+        multiprocessing.set_start_method("forkserver", force=True)
+        multiprocessing.set_forkserver_preload(preload_modules(generation))
+        forkserver.ensure_running()
     # distilabel keys its cache on the steps, not on the data: one cache folder per set of rows.
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True))[:16]
     pipeline = build_pipeline(rows, generation, model_paths, cache, seed)
@@ -140,6 +186,62 @@ def run_pipeline(
     logs = sorted(cache.rglob("pipeline.log"), key=lambda p: p.stat().st_mtime)
     if logs:
         shutil.copyfile(logs[-1], out_dir / "distilabel.log")
+
+
+def run_in_worker(
+    rows: list[dict],
+    generation: GenerationConfig,
+    model_paths: list[str | None],
+    out_dir: Path,
+    seed: int,
+    ray_address: str | None = None,
+) -> None:
+    """run_pipeline in a process of its own; an exception there is raised here.
+
+    distilabel forks a process per step. Forking a process that already runs threads (Prefect's
+    event loop, torch's OpenMP pool) can deadlock the children, so the pipeline runs in a fresh
+    Python that has touched neither. A plain `python -c` rather than multiprocessing's spawn:
+    spawn imports the parent's __main__ again in the child (the CLI; `prefect.engine`, 6 s here,
+    for a deployment's flow run; a benchmark's script), which the pipeline does not need.
+    """
+    job = out_dir / "worker-job.pkl"
+    job.write_bytes(pickle.dumps((rows, generation, model_paths, out_dir, seed, ray_address)))
+    outcome = job.with_name("worker-outcome.pkl")
+    outcome.unlink(missing_ok=True)
+    code = "from alignflow.tasks.generation.pipeline import _worker_main; _worker_main()"
+    try:
+        returncode = subprocess.run([sys.executable, "-c", code, str(job)], check=False).returncode
+        failure = pickle.loads(outcome.read_bytes()) if outcome.exists() else None
+    finally:
+        job.unlink(missing_ok=True)
+        outcome.unlink(missing_ok=True)
+    if failure is not None:
+        raise failure
+    if returncode:
+        raise RuntimeError(f"the generate pipeline's process exited with code {returncode} (see its output above)")
+
+
+def _worker_main() -> None:
+    """run_in_worker's process: run the job, leave the exception (if any) next to it, exit at once."""
+    job = Path(sys.argv[1])
+    failure: BaseException | None = None
+    try:
+        run_pipeline(*pickle.loads(job.read_bytes()))
+    except BaseException as exc:  # noqa: BLE001 (handed to the stage, which raises it)
+        traceback.print_exc()
+        failure = exc
+    if failure is not None:
+        try:
+            data = pickle.dumps(failure)
+        except Exception:  # an exception that does not pickle still says what happened
+            data = pickle.dumps(RuntimeError("".join(traceback.format_exception(failure))))
+        job.with_name("worker-outcome.pkl").write_bytes(data)
+    # Skip the interpreter's teardown of distilabel, datasets and pandas (seconds on a busy
+    # machine): every file is written and closed by now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if failure is not None else 0)
 
 
 def ray_gcs_address(address: str | None) -> str:

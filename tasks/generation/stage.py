@@ -23,18 +23,16 @@ Layout of `out_dir` (the flow keys it by the content of prompts, generators, jud
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
 from alignflow.tasks.generation.binarize import binarize_rows
 from alignflow.tasks.generation.endpoints import check_api_keys, llm_slots
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
-from alignflow.tasks.generation.pipeline import ray_gcs_address, run_pipeline
+from alignflow.tasks.generation.pipeline import ray_gcs_address, run_in_worker
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.generation.rows import PAIR_COLUMNS, failures, pair_schema, previous_rows, read_rows, write_rows
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text
@@ -81,11 +79,7 @@ def generate_preferences(
         attempt = out_dir / "attempt.parquet"
         attempt.unlink(missing_ok=True)
         address = ray_gcs_address(ray_address) if generation.ray else None
-        # distilabel forks a process per step. Forking a process that already runs threads
-        # (Prefect's event loop, torch's OpenMP pool) can deadlock the children, so the
-        # pipeline runs in a freshly spawned process that has touched neither.
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(run_pipeline, todo, generation, paths, out_dir, seed, address).result()
+        run_in_worker(todo, generation, paths, out_dir, seed, address)  # a fresh process: see its doc
         new = read_rows(attempt)
         attempt.unlink()
         # The attempt finished and its rows are in scored.parquet: distilabel's cache would only
