@@ -131,11 +131,22 @@ def test_too_low_success_rate_fails_and_a_rerun_retries_only_failed_rows(first_r
     message = str(info.value)
     assert "7/9 prompts" in message and "failed_rows.jsonl" in message and "HTTP 500" in message
     assert info.value.report.status == "failed" and info.value.report.reused_rows == 7
-    # Only the two failed prompts went back to the server; the judged rows were kept.
+    assert info.value.report.rejudged_rows == 1 and info.value.report.generated_rows == 1
+    # Only the two failed prompts went back to the server; the judged rows were kept. The row whose
+    # generators all answered and only the judge failed went to the judge alone.
     again = fake.requests[before:]
     assert {r.prompt for r in again} == {PROMPTS[4], PROMPTS[7]}
+    assert {r.kind for r in again if r.prompt == PROMPTS[7]} == {"judge"}
+    assert {r.kind for r in again if r.prompt == PROMPTS[4]} == {"generate"}  # no candidates: nothing to judge
     assert len(pd.read_parquet(out / "candidates.parquet")) == 9
     assert {f["prompt_id"] for f in failures(out) if f["row_failed"]} == {"q4", "q7"}
+    # Each attempt's failures are kept: the first run's (7 rows with a failure of some step) and the re-run's.
+    attempts = sorted((out / "failed_rows").glob("attempt-*.jsonl"))
+    assert [a.name for a in attempts] == ["attempt-1.jsonl", "attempt-2.jsonl"]
+    second = [json.loads(line) for line in attempts[1].read_text().splitlines()]
+    assert {f["prompt_id"] for f in second} == {"q4", "q7"}
+    first = [json.loads(line) for line in attempts[0].read_text().splitlines()]
+    assert {"q4", "q7"} < {f["prompt_id"] for f in first}
 
 
 def test_a_rejected_key_is_the_row_error_without_the_key(server):

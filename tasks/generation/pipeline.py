@@ -52,20 +52,42 @@ def step_batches(generation: GenerationConfig, shares: list[int | None]) -> list
     return [size if share is None else max(size, 2 * share) for share in shares]
 
 
+# The columns a scored row carries into the judge (CollectCandidates' outputs): a re-run hands
+# the judge alone the rows where only the judge failed.
+JUDGE_INPUT_COLUMNS = (
+    "row",
+    "prompt_id",
+    "instruction",
+    "reference",
+    "candidates",
+    "candidate_generators",
+    "generation_errors",
+    "output_tokens",
+    "row_error",
+    "generation_started",
+    "generation_finished",
+)
+
+
+KEY_COLUMNS = (("id", "prompt_id"), ("prompt", "instruction"), ("reference", "reference"))
+
+
 def build_pipeline(
-    rows: list[dict], generation: GenerationConfig, model_paths: list[str | None], cache_dir: Path, seed: int
+    rows: list[dict],
+    generation: GenerationConfig,
+    model_paths: list[str | None],
+    cache_dir: Path,
+    seed: int,
+    judge_only: bool = False,
 ):
-    """The distilabel pipeline; `model_paths[i]` is the loadable local model of llm_slots()[i]."""
+    """The distilabel pipeline; `model_paths[i]` is the loadable local model of llm_slots()[i].
+
+    `judge_only`: `rows` are scored rows whose candidates are kept and only the judge runs on them."""
     from distilabel.steps import LoadDataFromDicts
 
     from alignflow.tasks.generation.bookkeeping import StagePipeline
     from alignflow.tasks.generation.llms import build_llm, cpu_threads_each
-    from alignflow.tasks.generation.steps import (
-        CollectCandidates,
-        OfflineJudge,
-        TrackedTextGeneration,
-        UltraFeedbackJudge,
-    )
+    from alignflow.tasks.generation.steps import CollectCandidates, TrackedTextGeneration
 
     slots = llm_slots(generation)
     shares = concurrency_shares([llm for _, llm in slots], generation.max_concurrency)
@@ -78,7 +100,15 @@ def build_pipeline(
         where, config = slots[i]
         return build_llm(config, where, model_paths[i], seed + i, batches[i], threads, shares[i])
 
-    with StagePipeline(name="alignflow-generate", cache_dir=cache_dir) as pipeline:
+    position = len(generation.generators)
+    with StagePipeline(name="alignflow-judge" if judge_only else "alignflow-generate", cache_dir=cache_dir) as pipeline:
+        scorer = _scorer(generation, llm, len(rows), position, batches[position] if batches[position:] else gen_batch)
+        if judge_only:
+            candidates = LoadDataFromDicts(
+                data=[{k: r.get(k) for k in JUDGE_INPUT_COLUMNS} for r in rows], batch_size=scorer.input_batch_size
+            )
+            candidates >> scorer
+            return pipeline
         load = LoadDataFromDicts(
             data=[
                 {"row": r["row"], "prompt_id": r["id"], "instruction": r["prompt"], "reference": r["reference"]}
@@ -100,24 +130,26 @@ def build_pipeline(
             for i, (gen, label) in enumerate(zip(generation.generators, step_labels(generation), strict=True))
         ]
         collect = CollectCandidates(name="candidates", input_batch_size=gen_batch)
-        position = len(generators)
-        if generation.judge.kind == "offline":
-            scorer = OfflineJudge(
-                name="judge", input_batch_size=gen_batch, progress_total=len(rows), progress_position=position
-            )
-        else:
-            scorer = UltraFeedbackJudge(
-                name="judge",
-                llm=llm(position),
-                aspect=generation.judge.aspect,
-                parse_retries=generation.judge.parse_retries,
-                retry_backoff=generation.judge.retry_backoff,
-                input_batch_size=batches[position],
-                progress_total=len(rows),
-                progress_position=position,
-            )
         load >> generators >> collect >> scorer
     return pipeline
+
+
+def _scorer(generation: GenerationConfig, llm, prompts: int, position: int, batch: int):
+    """The judge step: the offline scorer, or the UltraFeedback LLM judge (llm(position) builds its LLM)."""
+    from alignflow.tasks.generation.steps import OfflineJudge, UltraFeedbackJudge
+
+    if generation.judge.kind == "offline":
+        return OfflineJudge(name="judge", input_batch_size=batch, progress_total=prompts, progress_position=position)
+    return UltraFeedbackJudge(
+        name="judge",
+        llm=llm(position),
+        aspect=generation.judge.aspect,
+        parse_retries=generation.judge.parse_retries,
+        retry_backoff=generation.judge.retry_backoff,
+        input_batch_size=batch,
+        progress_total=prompts,
+        progress_position=position,
+    )
 
 
 def preload_modules(generation: GenerationConfig) -> list[str]:
@@ -139,7 +171,8 @@ def pipeline_definition(pipeline, rows: list[dict], ray_address: str | None = No
     import yaml
 
     dump = pipeline.dump()
-    data = [{k: r[k] for k in ("id", "prompt", "reference")} for r in rows]
+    # a judge-only run's rows are scored rows (prompt_id, instruction, reference)
+    data = [{k: r.get(k, r.get(alt)) for k, alt in KEY_COLUMNS} for r in rows]
     dump["alignflow"] = {
         "prompts": {"rows": len(rows), "sha256": sha256_text(json.dumps(data, sort_keys=True))},
         "executor": {"pipeline": type(pipeline).__name__, "ray_address": ray_address},
@@ -154,9 +187,10 @@ def run_pipeline(
     out_dir: Path,
     seed: int,
     ray_address: str | None = None,
+    judge_only: bool = False,
 ) -> None:
     """Run the pipeline (in this process, run_in_worker's): writes attempt.parquet, pipeline.yaml and
-    distilabel.log."""
+    distilabel.log (attempt-judge.parquet, pipeline-judge.yaml, distilabel-judge.log when `judge_only`)."""
     # distilabel collects its step processes' logs (and writes pipeline.log) only in a process
     # named MainProcess; this one is the stage's worker, which plays that part.
     multiprocessing.current_process().name = "MainProcess"
@@ -171,8 +205,8 @@ def run_pipeline(
         multiprocessing.set_forkserver_preload(preload_modules(generation))
         forkserver.ensure_running()
     # distilabel keys its cache on the steps, not on the data: one cache folder per set of rows.
-    cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True))[:16]
-    pipeline = build_pipeline(rows, generation, model_paths, cache, seed)
+    cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True, default=str))[:16]
+    pipeline = build_pipeline(rows, generation, model_paths, cache, seed, judge_only)
     if generation.ray:
         from alignflow.tasks.runtime.ray import FORWARDED_ENV
 
@@ -181,11 +215,12 @@ def run_pipeline(
             ray_init_kwargs={"address": ray_address, "logging_level": "WARNING", "runtime_env": {"env_vars": env}}
         )
     distiset = pipeline.run(use_cache=True)  # resumes from distilabel's cache after a crash mid-run
-    distiset["default"]["train"].to_parquet(str(out_dir / "attempt.parquet"))
-    (out_dir / "pipeline.yaml").write_text(pipeline_definition(pipeline, rows, ray_address))
+    suffix = "-judge" if judge_only else ""
+    distiset["default"]["train"].to_parquet(str(out_dir / f"attempt{suffix}.parquet"))
+    (out_dir / f"pipeline{suffix}.yaml").write_text(pipeline_definition(pipeline, rows, ray_address))
     logs = sorted(cache.rglob("pipeline.log"), key=lambda p: p.stat().st_mtime)
     if logs:
-        shutil.copyfile(logs[-1], out_dir / "distilabel.log")
+        shutil.copyfile(logs[-1], out_dir / f"distilabel{suffix}.log")
 
 
 def run_in_worker(
@@ -195,6 +230,7 @@ def run_in_worker(
     out_dir: Path,
     seed: int,
     ray_address: str | None = None,
+    judge_only: bool = False,
 ) -> None:
     """run_pipeline in a process of its own; an exception there is raised here.
 
@@ -205,7 +241,7 @@ def run_in_worker(
     for a deployment's flow run; a benchmark's script), which the pipeline does not need.
     """
     job = out_dir / "worker-job.pkl"
-    job.write_bytes(pickle.dumps((rows, generation, model_paths, out_dir, seed, ray_address)))
+    job.write_bytes(pickle.dumps((rows, generation, model_paths, out_dir, seed, ray_address, judge_only)))
     outcome = job.with_name("worker-outcome.pkl")
     outcome.unlink(missing_ok=True)
     code = "from alignflow.tasks.generation.pipeline import _worker_main; _worker_main()"

@@ -56,6 +56,7 @@ class GenerationReport(BaseModel):
     failed_generations: int | None = None
     reused_rows: int | None = None  # judged by an earlier attempt with the same settings
     generated_rows: int | None = None
+    rejudged_rows: int = 0  # only the judge ran again: their candidates were kept from an earlier attempt
     executor: str | None = None  # local, ray, or reused (nothing left to generate)
     seconds: float
     responses_per_s: float | None = None

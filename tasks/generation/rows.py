@@ -48,11 +48,11 @@ def write_rows(rows: list[dict], path: Path, metadata: dict[str, str] | None = N
 
 
 def previous_rows(out_dir: Path, fingerprint: str) -> dict[int, dict]:
-    """Rows a previous attempt with the same settings generated and judged (they are kept)."""
+    """Every row a previous attempt with the same settings scored, judged or failed, by row number."""
     scored, stamp = out_dir / "scored.parquet", out_dir / "scored.fingerprint"
     if not (scored.exists() and stamp.exists() and stamp.read_text() == fingerprint):
         return {}
-    return {r["row"]: r for r in read_rows(scored) if r.get("scores") is not None}
+    return {r["row"]: r for r in read_rows(scored)}
 
 
 def failures(scored: list[dict]) -> list[dict]:

@@ -6,13 +6,15 @@ tie / identical / empty, or listed in failed_rows.jsonl with the reason it faile
 error after the client's retries, a judge answer that never parsed). The stage fails when too
 few prompts succeed (generation.min_success_rate), after writing what it has; running it again
 retries only the rows that failed (scored rows are kept in scored.parquet, keyed by a
-fingerprint of the settings that shape them).
+fingerprint of the settings that shape them; a row whose generators all answered and whose judge
+failed goes to the judge alone).
 
 Layout of `out_dir` (the flow keys it by the content of prompts, generators, judge and code):
 
     scored.parquet, scored.fingerprint   every prompt's candidates, scores and errors (resumable)
     candidates.parquet                   the same, for people: one row per prompt
     failed_rows.jsonl                    one line per failure: row, prompt, step, reason, row_failed
+    failed_rows/attempt-<n>.jsonl        the same, for the rows attempt n ran (each attempt's are kept)
     pipeline.yaml                        the distilabel pipeline definition (prompts by hash)
     distilabel.log                       distilabel's log of the last attempt
     pairs-<key>/                         per binarization setting: pairs.parquet (with the pipeline
@@ -70,30 +72,41 @@ def generate_preferences(
     fingerprint = sha256_text(
         candidate_settings(generation), json.dumps(rows, sort_keys=True), json.dumps(paths), str(seed), code_version()
     )
-    previous = previous_rows(out_dir, fingerprint)
-    todo = [r for r in rows if r["row"] not in previous]
+    earlier = previous_rows(out_dir, fingerprint)
+    previous = {i: r for i, r in earlier.items() if r.get("scores") is not None}
+    # Rows whose candidates are all there and only the judge failed: the judge alone runs again.
+    to_rejudge = [r for i, r in sorted(earlier.items()) if i not in previous and only_the_judge_failed(r)]
+    rejudge_ids = {r["row"] for r in to_rejudge}
+    todo = [r for r in rows if r["row"] not in previous and r["row"] not in rejudge_ids]
 
     started = time.perf_counter()
     new: list[dict] = []
-    if todo:
-        attempt = out_dir / "attempt.parquet"
-        attempt.unlink(missing_ok=True)
+    rejudged: list[dict] = []
+    if todo or to_rejudge:
         address = ray_gcs_address(ray_address) if generation.ray else None
-        run_in_worker(todo, generation, paths, out_dir, seed, address)  # a fresh process: see its doc
-        new = read_rows(attempt)
-        attempt.unlink()
+        if to_rejudge:
+            rejudged = _run(to_rejudge, generation, paths, out_dir, seed, address, judge_only=True)
+            rejudged = [{**earlier[r["row"]], **r} for r in rejudged]  # the earlier row's columns, judged anew
+        if todo:
+            new = _run(todo, generation, paths, out_dir, seed, address)
         # The attempt finished and its rows are in scored.parquet: distilabel's cache would only
         # replay the same failures on a re-run (its key is the same), so it goes.
         shutil.rmtree(out_dir / "distilabel-cache", ignore_errors=True)
     generated_s = time.perf_counter() - started
 
-    scored = sorted([*previous.values(), *new], key=lambda r: r["row"])
+    scored = sorted([*previous.values(), *rejudged, *new], key=lambda r: r["row"])
     write_rows(scored, out_dir / "scored.parquet")
     (out_dir / "scored.fingerprint").write_text(fingerprint)
     write_rows([{k: v for k, v in r.items() if k not in ("row",)} for r in scored], out_dir / "candidates.parquet")
     failed_lines = failures(scored)
     failed_file = out_dir / "failed_rows.jsonl"
-    failed_file.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in failed_lines))
+    failed_file.write_text(_jsonl(failed_lines))
+    if todo or to_rejudge:  # each attempt's failures stay, under failed_rows/ (the file above is the latest)
+        attempted = {r["row"] for r in (*new, *rejudged)}
+        history = out_dir / "failed_rows"
+        history.mkdir(exist_ok=True)
+        number = len(list(history.glob("attempt-*.jsonl"))) + 1
+        (history / f"attempt-{number}.jsonl").write_text(_jsonl([f for f in failed_lines if f["row"] in attempted]))
 
     binarized = binarize_rows(scored, generation, seed)
     pairs_ref, lineage = _write_pairs(binarized.pairs, generation, out_dir, seed)
@@ -126,7 +139,8 @@ def generate_preferences(
         failed_generations=sum(len(r.get("generation_errors") or []) for r in scored),
         reused_rows=len(previous),
         generated_rows=len(todo),
-        executor=("ray" if generation.ray else "local") if todo else "reused",
+        rejudged_rows=len(to_rejudge),
+        executor=("ray" if generation.ray else "local") if todo or to_rejudge else "reused",
         seconds=round(generated_s, 1),
         responses_per_s=round(new_candidates / generated_s, 2) if todo and generated_s else None,
         output_tokens=tokens,
@@ -148,6 +162,31 @@ def generate_preferences(
             report,
         )
     return pairs_ref, report
+
+
+def only_the_judge_failed(row: dict) -> bool:
+    """A scored row whose generators all answered, and whose judge did not: only the judge needs to run again."""
+    return (
+        row.get("scores") is None
+        and bool(row.get("judge_error"))
+        and not row.get("generation_errors")
+        and not row.get("row_error")
+        and len(row.get("candidates") or []) >= 2
+    )
+
+
+def _run(rows: list[dict], generation: GenerationConfig, paths, out_dir: Path, seed: int, address, judge_only=False):
+    """One pipeline run in a fresh process (run_in_worker's doc says why); its rows."""
+    attempt = out_dir / ("attempt-judge.parquet" if judge_only else "attempt.parquet")
+    attempt.unlink(missing_ok=True)
+    run_in_worker(rows, generation, paths, out_dir, seed, address, judge_only)
+    done = read_rows(attempt)
+    attempt.unlink()
+    return done
+
+
+def _jsonl(lines: list[dict]) -> str:
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 
 
 def _write_pairs(pairs: list[dict], generation: GenerationConfig, out_dir: Path, seed: int) -> tuple[Ref, dict]:
