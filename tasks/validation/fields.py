@@ -235,7 +235,7 @@ def identical(chosen: list, rejected: list) -> tuple[np.ndarray, np.ndarray]:
 
     a, b = pa.array(chosen, type=pa.string()), pa.array(rejected, type=pa.string())
     exact = pc.equal(a, b).to_numpy(zero_copy_only=False)
-    squeezed = pc.equal(
-        pc.replace_substring_regex(a, _WS_RUN[True], ""), pc.replace_substring_regex(b, _WS_RUN[True], "")
-    ).to_numpy(zero_copy_only=False)
-    return exact, exact | squeezed
+    # str.split() cuts at exactly the str.isspace() characters (_WHITESPACE); in C, several times
+    # faster than an RE2 replace over both columns.
+    squeezed = (e or "".join(c.split()) == "".join(r.split()) for e, c, r in zip(exact, chosen, rejected, strict=True))
+    return exact, np.fromiter(squeezed, dtype=bool, count=len(chosen))

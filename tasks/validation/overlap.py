@@ -7,11 +7,13 @@ The normalisation runs vectorized in pyarrow (RE2's Unicode classes), the same f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import numpy as np
 
 MIN_PROMPT_WORDS = 4  # shorter prompts ("Hi", "Tell me more") appear in answers by chance
+_DIGIT_WORD = re.compile(r"[^ ]*[0-9][^ ]*")
 
 
 def normalise(texts: list[str]) -> list[str]:
@@ -52,26 +54,20 @@ def in_eval_set(normalised: list[str], eval_prompts: frozenset[str]) -> np.ndarr
 def prompt_in_responses(normalised: list[str], chosen: list[str], rejected: list[str]) -> np.ndarray:
     """Per row: chosen or rejected holds the whole (normalised, 4+ word) prompt as a run of words.
 
-    A first test is cheap: the prompt's most telling words (with digits first, then the longest)
-    must all occur in the lower-cased response. Only the rows that pass it are normalised in full
-    and compared word-aligned, so the cost stays near one substring search per row."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+    A first test is cheap: two of the prompt's words (a word with digits, else the last one, and
+    the longest) must both occur in the lower-cased response. Only the rows that pass it are normalised in full and compared
+    word-aligned, so the cost stays near two substring searches per row."""
     n = len(normalised)
     hits = np.zeros(n, dtype=bool)
-    if not n:
-        return hits
-    lower_c = pc.utf8_lower(pa.array(chosen, type=pa.string())).to_pylist()
-    lower_r = pc.utf8_lower(pa.array(rejected, type=pa.string())).to_pylist()
     candidates = []
     for i, q in enumerate(normalised):
         words = q.split(" ")
         if len(words) < MIN_PROMPT_WORDS:
             continue
-        probes = sorted(set(words), key=lambda w: (w.isalpha(), -len(w)))[:3]
-        c, r = lower_c[i], lower_r[i]
-        if all(w in c for w in probes) or all(w in r for w in probes):
+        digits = _DIGIT_WORD.search(q)  # a number is the rarest word in an answer
+        first, second = (digits.group(), max(words, key=len)) if digits else (max(words, key=len), words[-1])
+        c, r = chosen[i].lower(), rejected[i].lower()
+        if (first in c and second in c) or (first in r and second in r):
             candidates.append(i)
     if candidates:
         texts = normalise([chosen[i] for i in candidates] + [rejected[i] for i in candidates])
