@@ -63,8 +63,9 @@ class Registration:
 @task(name="base-model", cache_policy=NO_CACHE)
 def base_model(training: TrainingConfig, models_dir: Path) -> Ref:
     """The base policy (building the offline tiny model on first use)."""
-    get_run_logger().info("base model %s (the builtin tiny model is built once, ~40 s)", training.model_name_or_path)
-    resolved = resolve_model(training.model_name_or_path, training.tiny_model, models_dir)
+    logger = get_run_logger()
+    logger.info("base model %s (the builtin tiny model is built once, ~40 s)", training.model_name_or_path)
+    resolved = resolve_model(training.model_name_or_path, training.tiny_model, models_dir, progress=logger.info)
     local = Path(resolved)
     if local.is_dir():
         return Ref(uri=local.resolve().as_uri(), sha256=sha256_tree(local))

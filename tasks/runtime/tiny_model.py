@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from alignflow.conf.base import BUILTIN_TINY_MODEL
@@ -30,14 +31,20 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
-def resolve_model(name_or_path: str, tiny: TinyModelConfig, models_dir: Path) -> Path | str:
-    """A path or hub id transformers can load; builds the tiny model on first use."""
+Progress = Callable[[str], None]  # takes one line: a Prefect run logger's info, print, ...
+
+
+def resolve_model(
+    name_or_path: str, tiny: TinyModelConfig, models_dir: Path, progress: Progress | None = None
+) -> Path | str:
+    """A path or hub id transformers can load; builds the tiny model on first use, saying how far
+    it is through `progress` (about every 10% of the warm-up)."""
     if name_or_path != BUILTIN_TINY_MODEL:
         return name_or_path
     key = sha256_text(BUILD_VERSION, tiny.model_dump_json(), sha256_file(SHIPPED_PROMPTS))[:12]
     target = models_dir / f"tiny-llama-{key}"
     if not (target / "config.json").exists():
-        build_tiny_model(tiny, target)
+        build_tiny_model(tiny, target, progress)
     return target
 
 
@@ -68,7 +75,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return tokenizer
 
 
-def build_tiny_model(tiny: TinyModelConfig, target: Path) -> Path:
+def build_tiny_model(tiny: TinyModelConfig, target: Path, progress: Progress | None = None) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -76,6 +83,8 @@ def build_tiny_model(tiny: TinyModelConfig, target: Path) -> Path:
     torch.manual_seed(tiny.seed)
     texts = _corpus()
     tokenizer = _train_tokenizer(texts, tiny.vocab_size)
+    say = progress or (lambda line: None)
+    say(f"tiny model: tokenizer trained ({len(tokenizer)} tokens, {time.perf_counter() - started:.1f} s)")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=tiny.hidden_size,
@@ -90,7 +99,7 @@ def build_tiny_model(tiny: TinyModelConfig, target: Path) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
-    losses = _warm_up(model, tokenizer, texts, tiny)
+    losses = _warm_up(model, tokenizer, texts, tiny, say)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -118,11 +127,15 @@ def build_tiny_model(tiny: TinyModelConfig, target: Path) -> Path:
     )
     shutil.rmtree(target, ignore_errors=True)
     scratch.rename(target)  # atomic: a half-built model is never picked up
+    say(f"tiny model: built in {time.perf_counter() - started:.1f} s -> {target}")
     return target
 
 
-def _warm_up(model, tokenizer, texts: list[str], tiny: TinyModelConfig, batch_size: int = 16) -> list[float]:
+def _warm_up(
+    model, tokenizer, texts: list[str], tiny: TinyModelConfig, say: Progress, batch_size: int = 16
+) -> list[float]:
     import torch
+    from tqdm.auto import tqdm
 
     if tiny.warmup_steps == 0:
         return []
@@ -132,7 +145,9 @@ def _warm_up(model, tokenizer, texts: list[str], tiny: TinyModelConfig, batch_si
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(tiny.warmup_steps, 1))
     model.train()
     losses: list[float] = []
-    for _ in range(tiny.warmup_steps):
+    started, every = time.perf_counter(), max(1, tiny.warmup_steps // 10)
+    bar = tqdm(total=tiny.warmup_steps, desc="tiny model warm-up", unit="step", disable=None)  # a terminal only
+    for step in range(1, tiny.warmup_steps + 1):
         picks = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in picks]}, return_tensors="pt")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -143,5 +158,13 @@ def _warm_up(model, tokenizer, texts: list[str], tiny: TinyModelConfig, batch_si
         schedule.step()
         optimizer.zero_grad()
         losses.append(round(loss.item(), 4))
+        bar.update(1)
+        if step % every == 0 or step == tiny.warmup_steps:
+            elapsed = time.perf_counter() - started
+            left = elapsed / step * (tiny.warmup_steps - step)
+            say(
+                f"tiny model warm-up: step {step}/{tiny.warmup_steps}, loss {losses[-1]:.3f}, {elapsed:.0f} s, ~{left:.0f} s left"
+            )
+    bar.close()
     model.eval()
     return losses
