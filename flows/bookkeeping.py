@@ -3,13 +3,15 @@
 `open_book` starts the flow's MLflow run with its lineage tags and the resolved config, and
 logs what the data stages produced (dataset inputs, generation and validation reports and
 metrics). Stages then log into it by id through the `RunBook` they are handed. The run is
-marked FAILED when the flow body raises (`with book:`), before the failure hook notifies.
+marked FAILED when the flow body raises (`with book:`), before the failure hook notifies; a run
+whose process was killed is ended KILLED by the next run to open a book (`end_orphans`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from alignflow.conf.loader import config_hash, flatten
@@ -17,6 +19,7 @@ from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.data import PreparedData
 from alignflow.flows.runbook import RunBook
 from alignflow.tasks.registry import tracking as mlflow_runs
+from alignflow.tasks.registry.orphans import Orphan, reap_orphans
 from alignflow.tasks.runtime.state import artifact_root, home, tracking_uri
 
 
@@ -45,6 +48,7 @@ def open_book(
 ) -> RunBook:
     """Start the flow's MLflow run, log the resolved config and what the data stages produced."""
     tracking = tracking_uri(config)
+    end_orphans(tracking, config.registry.experiment)
     lineage = {**lineage_tags(config, data), **tags}
     # A tracking server stores artifacts where it is configured to; a local store, in the state dir.
     remote = tracking.startswith(("http://", "https://", "databricks"))
@@ -76,6 +80,31 @@ def open_book(
         mlflow_runs.end_run(tracking, run_id, "FAILED")
         raise
     return book
+
+
+def end_orphans(tracking: str, experiment: str) -> list[Orphan]:
+    """End the runs a killed driver left behind: MLflow's KILLED, and their Prefect flow runs Crashed if
+    still Running (a killed `alignflow run` leaves both for ever otherwise)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    logger = get_run_logger()
+    reaped = reap_orphans(tracking, experiment)
+    for orphan in reaped:
+        logger.warning(
+            "ended run %s (%s) as KILLED: its driver %s is gone", orphan.run_name, orphan.run_id, orphan.driver
+        )
+        if orphan.prefect_flow_run_id is None or orphan.prefect_flow_run_id == str(flow_run.id):
+            continue
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(orphan.prefect_flow_run_id).state
+                if state is not None and state.is_running():
+                    message = f"its process ({orphan.driver}) is gone; found by flow run {flow_run.id}"
+                    client.set_flow_run_state(orphan.prefect_flow_run_id, Crashed(message=message), force=True)
+        except Exception as exc:  # noqa: BLE001 (another Prefect server's run, or deleted: the MLflow run is ended)
+            logger.warning("Prefect flow run %s of that run left as it is: %s", orphan.prefect_flow_run_id, exc)
+    return reaped
 
 
 def _log_data(book: RunBook, config: PipelineConfig, data: PreparedData) -> None:

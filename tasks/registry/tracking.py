@@ -64,7 +64,10 @@ def start_run(
     from alignflow.tasks.runtime.code_version import context_tags
 
     # MLflow's source and user tags (its fluent API sets them, create_run does not); the caller's win.
-    run = client.create_run(experiment_id, run_name=run_name, tags={**context_tags(), **tags})
+    from alignflow.tasks.runtime.process_id import DRIVER_TAG, driver_tag
+
+    # The driver tag lets the next run end this one if this process is killed (orphans.py).
+    run = client.create_run(experiment_id, run_name=run_name, tags={**context_tags(), DRIVER_TAG: driver_tag(), **tags})
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start : start + 100])
