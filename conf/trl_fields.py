@@ -14,6 +14,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import threading
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,15 @@ def _module_file(module: str) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
+_PARSING = threading.Lock()
+
+
 @functools.cache
 def _parse(module: str) -> ast.Module:
-    return ast.parse(_module_file(module).read_text(), filename=str(_module_file(module)))
+    # One parse at a time: CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion
+    # depth mismatch" when two threads parse at once, seen with a deployment's concurrent checks).
+    with _PARSING:
+        return ast.parse(_module_file(module).read_text(), filename=str(_module_file(module)))
 
 
 def _absolute(module: str, node: ast.ImportFrom) -> str:
