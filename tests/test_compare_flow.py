@@ -1,4 +1,4 @@
-"""The comparison flow end to end on the small config: SFT -> DPO, ORPO and DPO side by side on Ray,
+"""The comparison flow end to end on the small config: SFT -> DPO and ORPO side by side on Ray,
 one table with every column filled, nested MLflow runs, the best through the gate, a failing recipe
 that does not sink the others."""
 
@@ -12,15 +12,14 @@ from alignflow.tasks.runtime.state import tracking_uri
 
 NAME = "test-compare"
 RECIPES = [
-    "comparison.max_parallel=4",
+    "comparison.max_parallel=3",
     "training.scaling.num_workers=1",
-    "training.scaling.resources_per_worker={CPU: 0.5}",  # four recipes side by side on two cores
+    "training.scaling.resources_per_worker={CPU: 0.5}",  # three recipes side by side on two cores
     "training.loss_type=[sigmoid]",
     "comparison.recipes.sft-dpo.method=dpo",
     "comparison.recipes.sft-dpo.sft.enabled=true",
     "comparison.recipes.sft-dpo.sft.max_steps=2",
     "comparison.recipes.orpo.method=orpo",
-    "comparison.recipes.dpo.method=dpo",
     # Valid as far as the schema knows, refused by transformers when the worker builds the trainer.
     # TRL accepts it when the config loads; torch.compile refuses it when the recipe trains.
     "comparison.recipes.broken.torch_compile_backend=no-such-backend",
@@ -38,10 +37,10 @@ def compared(prefect_harness, ray_session):
     return compare(small_config(*RECIPES))
 
 
-def test_three_recipes_fill_every_column(compared):
+def test_recipes_fill_every_column(compared):
     rows = {r["recipe"]: r for r in compared["recipes"]}
-    assert list(rows) == ["sft-dpo", "orpo", "dpo", "broken"]
-    for name in ("sft-dpo", "orpo", "dpo"):
+    assert list(rows) == ["sft-dpo", "orpo", "broken"]
+    for name in ("sft-dpo", "orpo"):
         row = rows[name]
         assert row["status"] == "completed", row
         assert list(row) == list(COLUMNS)
@@ -50,13 +49,12 @@ def test_three_recipes_fill_every_column(compared):
         assert 0.0 <= row["preference_accuracy"] <= 1.0 and 0.0 <= row["win_rate"] <= 1.0
         assert row["win_rate_vs"] == "base"  # no champion of this model yet
         assert row["win_rate_low"] <= row["win_rate"] <= row["win_rate_high"]
-    # Measured with forward hooks: DPO runs policy and reference over chosen and rejected, ORPO the policy
-    # only, the SFT stage one sequence per example on top.
-    assert rows["dpo"]["forward_passes_per_example"] == 4.0 and rows["dpo"]["forward_calls_per_step"] == 2.0
+    # Measured with forward hooks: DPO runs policy and reference over chosen and rejected (4), ORPO the
+    # policy only (2), the SFT stage one sequence per example on top of DPO's (4 + 1).
     assert rows["orpo"]["forward_passes_per_example"] == 2.0 and rows["orpo"]["forward_calls_per_step"] == 1.0
     assert rows["sft-dpo"]["forward_passes_per_example"] == 5.0
     assert rows["sft-dpo"]["stages"] == "sft -> dpo" and rows["sft-dpo"]["steps"] == 4
-    assert compared["curves"] and compared["best"] in ("sft-dpo", "orpo", "dpo")
+    assert compared["curves"] and compared["best"] in ("sft-dpo", "orpo")
 
 
 def test_failing_recipe_is_marked_failed_with_its_reason(compared):
@@ -78,10 +76,12 @@ def test_nested_runs_and_only_the_best_is_registered(compared):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
     assert {"compare/table.json", "compare/curves.png"} <= artifacts
     children = {r.data.tags["recipe"]: r for r in child_runs(uri, parent.info.run_id)}
-    assert set(children) == {"sft-dpo", "orpo", "dpo", "broken"}
+    assert set(children) == {"sft-dpo", "orpo", "broken"}
     broken_run = children["broken"]
     assert broken_run.info.status == "FAILED" and "no-such-backend" in broken_run.data.tags["failure_reason"].lower()
-    assert "sft/loss" in children["sft-dpo"].data.metrics and "eval/preference_accuracy" in children["dpo"].data.metrics
+    assert (
+        "sft/loss" in children["sft-dpo"].data.metrics and "eval/preference_accuracy" in children["orpo"].data.metrics
+    )
     versions = client.search_model_versions(f"name = '{NAME}'")
     assert [v.run_id for v in versions] == [compared["children"][compared["best"]]]
     # The first model of its name is judged against the base model like any other: a decision, not a free pass.

@@ -28,6 +28,8 @@ from conftest import SMALL, STATE, small_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
+# A small head-to-head: three flow runs share two cores here (the default is 120 prompts x 4 samples a side).
+EVAL = ["evaluation.max_prompts=8", "evaluation.samples_per_prompt=1", "evaluation.max_new_tokens=8"]
 MODEL = "test-deploy"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -109,7 +111,7 @@ def stack(tmp_path_factory):
         PREFECT_LOGGING_LEVEL="INFO",
     )
     args = [str(BIN / "alignflow"), "serve", "--home", str(STATE), "--prefect-port", str(prefect_port),
-            "--mlflow-port", str(mlflow_port), *SMALL, f"registry.model_name={MODEL}"]  # fmt: skip
+            "--mlflow-port", str(mlflow_port), *SMALL, *EVAL, f"registry.model_name={MODEL}"]  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     started = time.monotonic()

@@ -159,3 +159,7 @@ def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_ha
     result = alignment(cfg)
     assert result.steps == 40
     assert result.resumed_from_step >= 10  # continued from the killed run's checkpoint
+    # The killed driver's MLflow run did not stay RUNNING: the re-run ended it, saying why.
+    killed = MlflowClient(uri).get_run(run_id)
+    assert killed.info.status == "KILLED", killed.info.status
+    assert "driver process gone" in killed.data.tags["alignflow.ended"]
