@@ -7,13 +7,19 @@ second of CPU per batch on a busy 2-core machine, 90% of the stage's main proces
 profile (BENCHMARKS.md). Here the cache location is computed once per run (the steps do not
 change while it runs) and the definition is written once; the batch manager's state is
 still saved after every batch, so a crashed run resumes exactly as before.
+
+Also: distilabel's two polls are shortened (_ShortPolls), and its log listener is stopped with a
+bounded wait (_stop_logging).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import distilabel.pipeline.base
+import distilabel.pipeline.local
+import distilabel.pipeline.ray
 from distilabel.pipeline import Pipeline, RayPipeline
 
 POLL_S = 0.05
@@ -37,6 +43,30 @@ class _ShortPolls:
 
 
 distilabel.pipeline.base.time = _ShortPolls()
+
+STOP_LOGGING_WAIT_S = 10.0
+
+
+def _stop_logging() -> None:
+    """distilabel's stop_logging, with a bounded wait: its log listener reads one pipe that every step
+    process writes to, and a step process ended in the middle of a record (the pool's teardown
+    terminates them) leaves half a message there: the listener then waits for the rest for ever,
+    after the run's data is complete (seen at 2,000 prompts against a fast endpoint)."""
+    import distilabel.utils.logging as distilabel_logging
+
+    listener = distilabel_logging.queue_listener
+    distilabel_logging.queue_listener = None
+    if listener is None or listener._thread is None:
+        return
+    listener.enqueue_sentinel()
+    listener._thread.join(STOP_LOGGING_WAIT_S)
+    if listener._thread.is_alive():
+        logging.getLogger("alignflow").warning("distilabel's log listener did not stop; its last lines may be missing")
+    listener._thread = None
+
+
+for _module in (distilabel.pipeline.base, distilabel.pipeline.local, distilabel.pipeline.ray):
+    _module.stop_logging = _stop_logging
 
 
 class _CheapBookkeeping:

@@ -77,7 +77,14 @@ class EndpointLLM(OpenAILLM):
         # OpenAIBaseClient.load would also build a synchronous client nobody uses (its own
         # connection pool and TLS context); one pooled async client, with retries left to us.
         AsyncLLM.load(self)
+        import logging
+
         from openai import AsyncOpenAI
+
+        # The client's httpx logs every request at INFO: at 100+ requests/s that is most of what
+        # crosses distilabel's log pipe from the step processes. Failures are still recorded.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         if self.api_key is None:
             raise ValueError(f"{self.model}: no API key (build_llm reads it from the variable api_key_env names)")
