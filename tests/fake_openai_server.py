@@ -76,6 +76,12 @@ class FakeOpenAI:
                 and (model is None or r.model == model)
             )
 
+    def stats(self) -> dict:
+        """Counts for a client in another process (GET /v1/stats): requests by kind and status, peak in flight."""
+        with self._lock:
+            by = Counter(f"{r.kind} {r.status}" for r in self.requests)
+            return {"requests": len(self.requests), "by_kind_status": dict(by), "peak_in_flight": self.peak_in_flight}
+
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
@@ -193,6 +199,17 @@ def serve(fake: FakeOpenAI) -> tuple[ThreadingHTTPServer, str]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connections, as with vLLM
 
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if not self.path.rstrip("/").endswith("/stats"):  # what a benchmark in another process reads
+                self.send_error(404)
+                return
+            data = json.dumps(fake.stats()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
@@ -250,3 +267,25 @@ def running(slow_seconds: float = 2.5, **settings: object) -> Iterator[tuple[Fak
     finally:
         httpd.shutdown()
         os.environ.pop(KEY_VARIABLE, None)
+
+
+def main() -> None:
+    """Serve until killed, in a process of its own (bench/generation_endpoint.py); prints the base URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The OpenAI-compatible test server (see the module doc).")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds every answer takes")
+    parser.add_argument("--capacity", type=int, default=None, help="HTTP 429 past this many requests in flight")
+    parser.add_argument("--retry-after", type=float, default=1.0, help="the Retry-After of those 429s")
+    args = parser.parse_args()
+    fake = FakeOpenAI(api_key=API_KEY, latency_s=args.latency, capacity=args.capacity, retry_after_s=args.retry_after)
+    httpd, url = serve(fake)
+    print(url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        httpd.shutdown()
+
+
+if __name__ == "__main__":
+    main()
