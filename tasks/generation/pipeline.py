@@ -41,15 +41,20 @@ def generator_labels(generation: GenerationConfig) -> list[str]:
     ]
 
 
+ROUNDS_PER_BATCH = 4
+
+
 def step_batches(generation: GenerationConfig, shares: list[int | None]) -> list[int]:
     """Rows per batch of each LLM's step (llm_slots order).
 
     A local model takes generation.input_batch_size (it shapes the sampled text). An endpoint
     step sends its whole batch at once through its concurrency limit and takes the next batch
-    only when the last request of this one is back: two rounds of its share keep the limit full
-    while the batch's stragglers finish, and cost distilabel's per-batch hops half as often."""
+    only when the last request of this one is back: a whole number of rounds of its share (at
+    least four) keeps every slot busy to the end of the batch (16 rows at 5 in flight would
+    leave a last round of 1), and pays distilabel's hop between batches (about 0.2 s) once
+    every four rounds rather than every round."""
     size = generation.input_batch_size
-    return [size if share is None else max(size, 2 * share) for share in shares]
+    return [size if share is None else share * max(ROUNDS_PER_BATCH, -(-size // share)) for share in shares]
 
 
 # The columns a scored row carries into the judge (CollectCandidates' outputs): a re-run hands
