@@ -53,9 +53,16 @@ class Stack:
         self.on_demand_run: str | None = None  # set by the browser test, checked by the overlap test
 
     def request(self, method: str, path: str, **kwargs):
-        # SQLite under a busy scheduler answers 503 (database locked) now and then: try again.
+        # SQLite under a busy scheduler answers 503 (database locked) now and then, and with three flow
+        # runs and a browser on two cores an answer can take over 30 s: a read is asked again.
+        reads = method == "GET" or path.endswith("/filter")
         for attempt in range(5):
-            response = requests.request(method, f"{self.api}{path}", timeout=30, **kwargs)
+            try:
+                response = requests.request(method, f"{self.api}{path}", timeout=60 if reads else 180, **kwargs)
+            except requests.exceptions.ReadTimeout:
+                if not reads or attempt == 4:
+                    raise
+                continue
             if response.status_code != 503:
                 break
             time.sleep(1 + attempt)

@@ -174,13 +174,18 @@ def pipeline_definition(pipeline, rows: list[dict], ray_address: str | None = No
     distilabel leaves LoadDataFromDicts' data out of its dump) and where it ran (its dump calls
     a RayPipeline `Pipeline`)."""
     import yaml
+    from distilabel.pipeline import RayPipeline
 
     dump = pipeline.dump()
     # a judge-only run's rows are scored rows (prompt_id, instruction, reference)
     data = [{k: r.get(k, r.get(alt)) for k, alt in KEY_COLUMNS} for r in rows]
     dump["alignflow"] = {
         "prompts": {"rows": len(rows), "sha256": sha256_text(json.dumps(data, sort_keys=True))},
-        "executor": {"pipeline": type(pipeline).__name__, "ray_address": ray_address},
+        # distilabel's class (bookkeeping.py's subclasses only make its per-batch work cheaper)
+        "executor": {
+            "pipeline": "RayPipeline" if isinstance(pipeline, RayPipeline) else "Pipeline",
+            "ray_address": ray_address,
+        },
     }
     return yaml.safe_dump(dump, sort_keys=False, allow_unicode=True)
 
