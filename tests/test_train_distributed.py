@@ -82,7 +82,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny_mod
     cfg = small_config(
         "training.scaling.num_workers=2",
         "training.per_device_train_batch_size=2",
-        "training.max_steps=24",
+        "training.max_steps=40",
         "training.save_steps=5",
         "training.max_failures=1",
         "training.num_train_epochs=100",
@@ -122,7 +122,7 @@ def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_ha
 
     overrides = [
         "registry.model_name=test-resume",
-        "training.max_steps=40",
+        "training.max_steps=24",
         "training.save_steps=5",
         "training.per_device_train_batch_size=2",
         "training.num_train_epochs=100",
