@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
@@ -190,17 +191,23 @@ def pipeline_definition(pipeline, rows: list[dict], ray_address: str | None = No
     return yaml.safe_dump(dump, sort_keys=False, allow_unicode=True)
 
 
-def run_pipeline(
-    rows: list[dict],
-    generation: GenerationConfig,
-    model_paths: list[str | None],
-    out_dir: Path,
-    seed: int,
-    ray_address: str | None = None,
-    judge_only: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class PipelineJob:
+    """One pipeline run: what run_pipeline reads, pickled whole to run_in_worker's process."""
+
+    rows: list[dict]
+    generation: GenerationConfig
+    model_paths: list[str | None]  # each LLM's loadable local model (None for endpoints)
+    out_dir: Path
+    seed: int
+    ray_address: str | None = None
+    judge_only: bool = False  # the judge alone, on rows whose candidates are kept
+
+
+def run_pipeline(job: PipelineJob) -> None:
     """Run the pipeline (in this process, run_in_worker's): writes attempt.parquet, pipeline.yaml and
     distilabel.log (attempt-judge.parquet, pipeline-judge.yaml, distilabel-judge.log when `judge_only`)."""
+    rows, generation, out_dir = job.rows, job.generation, job.out_dir
     # distilabel collects its step processes' logs (and writes pipeline.log) only in a process
     # named MainProcess; this one is the stage's worker, which plays that part.
     multiprocessing.current_process().name = "MainProcess"
@@ -216,32 +223,24 @@ def run_pipeline(
         forkserver.ensure_running()
     # distilabel keys its cache on the steps, not on the data: one cache folder per set of rows.
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True, default=str))[:16]
-    pipeline = build_pipeline(rows, generation, model_paths, cache, seed, judge_only)
+    pipeline = build_pipeline(rows, generation, job.model_paths, cache, job.seed, job.judge_only)
     if generation.ray:
         from alignflow.tasks.runtime.ray import FORWARDED_ENV
 
         env = {k: os.environ[k] for k in (*FORWARDED_ENV, "DISTILABEL_LOG_LEVEL") if k in os.environ}
         pipeline = pipeline.ray(
-            ray_init_kwargs={"address": ray_address, "logging_level": "WARNING", "runtime_env": {"env_vars": env}}
+            ray_init_kwargs={"address": job.ray_address, "logging_level": "WARNING", "runtime_env": {"env_vars": env}}
         )
     distiset = pipeline.run(use_cache=True)  # resumes from distilabel's cache after a crash mid-run
-    suffix = "-judge" if judge_only else ""
+    suffix = "-judge" if job.judge_only else ""
     distiset["default"]["train"].to_parquet(str(out_dir / f"attempt{suffix}.parquet"))
-    (out_dir / f"pipeline{suffix}.yaml").write_text(pipeline_definition(pipeline, rows, ray_address))
+    (out_dir / f"pipeline{suffix}.yaml").write_text(pipeline_definition(pipeline, rows, job.ray_address))
     logs = sorted(cache.rglob("pipeline.log"), key=lambda p: p.stat().st_mtime)
     if logs:
         shutil.copyfile(logs[-1], out_dir / f"distilabel{suffix}.log")
 
 
-def run_in_worker(
-    rows: list[dict],
-    generation: GenerationConfig,
-    model_paths: list[str | None],
-    out_dir: Path,
-    seed: int,
-    ray_address: str | None = None,
-    judge_only: bool = False,
-) -> None:
+def run_in_worker(job: PipelineJob) -> None:
     """run_pipeline in a process of its own; an exception there is raised here.
 
     distilabel forks a process per step. Forking a process that already runs threads (Prefect's
@@ -250,16 +249,16 @@ def run_in_worker(
     spawn imports the parent's __main__ again in the child (the CLI; `prefect.engine`, 6 s here,
     for a deployment's flow run; a benchmark's script), which the pipeline does not need.
     """
-    job = out_dir / "worker-job.pkl"
-    job.write_bytes(pickle.dumps((rows, generation, model_paths, out_dir, seed, ray_address, judge_only)))
-    outcome = job.with_name("worker-outcome.pkl")
+    job_file = job.out_dir / "worker-job.pkl"
+    job_file.write_bytes(pickle.dumps(job))
+    outcome = job_file.with_name("worker-outcome.pkl")
     outcome.unlink(missing_ok=True)
     code = "from alignflow.tasks.generation.pipeline import _worker_main; _worker_main()"
     try:
-        returncode = subprocess.run([sys.executable, "-c", code, str(job)], check=False).returncode
+        returncode = subprocess.run([sys.executable, "-c", code, str(job_file)], check=False).returncode
         failure = pickle.loads(outcome.read_bytes()) if outcome.exists() else None
     finally:
-        job.unlink(missing_ok=True)
+        job_file.unlink(missing_ok=True)
         outcome.unlink(missing_ok=True)
     if failure is not None:
         raise failure
@@ -272,7 +271,7 @@ def _worker_main() -> None:
     job = Path(sys.argv[1])
     failure: BaseException | None = None
     try:
-        run_pipeline(*pickle.loads(job.read_bytes()))
+        run_pipeline(pickle.loads(job.read_bytes()))
     except BaseException as exc:  # noqa: BLE001 (handed to the stage, which raises it)
         traceback.print_exc()
         failure = exc

@@ -34,7 +34,7 @@ from alignflow.conf.generation import GenerationConfig
 from alignflow.tasks.generation.binarize import binarize_rows
 from alignflow.tasks.generation.endpoints import check_api_keys, llm_slots
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
-from alignflow.tasks.generation.pipeline import ray_gcs_address, run_in_worker
+from alignflow.tasks.generation.pipeline import PipelineJob, ray_gcs_address, run_in_worker
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.generation.rows import PAIR_COLUMNS, failures, pair_schema, previous_rows, read_rows, write_rows
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text
@@ -179,7 +179,7 @@ def _run(rows: list[dict], generation: GenerationConfig, paths, out_dir: Path, s
     """One pipeline run in a fresh process (run_in_worker's doc says why); its rows."""
     attempt = out_dir / ("attempt-judge.parquet" if judge_only else "attempt.parquet")
     attempt.unlink(missing_ok=True)
-    run_in_worker(rows, generation, paths, out_dir, seed, address, judge_only)
+    run_in_worker(PipelineJob(rows, generation, paths, out_dir, seed, address, judge_only))
     done = read_rows(attempt)
     attempt.unlink()
     return done
