@@ -9,7 +9,9 @@
     overlap.py     normalised prompt text: repeated inside a response, or in the evaluation set
     tokens.py      token lengths after the chat template (TokenCounter: skeletons, unit sums)
     hashing.py     64-bit text/pair hashes, the hash index, the seeded prompt buckets
-    validator.py   the checks engine (Validator: chunks in, counts and hashes kept)
+    rowchecks.py   what one chunk decides alone (check_chunk: row checks, texts, hashes, lengths)
+    parallel.py    chunks checked in worker processes, merged in file order (validation.workers)
+    validator.py   the checks engine (Validator: chunks merged in order, counts and hashes kept)
     report.py      ValidationReport (report.json, typed) and the gate's verdict
     outputs.py     quarantine, split and summary writers
     stage.py       validate_file, validate_pairs, split_by_prompt: the entry points

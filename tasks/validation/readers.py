@@ -40,6 +40,9 @@ class _Missing:
     def __repr__(self) -> str:
         return "MISSING"
 
+    def __reduce__(self) -> str:
+        return "MISSING"  # unpickled as this module's one MISSING: rows are tested with `is MISSING`
+
 
 MISSING = _Missing()
 

@@ -1,7 +1,7 @@
 """Stage 2, validate: the entry points that read, check and write (the flow, the CLI, benchmarks).
 
 validate_file streams a dataset file `validation.chunk_rows` rows at a time through the
-Validator and writes the quarantine, the grouped train/test split (when the gate passed),
+Validator (each chunk's own checks in `validation.workers` processes, parallel.py) and writes the quarantine, the grouped train/test split (when the gate passed),
 report.json and summary.md; validate_pairs does the same checks on a frame in memory and
 writes nothing. Both return a ValidationReport.
 
@@ -27,6 +27,7 @@ from alignflow.tasks.validation.hashing import prompt_buckets
 from alignflow.tasks.validation.layouts import Layout, detect_layout, format_note
 from alignflow.tasks.validation.outputs import Outputs, summary_markdown
 from alignflow.tasks.validation.overlap import eval_prompt_set
+from alignflow.tasks.validation.parallel import validate_chunks
 from alignflow.tasks.validation.readers import Chunk, DatasetError, check_readable, compression, iter_chunks
 from alignflow.tasks.validation.report import Source, ValidationReport
 from alignflow.tasks.validation.validator import Validator
@@ -69,10 +70,9 @@ def validate_file(
     validator = _validator(config, tokenizer, eval_prompts, layout, iter_chunks(path, config.chunk_rows))
     outputs = Outputs(out_dir, config, split)
     try:
-        for raw in iter_chunks(path, config.chunk_rows):
-            start = validator.rows
-            chunk = layout.apply(raw)
-            outputs.write(chunk, validator.feed(chunk), start, raw)
+        read = ((raw, layout.apply(raw)) for raw in iter_chunks(path, config.chunk_rows))
+        for start, raw, chunk, result in validate_chunks(validator, read, config.workers):
+            outputs.write(chunk, result, start, raw)
         if validator.rows == 0:
             raise DatasetError(f"{path}: no rows (the file holds no records)")
     except BaseException:
@@ -115,9 +115,7 @@ def _validator(
 def _notes(report: ValidationReport, layout: Layout, validator: Validator) -> list[str]:
     notes = [format_note(report.format)] if report.format else []
     notes += layout.notes()
-    if validator.counter is not None:
-        notes += validator.counter.notes()
-    return notes
+    return notes + validator.notes()
 
 
 def validate_pairs(

@@ -256,16 +256,22 @@ class TokenCounter:
         return out
 
     def notes(self) -> list[str]:
-        s = self.stats
-        if not s["texts"]:
-            return []
-        how = "summed over space-separated units" if self.additive else "tokenized whole"
-        line = f"token lengths: {s['texts']} templated texts {how}"
-        if self.additive and s["whole"]:
-            line += f" ({s['whole']} with runs of whitespace tokenized whole)"
-        if s["jinja_rows"]:
-            line += f"; {s['jinja_rows']} rendered by the chat template row by row"
-        return [line]
+        return token_notes(self.stats, self.additive)
+
+
+def token_notes(stats: dict[str, int], additive: bool | None) -> list[str]:
+    """The report's note on how token lengths were counted, from TokenCounter stats (summed over
+    the counters of several processes when chunks were checked in parallel)."""
+    texts, whole, jinja = stats.get("texts", 0), stats.get("whole", 0), stats.get("jinja_rows", 0)
+    if not texts:
+        return []
+    how = "summed over space-separated units" if additive else "tokenized whole"
+    line = f"token lengths: {texts} templated texts {how}"
+    if additive and whole:
+        line += f" ({whole} with runs of whitespace tokenized whole)"
+    if jinja:
+        line += f"; {jinja} rendered by the chat template row by row"
+    return [line]
 
 
 def measure_rows(

@@ -1,6 +1,8 @@
 """The checks engine: row and dataset checks over a stream of chunks, counts kept, rows not.
 
-Each chunk is checked with vectorized numpy/pyarrow operations. A row that fails an error-level
+Each chunk is checked with vectorized numpy/pyarrow operations: first what it decides alone
+(rowchecks.py, here or in a worker process, parallel.py), then merged in file order with what
+came before (duplicates, contradictions, split leakage, tallies). A row that fails an error-level
 row check is quarantined with every reason it failed, so valid + quarantined == input, always.
 Dataset checks (checks.DATASET_CHECKS) fail the gate instead when they are errors. What grows
 with the file is only 8-byte hashes (pairs for duplicates and contradictions, prompts for
@@ -16,13 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from alignflow.tasks.validation import fields, overlap
 from alignflow.tasks.validation.checks import CHECKS, DATASET_CHECKS
-from alignflow.tasks.validation.fields import FORMATS, K_LIST, K_MISSING, K_NULL, K_STR, SURROGATE
-from alignflow.tasks.validation.hashing import HashIndex, combine, hash_texts
-from alignflow.tasks.validation.readers import MISSING, REQUIRED, Chunk
+from alignflow.tasks.validation.fields import FORMATS
+from alignflow.tasks.validation.hashing import HashIndex
+from alignflow.tasks.validation.readers import Chunk
 from alignflow.tasks.validation.report import CheckResult, Ratings, Tokens, ValidationReport, decide_gate
-from alignflow.tasks.validation.tokens import TokenCounter, measure_rows
+from alignflow.tasks.validation.rowchecks import ChunkChecks, Settings, check_chunk, hit
+from alignflow.tasks.validation.tokens import TokenCounter, token_notes
 
 if TYPE_CHECKING:
     from alignflow.conf.validation import ValidationConfig
@@ -66,6 +68,9 @@ class Validator:
         self.tokenizer = tokenizer if token_checks else None
         self.counter: TokenCounter | None = None
         self.eval_prompts = eval_prompts
+        self.settings = Settings(config, dict(self.level), eval_prompts, self.tokenizer is not None)
+        self.token_stats: dict[str, int] = {}  # the TokenCounters' stats, summed over chunks (and processes)
+        self.additive: bool | None = None
         self.tally = {c: _Tally() for c in CHECKS}
         self.rows = self.valid = self.quarantined = 0
         self.format: int | None = dataset_format
@@ -80,162 +85,68 @@ class Validator:
         self.bias = {"pairs": 0, "chosen_longer": 0, "rejected_longer": 0, "sum_chosen": 0.0, "sum_rejected": 0.0}
         self.ratings = {"rows": 0, "sum_margin": 0.0}
 
-    # Each check's hits go through here: a check that is off never counts.
-    def _hit(self, check: str, mask: np.ndarray, hits: dict[str, np.ndarray]) -> None:
-        if self.level[check] == "off" or not mask.any():
-            return
-        hits[check] = hits[check] | mask if check in hits else mask.copy()
-
     def feed(self, chunk: Chunk) -> ChunkResult:
-        n, start, cfg = chunk.n, self.rows, self.config
+        """Check the next chunk in this process: its own checks, then the merge."""
+        counter = self._counter if self.settings.tokens else None
+        return self.merge(chunk, check_chunk(chunk, self.settings, self.format, counter))
+
+    def merge(self, chunk: Chunk, checks: ChunkChecks) -> ChunkResult:
+        """Add the next chunk's own findings (checked here or in a worker) to what came before:
+        the cross-row checks, the counts, the example rows. Chunks must come in file order."""
+        n, start, level = checks.n, self.rows, self.level
         self.rows += n
-        cols = chunk.columns
-        hits: dict[str, np.ndarray] = {}
-        for k in cols:
+        hits = checks.hits
+        for k in checks.columns:
             self.columns.setdefault(k)
+        for k in checks.extra:
+            self.extra.setdefault(k)
+        for code, count in enumerate(checks.format_counts):
+            self.format_counts[code] += count
+        if self.format is None and checks.format is not None:
+            self.format = checks.format
+        self.identical["exact"] += checks.identical[0]
+        self.identical["whitespace_only"] += checks.identical[1]
+        self.ratings["rows"] += checks.ratings[0]
+        self.ratings["sum_margin"] += checks.ratings[1]
+        for k, v in checks.token_stats.items():
+            self.token_stats[k] = self.token_stats.get(k, 0) + v
+        if checks.token_stats.get("texts"):
+            self.additive = checks.additive
 
-        def column(name: str) -> list:
-            return cols[name] if name in cols else [MISSING] * n
-
-        P, C, R = (column(k) for k in REQUIRED)
-        kp, kc, kr = fields.kinds(P), fields.kinds(C), fields.kinds(R)
-
-        known = {*REQUIRED, *cfg.rating_columns, *cfg.allowed_columns}
-        extra = [k for k in cols if k not in known]
-        if extra:
-            mask = np.zeros(n, dtype=bool)
-            for k in extra:
-                present = np.fromiter((v is not MISSING for v in cols[k]), dtype=bool, count=n)
-                if present.any():
-                    self.extra.setdefault(k)
-                mask |= present
-            self._hit("extra_columns", mask, hits)
-
-        fmt, known_fmt = fields.formats(kp, kc, kr)
-        for code, count in zip(*np.unique(fmt[known_fmt], return_counts=True), strict=True):
-            self.format_counts[int(code)] += int(count)
-        if self.format is None and known_fmt.any():
-            self.format = int(fmt[np.argmax(known_fmt)])
-        ds = self.format if self.format is not None else 0
-        ds_conv, ds_explicit = ds in (1, 3), ds in (0, 1)
-        mixed = known_fmt & (fmt != ds)
-        self._hit("mixed_format", mixed, hits)
-        same = ~mixed
-
-        want = K_LIST if ds_conv else K_STR
-        fields_ok = same.copy()
-        for k in ([kp] if ds_explicit else []) + [kc, kr]:
-            self._hit("missing_column", same & (k == K_MISSING), hits)
-            self._hit("null_field", same & (k == K_NULL), hits)
-            self._hit("wrong_type", same & (k != want) & (k != K_MISSING) & (k != K_NULL), hits)
-            fields_ok &= k == want
-
-        # Canonical texts: strings for every format (what the split files hold).
-        tp: list = [None] * n
-        tc: list = [None] * n
-        tr: list = [None] * n
-        conversations: dict[int, tuple] = {}
-        ok_rows = np.flatnonzero(fields_ok)
-        if ds == 0:
-            for i in ok_rows:
-                tp[i], tc[i], tr[i] = P[i], C[i], R[i]
-        else:
-            slow: dict[str, list[int]] = {}
-            for i in ok_rows:
-                texts, msgs, reasons = fields.split_row(P[i], C[i], R[i], ds_conv, ds_explicit)
-                for reason in reasons:
-                    slow.setdefault(reason, []).append(i)
-                if texts is not None:
-                    tp[i], tc[i], tr[i] = texts
-                    if msgs is not None:
-                        conversations[i] = msgs
-            for reason, rows in slow.items():
-                mask = np.zeros(n, dtype=bool)
-                mask[rows] = True
-                self._hit(reason, mask, hits)
-
-        usable = np.fromiter((t is not None for t in tc), dtype=bool, count=n)
+        u = np.flatnonzero(checks.usable)
         related: dict[int, dict[str, int]] = {}
-        u = np.flatnonzero(usable)
-        lp, lc, lr = [tp[i] for i in u], [tc[i] for i in u], [tr[i] for i in u]
-        prompt_hashes = np.zeros(n, dtype=np.uint64)
 
         def scatter(values: np.ndarray) -> np.ndarray:
             mask = np.zeros(n, dtype=bool)
             mask[u[values]] = True
             return mask
 
-        if len(u):
-            flags = fields.text_flags((lp, lc, lr), check_prompt=ds_explicit or ds == 3)
-            self._hit("empty_field", scatter(flags["empty"]), hits)
-            self._hit("control_chars", scatter(flags["control"]), hits)
-            self._hit("invalid_utf8", scatter(flags["surrogate"]), hits)
-            for j in np.flatnonzero(flags["surrogate"]):  # keep the text writable: U+FFFD for each bad byte
-                i = u[j]
-                tp[i], tc[i], tr[i] = (SURROGATE.sub("\ufffd", t) for t in (tp[i], tc[i], tr[i]))
-                lp[j], lc[j], lr[j] = tp[i], tc[i], tr[i]
-                if i in conversations:
-                    conversations[i] = tuple(
-                        [{**m, "content": SURROGATE.sub("\ufffd", m["content"])} for m in part]
-                        for part in conversations[i]
-                    )
+        if checks.pairs is not None:
+            forward, backward, exact = checks.pairs
+            self._pairs(forward, backward, u, start, exact, scatter, hits, related)
+        if len(u) and "split" in chunk.columns and level["split_leakage"] != "off":
+            self._split_leakage(chunk.columns["split"], checks.prompt_hashes[u], u, start)
 
-            exact, identical = fields.identical(lc, lr)
-            self.identical["exact"] += int(exact.sum())
-            self.identical["whitespace_only"] += int((identical & ~exact).sum())
-            self._hit("identical_pair", scatter(identical), hits)
-
-            hp = hash_texts(lp)
-            prompt_hashes[u] = hp
-            if self.level["duplicate_pair"] != "off" or self.level["contradiction"] != "off":
-                hc, hr = hash_texts(lc), hash_texts(lr)
-                self._pairs(combine(hp, hc, hr), combine(hp, hr, hc), u, start, exact, scatter, hits, related)
-            check_eval = self.level["eval_overlap"] != "off" and self.eval_prompts
-            if self.level["prompt_in_response"] != "off" or check_eval:
-                queries = overlap.normalise(overlap.query_texts(u, tp, conversations))
-                if self.level["prompt_in_response"] != "off":
-                    self._hit("prompt_in_response", scatter(overlap.prompt_in_responses(queries, lc, lr)), hits)
-                if check_eval:
-                    self._hit("eval_overlap", scatter(overlap.in_eval_set(queries, self.eval_prompts)), hits)
-            if "split" in cols and self.level["split_leakage"] != "off":
-                self._split_leakage(cols["split"], hp, u, start)
-
-        rc, rr = cfg.rating_columns
-        if rc in cols and rr in cols:
-            self._ratings(cols[rc], cols[rr], same, hits)
-
-        row_errors = np.zeros(n, dtype=bool)
-        for check, mask in hits.items():
-            if self.level[check] == "error" and check not in DATASET_CHECKS:
-                row_errors |= mask
-        row_errors |= ~usable  # a row without text always fails something above; never keep it
-
-        measure = np.flatnonzero(usable & ~row_errors)
-        if self.tokenizer is not None and len(measure):
-            lengths, double = measure_rows(self._counter(), measure, tp, tc, tr, conversations)
+        row_errors = checks.row_errors(level)
+        # Lengths were measured for the rows no check of their own chunk rejected; keep the survivors.
+        kept = ~row_errors[checks.measured]
+        rows, lengths = checks.measured[kept], checks.lengths[kept]
+        if checks.double_bos is not None and len(rows):
+            double = checks.double_bos[kept]
             too_long = np.zeros(n, dtype=bool)
-            longest = lengths.max(axis=1) if len(lengths) else np.zeros(0, dtype=np.int64)
-            too_long[measure[longest > cfg.max_length]] = True
+            longest = lengths.max(axis=1)
+            too_long[rows[longest > self.config.max_length]] = True
             double_bos = np.zeros(n, dtype=bool)
-            double_bos[measure[double]] = True
-            self.tokens["measured"] += len(measure)
+            double_bos[rows[double]] = True
+            self.tokens["measured"] += len(rows)
             self.tokens["sum"] += int(longest.sum())
-            self.tokens["longest"] = max(self.tokens["longest"], int(longest.max()) if len(longest) else 0)
+            self.tokens["longest"] = max(self.tokens["longest"], int(longest.max()))
             for check, mask in (("too_long", too_long), ("double_bos", double_bos)):
-                self._hit(check, mask, hits)
-                if self.level[check] == "error":
+                hit(level, check, mask, hits)
+                if level[check] == "error":
                     row_errors |= mask
-            bias_rows, bias_lengths = measure, lengths
-        else:
-            bias_rows = np.flatnonzero(usable & ~row_errors)
-            bias_lengths = np.column_stack(
-                [
-                    np.fromiter((len(tc[i]) for i in bias_rows), dtype=np.int64, count=len(bias_rows)),
-                    np.fromiter((len(tr[i]) for i in bias_rows), dtype=np.int64, count=len(bias_rows)),
-                ]
-            ).reshape(-1, 2)
-        keep = ~row_errors[bias_rows]
-        self._length_bias(bias_rows[keep], bias_lengths[keep], start)
+        keep = ~row_errors[rows]
+        self._length_bias(rows[keep], lengths[keep], start)
 
         for check, mask in hits.items():
             tally = self.tally[check]
@@ -246,7 +157,7 @@ class Validator:
 
         reasons: dict[int, list[str]] = {int(i): [] for i in np.flatnonzero(row_errors)}
         for check in CHECKS:
-            if check in hits and self.level[check] == "error" and check not in DATASET_CHECKS:
+            if check in hits and level[check] == "error" and check not in DATASET_CHECKS:
                 for i in np.flatnonzero(hits[check] & row_errors):
                     reasons[int(i)].append(check)
         for r in reasons.values():
@@ -255,15 +166,23 @@ class Validator:
         self.valid += int(n - row_errors.sum())
         self.quarantined += int(row_errors.sum())
         related = {i: r for i, r in related.items() if i in reasons}
-        return ChunkResult(~row_errors, reasons, (tp, tc, tr), prompt_hashes, related)
+        return ChunkResult(~row_errors, reasons, checks.texts, checks.prompt_hashes, related)
+
+    def loaded_tokenizer(self):
+        """The tokenizer, loaded now if a loader was given (None when the token checks are off)."""
+        source = self.tokenizer
+        if source is not None and not hasattr(source, "apply_chat_template"):
+            self.tokenizer = source()  # a loader: load it now
+        return self.tokenizer
 
     def _counter(self) -> TokenCounter:
         if self.counter is None:
-            source = self.tokenizer
-            tokenizer = source if hasattr(source, "apply_chat_template") else source()  # a loader: load it now
-            self.tokenizer = tokenizer
-            self.counter = TokenCounter(tokenizer)
+            self.counter = TokenCounter(self.loaded_tokenizer())
         return self.counter
+
+    def notes(self) -> list[str]:
+        """How the token lengths were counted (empty when none were)."""
+        return token_notes(self.token_stats, self.additive)
 
     def _pairs(self, forward, backward, u, start, exact, scatter, hits, related) -> None:
         """duplicate_pair (the same hash earlier) and contradiction (the reversed pair's hash earlier)."""
@@ -274,7 +193,7 @@ class Validator:
         positions = np.arange(len(u))
         duplicate = (earlier >= 0) | (first_here < positions)
         if self.level["duplicate_pair"] != "off":
-            self._hit("duplicate_pair", scatter(duplicate), hits)
+            hit(self.level, "duplicate_pair", scatter(duplicate), hits)
             of = np.where(earlier >= 0, earlier, rows[first_here])
             detail = self.tally["duplicate_pair"].detail.setdefault("first_seen", [])
             for j in np.flatnonzero(duplicate)[: max(self.config.example_rows - len(detail), 0)]:
@@ -286,7 +205,7 @@ class Validator:
             pos = np.searchsorted(keys, backward).clip(max=len(keys) - 1)
             here = (keys[pos] == backward) & (first[pos] < positions)
             contradiction = ((reverse_before >= 0) | here) & ~exact
-            self._hit("contradiction", scatter(contradiction), hits)
+            hit(self.level, "contradiction", scatter(contradiction), hits)
             of = np.where(reverse_before >= 0, reverse_before, rows[first[pos]])
             detail = self.tally["contradiction"].detail.setdefault("reverses", [])
             for j in np.flatnonzero(contradiction)[: max(self.config.example_rows - len(detail), 0)]:
@@ -316,20 +235,6 @@ class Validator:
                 tally.examples.extend(int(r) for r in rows[leaked][: max(room, 0)])
                 self.leaked.append(np.unique(h[leaked]))
         # Prompts seen first under one label and later under another are caught when the later one comes.
-
-    def _ratings(self, chosen: list, rejected: list, same: np.ndarray, hits) -> None:
-        null, wrong, margin = fields.rating_margins(chosen, rejected)
-        null &= same
-        wrong &= same & ~null
-        self._hit("null_field", null, hits)
-        self._hit("wrong_type", wrong, hits)
-        ok = same & ~null & ~wrong & np.isfinite(margin)
-        tie = ok & np.isclose(margin, 0.0, atol=1e-12)
-        low = ok & ~tie & (margin < self.config.min_rating_margin)
-        self._hit("rating_tie", tie, hits)
-        self._hit("low_margin", low, hits)
-        self.ratings["rows"] += int(ok.sum())
-        self.ratings["sum_margin"] += float(margin[ok].sum())
 
     def _length_bias(self, rows: np.ndarray, lengths: np.ndarray, start: int) -> None:
         if not len(rows) or self.level["length_bias"] == "off":
