@@ -144,8 +144,27 @@ class ScalingConfig(Section):
     """Ray Train's ScalingConfig fields."""
 
     num_workers: int = Field(2, ge=1)
+    # None: exactly num_workers; after a lost node, training waits until the cluster has room for all of them
+    # again. Set: Ray Train V2 elastic, between min_workers and num_workers: a restart after a lost node goes
+    # on with the workers that fit (at least min_workers), and Ray grows the group again (another restart from
+    # the last checkpoint) when it sees room, at most once a minute. The global batch changes with the size.
+    min_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Elastic training: the fewest workers a restart may go on with (None: fixed num_workers).",
+    )
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
+
+    @model_validator(mode="after")
+    def _min_workers_within_num_workers(self) -> ScalingConfig:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) must be at most num_workers ({self.num_workers})")
+        return self
+
+    def ray_num_workers(self) -> int | tuple[int, int]:
+        """Ray Train's `num_workers`: an int (fixed), or (min, max) for elastic training."""
+        return self.num_workers if self.min_workers is None else (self.min_workers, self.num_workers)
 
 
 class SFTStageConfig(Section):

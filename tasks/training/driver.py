@@ -40,7 +40,7 @@ class TrainResult(BaseModel):
     train_runtime_s: float = 0.0
     tokens: int = 0
     wall_s: float
-    num_workers: int
+    num_workers: int = Field(description="Workers of the final attempt: elastic training may end on fewer.")
     checkpoint: str = ""
     started_from: str = ""
     cost: dict = Field(default_factory=dict, description="tasks/training/cost.py stage_cost of the workers.")
@@ -96,6 +96,17 @@ def finished_stage(storage_path: str, run_name: str) -> TrainResult | None:
     return result if result.model.path.is_dir() else None
 
 
+def scaling_kwargs(training: TrainingConfig) -> dict:
+    """Ray Train ScalingConfig's arguments: `num_workers` is (min, max) when training.scaling.min_workers is set
+    (Ray Train V2 elastic training), else an int."""
+    scaling = training.scaling
+    return {
+        "num_workers": scaling.ray_num_workers(),
+        "use_gpu": scaling.use_gpu,
+        "resources_per_worker": scaling.resources_per_worker,
+    }
+
+
 def train_model(
     training: TrainingConfig,
     model_path: str,
@@ -135,11 +146,7 @@ def train_model(
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"inputs": inputs},
-        scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker=scaling.resources_per_worker,
-        ),
+        scaling_config=ScalingConfig(**scaling_kwargs(training)),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
@@ -173,7 +180,7 @@ def train_model(
         train_runtime_s=round(float(done.get("train_runtime", 0.0)), 2),
         tokens=int(done.get("num_tokens", 0)),
         wall_s=round(wall, 1),
-        num_workers=scaling.num_workers,
+        num_workers=int(done.get("world_size", scaling.num_workers)),
         checkpoint=fit.checkpoint.path,
         started_from=str(model_path),
         cost=done.get("cost", {}),

@@ -78,6 +78,8 @@ def train_loop(config: dict) -> None:
         "reference_cache": getattr(trainer, "reference_cache", "off"),
         "train_runtime": float(result.metrics.get("train_runtime", 0.0)),
         "num_tokens": _logged(trainer, "num_tokens"),
+        # Elastic training (scaling.min_workers) may finish on fewer workers than it started with.
+        "world_size": ray.train.get_context().get_world_size(),
     }
     if rank == 0:
         final_root = Path(tempfile.mkdtemp(dir=scratch))
