@@ -17,6 +17,7 @@ import pytest
 from alignflow.conf.validation import ValidationConfig
 from alignflow.tasks.runtime.tiny_model import _corpus, _train_tokenizer
 from alignflow.tasks.validation import parallel
+from alignflow.tasks.validation.readers import DatasetError
 from alignflow.tasks.validation.stage import validate_file
 
 WORDS = ["the", "a", "model", "answer", "question", "data", "light", "water", "energy", "system", "because", "when"]
@@ -107,10 +108,28 @@ def pools(monkeypatch) -> type[CountingPool]:
     return CountingPool
 
 
-@pytest.mark.parametrize("tokens", [True, False], ids=["token-checks", "no-tokenizer"])
-def test_workers_change_nothing_but_speed(tmp_path, monkeypatch, pools, tiny_tokenizer, tokens):
+def _conversational(rows: list[dict]) -> list[dict]:
+    """The same rows as messages (the texts the workers send back are then not the strings read)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for key, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
+            if isinstance(row.get(key), str):
+                row[key] = [{"role": role, "content": row[key]}]
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("tokens", "conversational"),
+    [(True, False), (False, False), (True, True)],
+    ids=["token-checks", "no-tokenizer", "conversational"],
+)
+def test_workers_change_nothing_but_speed(tmp_path, monkeypatch, pools, tiny_tokenizer, tokens, conversational):
     monkeypatch.setattr(parallel, "MIN_ROWS", 1)  # a pool even for this small file
-    path = _write(tmp_path / "pairs.jsonl", _rows(700))
+    rows = _rows(700)
+    rows[100]["chosen"] = "broken \ud800 bytes"  # invalid_utf8: the text is rewritten with U+FFFD
+    path = _write(tmp_path / "pairs.jsonl", _conversational(rows) if conversational else rows)
     defaults = ValidationConfig()
     config = dict(
         chunk_rows=37,
@@ -131,7 +150,15 @@ def test_workers_change_nothing_but_speed(tmp_path, monkeypatch, pools, tiny_tok
 
     one = results[1]
     checks = one["report"]["checks"]
-    for fired in ("duplicate_pair", "contradiction", "split_leakage", "empty_field", "identical_pair", "null_field"):
+    for fired in (
+        "duplicate_pair",
+        "contradiction",
+        "split_leakage",
+        "empty_field",
+        "identical_pair",
+        "null_field",
+        "invalid_utf8",
+    ):
         assert checks[fired]["count"], fired  # the file exercises what crosses chunks, and bad rows
     assert checks["too_long"]["count"] if tokens else checks["too_long"]["skipped"]
     if tokens:
@@ -159,3 +186,15 @@ def test_auto_workers_are_bounded():
     assert ValidationConfig().workers == "auto"
     with pytest.raises(ValueError):
         ValidationConfig(workers=0)
+
+
+def test_a_bad_line_mid_file_stops_the_pool_and_leaves_no_outputs(tmp_path, monkeypatch, pools):
+    monkeypatch.setattr(parallel, "MIN_ROWS", 1)
+    path = _write(tmp_path / "pairs.jsonl", _rows(400))
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"prompt": "cut off\n')  # chunks are in the workers when the reader meets it
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match=r"pairs.jsonl:401: malformed JSON line"):
+        validate_file(path, ValidationConfig(chunk_rows=20, workers=2, min_pairs=1), out)
+    assert pools.started == 1
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing partial: the .tmp files are removed

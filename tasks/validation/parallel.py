@@ -24,7 +24,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from alignflow.tasks.validation.readers import Chunk
+import numpy as np
+
+from alignflow.tasks.validation.readers import REQUIRED, Chunk
 from alignflow.tasks.validation.rowchecks import ChunkChecks, Settings, check_chunk
 from alignflow.tasks.validation.tokens import TokenCounter
 
@@ -75,7 +77,10 @@ def validate_chunks(
         count, mp_context=context, initializer=_start, initargs=(validator.settings, tokenizer)
     ) as pool:
         try:
-            for raw, chunk, checks in _in_order(pool, chain(head, pending), validator.format, count + 1):
+            cfg = validator.config
+            unread = set(cfg.allowed_columns) - {*REQUIRED, *cfg.rating_columns}  # no check reads these
+            in_order = _in_order(pool, chain(head, pending), validator.format, count + 1, unread)
+            for raw, chunk, checks in in_order:
                 start = validator.rows
                 yield start, raw, chunk, validator.merge(chunk, checks)
         except BaseException:
@@ -84,19 +89,31 @@ def validate_chunks(
 
 
 def _in_order(
-    pool: ProcessPoolExecutor, chunks: Iterator[tuple[Chunk, Chunk]], dataset_format: int, depth: int
+    pool: ProcessPoolExecutor,
+    chunks: Iterator[tuple[Chunk, Chunk]],
+    dataset_format: int,
+    depth: int,
+    unread: set[str],
 ) -> Iterator[tuple[Chunk, Chunk, ChunkChecks]]:
     """Each chunk's checks from the pool, in submission order, with at most `depth` in flight."""
     flight: deque[tuple[Chunk, Chunk, Future]] = deque()
-    for raw, chunk in chunks:
-        # Only the columns travel: line numbers stay here, for the quarantine.
-        flight.append((raw, chunk, pool.submit(_check, Chunk(chunk.columns, chunk.n), dataset_format)))
-        if len(flight) > depth:
-            raw, chunk, future = flight.popleft()
-            yield raw, chunk, future.result()
-    while flight:
+
+    def done() -> tuple[Chunk, Chunk, ChunkChecks]:
         raw, chunk, future = flight.popleft()
-        yield raw, chunk, future.result()
+        checks = future.result()
+        checks.columns = list(chunk.columns)
+        checks.texts = _unpack(checks.texts, chunk, checks.usable)
+        return raw, chunk, checks
+
+    for raw, chunk in chunks:
+        # Pickling is this process's CPU: only the columns a check reads travel (no line numbers, no
+        # allowed columns such as prompt_id or split, which the merge and the writers read here).
+        sent = Chunk({k: v for k, v in chunk.columns.items() if k not in unread}, chunk.n)
+        flight.append((raw, chunk, pool.submit(_check, sent, dataset_format)))
+        if len(flight) > depth:
+            yield done()
+    while flight:
+        yield done()
 
 
 def _start(settings: Settings, tokenizer: Any) -> None:
@@ -106,4 +123,35 @@ def _start(settings: Settings, tokenizer: Any) -> None:
 
 def _check(chunk: Chunk, dataset_format: int) -> ChunkChecks:
     counter = _worker["counter"]
-    return check_chunk(chunk, _worker["settings"], dataset_format, (lambda: counter) if counter is not None else None)
+    checks = check_chunk(chunk, _worker["settings"], dataset_format, (lambda: counter) if counter is not None else None)
+    checks.texts = _pack(checks.texts, chunk, checks.usable)
+    return checks
+
+
+# The canonical texts are mostly the very strings read (standard format): rather than send them
+# back, a worker sends the rows where they are not (U+FFFD replacements, conversations), or the
+# whole list where most are.
+def _pack(texts: tuple[list, list, list], chunk: Chunk, usable: np.ndarray) -> tuple:
+    ok = usable.tolist()
+    packed = []
+    for name, text in zip(REQUIRED, texts, strict=True):
+        column = chunk.columns.get(name)
+        if column is None:
+            packed.append(text)
+            continue
+        diff = {i: t for i, (t, v, u) in enumerate(zip(text, column, ok, strict=True)) if t is not (v if u else None)}
+        packed.append(diff if len(diff) <= len(text) // 4 else text)
+    return tuple(packed)
+
+
+def _unpack(packed: tuple, chunk: Chunk, usable: np.ndarray) -> tuple[list, list, list]:
+    ok = usable.tolist()
+    texts = []
+    for name, part in zip(REQUIRED, packed, strict=True):
+        if isinstance(part, dict):
+            text = [v if u else None for v, u in zip(chunk.columns[name], ok, strict=True)]
+            for i, t in part.items():
+                text[i] = t
+            part = text
+        texts.append(part)
+    return tuple(texts)  # type: ignore[return-value]
