@@ -15,6 +15,7 @@ Files under MIN_ROWS rows are checked in this process too: a pool would cost mor
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import sys
@@ -73,9 +74,15 @@ def validate_chunks(
         return
     tokenizer = validator.loaded_tokenizer() if validator.settings.tokens else None
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(
-        count, mp_context=context, initializer=_start, initargs=(validator.settings, tokenizer)
-    ) as pool:
+    # The workers fork from this process (with a flow's or a tokenizer's imports): frozen, its objects
+    # are left out of the workers' garbage collections, which would otherwise copy the pages they touch.
+    pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start, initargs=(validator.settings, tokenizer))
+    gc.freeze()
+    try:
+        pool.submit(int)  # with fork, the first task forks every worker, before it returns
+    finally:
+        gc.unfreeze()
+    with pool:
         try:
             cfg = validator.config
             unread = set(cfg.allowed_columns) - {*REQUIRED, *cfg.rating_columns}  # no check reads these
