@@ -73,6 +73,28 @@ def test_promotion_lock_times_out_and_breaks_stale_locks(sqlite_model):
     assert not client.search_registered_models(f"name = 'm{promotion.LOCK_SUFFIX}'")
 
 
+def test_a_lock_released_while_it_is_taken_is_taken_again(sqlite_model, monkeypatch):
+    """Seen on a busy server: the create clashes with the holder's lock, the holder releases it, and MLflow's
+    store, reading the model it clashed with, answers RESOURCE_DOES_NOT_EXIST. That is a free lock."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    uri, client = sqlite_model
+    create = client.create_registered_model
+    clashes = []
+
+    def create_after_a_clash(name, **kwargs):
+        if not clashes:
+            clashes.append(name)
+            raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
+        return create(name, **kwargs)
+
+    monkeypatch.setattr(client, "create_registered_model", create_after_a_clash)
+    with promotion.promotion_lock(client, "m", timeout=5):
+        assert client.get_registered_model(f"m{promotion.LOCK_SUFFIX}")
+    assert clashes == [f"m{promotion.LOCK_SUFFIX}"]
+
+
 def test_promote_and_rollback_prefect_flows(sqlite_model, prefect_harness):
     from alignflow.flows.promotion import promote_model, rollback_model
 

@@ -112,6 +112,10 @@ def promotion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S, stale_aft
             client.create_registered_model(lock, description=holder)
             break
         except MlflowException as exc:
+            # MLflow's SQL store answers a name clash by reading the model it clashed with: when its
+            # holder deleted the lock in between, that read fails with RESOURCE_DOES_NOT_EXIST.
+            if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+                continue  # released in between: try again at once
             if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
