@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -168,7 +168,7 @@ class Validator:
         related = {i: r for i, r in related.items() if i in reasons}
         return ChunkResult(~row_errors, reasons, checks.texts, checks.prompt_hashes, related)
 
-    def loaded_tokenizer(self):
+    def loaded_tokenizer(self) -> Any:
         """The tokenizer, loaded now if a loader was given (None when the token checks are off)."""
         source = self.tokenizer
         if source is not None and not hasattr(source, "apply_chat_template"):
