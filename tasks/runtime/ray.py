@@ -21,6 +21,9 @@ FORWARDED_ENV = (
     "RAY_TRAIN_ENABLE_PRINT_PATCH",
     "PYTHONWARNINGS",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+    # How long a restart waits for its workers' resources before it tries again (Ray's default 60 s): after a
+    # lost node, a restart that still counts that node waits this long (docs/operations.md#node-failure).
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
 )
 
 
