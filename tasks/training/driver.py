@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from alignflow.conf.training import TrainingConfig
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, sha256_text, sha256_tree
+from alignflow.tasks.training import staging
 from alignflow.tasks.training.loop import FINAL_MODEL_DIR, RESULT_FILE, WorkerInputs, train_loop
 from alignflow.tasks.training.recipe import SFT
 
@@ -142,7 +143,10 @@ def train_model(
         tracking_uri=tracking_uri,
         run_id=mlflow_run_id,
         reference_cache=str(home() / "ref_logps" / reference_key),
+        train_sha256=train_data.sha256,
     )
+    if staging.is_remote(storage_path):  # the workers may be on nodes that do not see this machine's disk
+        inputs = staging.stage(inputs, storage_path, reference)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"inputs": inputs},

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alignflow.conf.training import TrainingConfig
 from alignflow.tasks.runtime.ray import quiet_ray_logs
-from alignflow.tasks.training import cost, recipe
+from alignflow.tasks.training import cost, recipe, staging
 
 FINAL_MODEL_DIR = "model"
 RESULT_FILE = "result.json"  # next to FINAL_MODEL_DIR in the final checkpoint: the worker's outcome
@@ -31,15 +31,19 @@ class WorkerInputs:
     tracking_uri: str
     run_id: str | None
     reference_cache: str | None
+    train_sha256: str = ""
+    # (field, sha256) of inputs uploaded to remote storage (tasks/training/staging.py): each worker fetches them
+    # to its own node before use, and relative scratch_dir/reference_cache are under that node's folder.
+    staged: tuple[tuple[str, str], ...] = ()
 
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker (torch.distributed is already set up by Ray); config = {"inputs": WorkerInputs}."""
     import ray.train
 
-    inputs: WorkerInputs = config["inputs"]
     rank = ray.train.get_context().get_world_rank()
     quiet_ray_logs()
+    inputs: WorkerInputs = staging.localize(config["inputs"])
     scratch = Path(inputs.scratch_dir) / f"rank{rank}"
     scratch.mkdir(parents=True, exist_ok=True)
 
