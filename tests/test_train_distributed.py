@@ -129,7 +129,11 @@ def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_ha
     ]
     cfg = small_config(*overrides)
     uri = tracking_uri(cfg)
-    env = {**os.environ, "ALIGNFLOW_HOME": str(STATE)}
+    from prefect.settings import PREFECT_API_URL
+
+    # The killed run reports to this session's Prefect server (as a deployment's run reports to the
+    # server's) instead of starting a temporary one of its own (~15 s); the re-run finds its flow run there.
+    env = {**os.environ, "ALIGNFLOW_HOME": str(STATE), "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "alignflow.flows.cli", "run", *SMALL, *overrides],
         cwd=ROOT,
@@ -163,3 +167,9 @@ def test_a_killed_flow_run_resumes_from_its_checkpoint_when_run_again(prefect_ha
     killed = MlflowClient(uri).get_run(run_id)
     assert killed.info.status == "KILLED", killed.info.status
     assert "driver process gone" in killed.data.tags["alignflow.ended"]
+    # ... and its Prefect flow run, on the same server, no longer shows Running.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(killed.data.tags["prefect_flow_run_id"]).state
+    assert state.type.value == "CRASHED" and "is gone" in (state.message or ""), state
