@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -231,6 +232,7 @@ def main() -> None:
     parser.add_argument("--label", help="store under node_failure.<label>: a variant beside the main figures")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (Ray's logs, checkpoints)")
     args = parser.parse_args()
 
     if args.start_timeout is not None:  # forwarded to Ray Train's controller by start_ray
@@ -293,6 +295,8 @@ def main() -> None:
         for record in reversed(records):
             if alive(record["pid"]):
                 terminate(record, grace=5)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     figures = {
         "cluster": "2 local Ray nodes on 127.0.0.1 (head + second node, 1 CPU each), one Ray Train worker per node",
         "storage": "local file storage (both nodes on this machine); not S3",
