@@ -128,10 +128,18 @@ INTEGRATION_MODULES = {
 
 
 def pytest_collection_modifyitems(config, items):
+    # The production-stack tests (a node killed mid-training, S3 storage, Postgres) take minutes each and
+    # start servers and Ray nodes of their own: they run when asked for (`pytest -m stack`), not in `make test`.
+    stack_asked = "stack" in (config.getoption("markexpr", "") or "")
+    skip_stack = pytest.mark.skip(
+        reason="production-stack test: run with `.venv/bin/pytest -m stack` (docs/testing.md)"
+    )
     for item in items:
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
         if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        if "stack" in item.keywords and not stack_asked:
+            item.add_marker(skip_stack)
 
 
 def pytest_sessionfinish(session, exitstatus):
