@@ -84,25 +84,24 @@ def test_effective_config_reports_what_trl_ignores_or_changes():
     assert rpo["effective"]["loss_type"] == ["sigmoid", "sft"] and rpo["effective"]["loss_weights"] == [1.0, 0.5]
 
 
-def test_precomputed_reference_log_probs_are_reused_across_runs(ray_session, tiny_model_path, train_ref, state_dir):
-    cfg = small_config(
-        "training.precompute_ref_log_probs=true",
-        "training.scaling.num_workers=1",
-        "training.max_steps=1",
-        "training.max_length=200",
-    )
+def test_precomputed_reference_log_probs_are_reused_across_runs(tiny_model_path, train_ref, tmp_path):
+    """Two runs on the same inputs through the recipe the Ray worker runs: the second reads the first's
+    reference log-probs (the driver names the cache by data, reference model and max_length)."""
+    from alignflow.tasks.training import recipe
+
+    cfg = small_config("training.precompute_ref_log_probs=true", "training.max_steps=1", "training.max_length=200")
     outcomes = []
     for attempt in range(2):
-        trained = train_model(
+        trainer, _ = recipe.build_trainer(
             cfg.training,
             str(tiny_model_path),
-            train_ref,
-            str(state_dir / "ray"),
-            f"refcache-{attempt}",
-            tracking_uri(cfg),
-            None,
+            str(train_ref.path),
+            str(tmp_path / f"out-{attempt}"),
+            reference_cache=tmp_path / "ref_logps" / "key",
         )
-        outcomes.append(trained.reference_cache)
+        trainer.args.disable_tqdm = True
+        trainer.train()
+        outcomes.append(trainer.reference_cache)
     assert outcomes == ["miss", "hit"]  # the second run did no reference forward pass
-    cached = list((state_dir / "ref_logps").glob("*-train.parquet"))
+    cached = list((tmp_path / "ref_logps").glob("*-train.parquet"))
     assert cached
