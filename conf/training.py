@@ -162,10 +162,6 @@ class ScalingConfig(Section):
             raise ValueError(f"min_workers ({self.min_workers}) must be at most num_workers ({self.num_workers})")
         return self
 
-    def ray_num_workers(self) -> int | tuple[int, int]:
-        """Ray Train's `num_workers`: an int (fixed), or (min, max) for elastic training."""
-        return self.num_workers if self.min_workers is None else (self.min_workers, self.num_workers)
-
 
 class SFTStageConfig(Section):
     """An optional supervised stage before the preference stage: TRL SFTTrainer on the chosen responses.

@@ -83,8 +83,8 @@ class EndpointLLM(OpenAILLM):
 
         from openai import AsyncOpenAI
 
-        # The client's httpx logs every request at INFO: at 100+ requests/s that is most of what
-        # crosses distilabel's log pipe from the step processes. Failures are still recorded.
+        # The client's httpx logs every request at INFO: at 100+ requests/s (the completions API)
+        # that is most of what crosses distilabel's log pipe from the step processes.
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -96,7 +96,6 @@ class EndpointLLM(OpenAILLM):
             max_retries=0,
             timeout=self.timeout,
             default_headers=self.default_headers,
-            http_client=_http_client(self.max_concurrency),
         )
         self._limit = AdaptiveLimit(self.max_concurrency)
 
@@ -281,21 +280,6 @@ def _chat_session(llm: EndpointLLM):
         headers=headers,
         trust_env=True,
     )
-
-
-def _http_client(concurrency: int):
-    """aiohttp under the OpenAI client where it is installed (about half the CPU per request of the
-    pure-Python httpx, measured), else the client's httpx; either keeps a connection alive for
-    every request that may be in flight (the client's default keeps 100)."""
-    from openai import DEFAULT_CONNECTION_LIMITS, DefaultAioHttpClient, DefaultAsyncHttpxClient
-
-    limits = type(DEFAULT_CONNECTION_LIMITS)(
-        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
-    )
-    try:
-        return DefaultAioHttpClient(limits=limits)
-    except RuntimeError:  # aiohttp is not installed
-        return DefaultAsyncHttpxClient(limits=limits)
 
 
 def describe_error(exc: BaseException, timeout: float, attempts: int) -> str:

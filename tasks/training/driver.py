@@ -102,7 +102,9 @@ def scaling_kwargs(training: TrainingConfig) -> dict:
     (Ray Train V2 elastic training), else an int."""
     scaling = training.scaling
     return {
-        "num_workers": scaling.ray_num_workers(),
+        "num_workers": scaling.num_workers
+        if scaling.min_workers is None
+        else (scaling.min_workers, scaling.num_workers),
         "use_gpu": scaling.use_gpu,
         "resources_per_worker": scaling.resources_per_worker,
     }
