@@ -35,6 +35,8 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def test_one_and_two_workers_agree_at_the_same_global_batch(ray_session, tiny_model_path, eight_pairs, state_dir):
+    from transformers import AutoModelForCausalLM
+
     # 8 rows, global batch 8: every step sees the whole set whatever the sharding, so the
     # gradient and the loss after one update must match across worker counts.
     results = {}
@@ -48,9 +50,15 @@ def test_one_and_two_workers_agree_at_the_same_global_batch(ray_session, tiny_mo
         )
         uri = tracking_uri(cfg)
         run_id = start_run(uri, "test-equivalence", f"{workers}-workers", {}, {})
-        train_model(
+        trained = train_model(
             cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), f"equiv-{workers}", uri, run_id
         )
+        # What tests/test_train_stage.py checks of ORPO on one worker, here for DPO on one and two.
+        assert trained.steps == 2 and trained.stage == "dpo" and trained.num_workers == workers
+        assert trained.model.path.is_dir() and len(trained.model.sha256) == 64
+        AutoModelForCausalLM.from_pretrained(trained.model.path)  # the final model loads
+        assert [s for s, _ in _history(uri, run_id, "train/loss")] == [1, 2]
+        assert _history(uri, run_id, "train/rewards/accuracies")
         results[workers] = {
             "grad_norm_1": dict(_history(uri, run_id, "train/grad_norm"))[1],
             "loss_2": dict(_history(uri, run_id, "train/loss"))[2],
