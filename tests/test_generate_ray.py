@@ -39,21 +39,3 @@ def test_pipeline_runs_on_the_ray_cluster(server, ray_session, tmp_path):
     assert fake.count("generate") == 3 * 2 + 2 * 2  # 3 prompts x 2 generators + two injected 500s each
     pairs = pd.read_parquet(ref.path)
     assert len(pairs) == report.pairs > 0
-
-
-def test_the_worker_setup_hook_quiets_ray_train_without_importing_it():
-    """quiet_ray_logs runs in every Ray worker: it names Ray Train's context logger (named after its file)
-    by a built path, so that the workers that never train do not import ray.train (~1.5 s each)."""
-    import logging
-    import subprocess
-    import sys
-
-    from alignflow.tasks.runtime.ray import quiet_ray_logs
-
-    probe = "import sys; from alignflow.tasks.runtime.ray import quiet_ray_logs as q; q(); print('ray.train' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
-    from ray.train.v2._internal.execution import context
-
-    logging.getLogger(context.__file__).setLevel(logging.NOTSET)
-    quiet_ray_logs()
-    assert logging.getLogger(context.__file__).level == logging.WARNING
