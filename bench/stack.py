@@ -4,8 +4,8 @@ unauthenticated client gets, and how fast a cluster profile fails here.
     .venv/bin/python bench/stack.py [--no-ray] [--out bench/results/stack.json]
 
 Every address is 127.0.0.1; the stack runs on free ports in a fresh state directory and is stopped at
-the end. Node-failure figures come from bench/node_failure.py (kept here when this script rewrites the file);
-load figures are not measured (see the `not_measured` entry).
+the end. Node-failure figures come from bench/node_failure.py and load figures from bench/stack_load.py (both
+kept here when this script rewrites the file).
 """
 
 from __future__ import annotations
@@ -116,14 +116,10 @@ def main() -> None:
         },
         "preflight_cluster_profile": preflight_figures(),
         "stack": stack_figures(not args.no_ray),
-        "not_measured": {
-            "load": "not run: 20 concurrent deployment runs on this shared 2-core machine",
-        },
     }
-    if args.out.exists():  # bench/node_failure.py's figures live in the same file: keep them
-        kept = json.loads(args.out.read_text()).get("node_failure")
-        if kept:
-            result["node_failure"] = kept
+    if args.out.exists():  # bench/node_failure.py's and bench/stack_load.py's figures live in the same file
+        current = json.loads(args.out.read_text())
+        result.update({k: current[k] for k in ("node_failure", "load") if k in current})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

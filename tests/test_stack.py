@@ -182,3 +182,45 @@ def test_ray_head_and_worker_node(stack):
     status = subprocess.run([_bin("ray"), "status", f"--address={env['RAY_ADDRESS']}"], capture_output=True, text=True)
     assert f"{WORKER_RESOURCE}" in status.stdout
     assert {"ray-head", "ray-worker"} <= {r["name"] for r in records(root)}
+
+
+def test_a_nightly_run_through_the_worker_trains_on_both_nodes_into_s3(stack):
+    """The deployment path of the stack profile end to end: nightly-alignment through the Prefect worker,
+    DPO on two Ray workers (one CPU on each node: the head's and the worker node's), checkpoints in the S3
+    store, the version registered in MLflow on Postgres with its artifacts in S3. Needs the Ray nodes of
+    test_ray_head_and_worker_node (run before it in this module)."""
+    import time
+
+    import requests
+
+    from alignflow.flows.stack_services import s3_client
+    from alignflow.tasks.registry.tracking import mlflow_client
+
+    env = stack["env"]
+    os.environ.update(env)  # the MLflow client's credentials and the S3 endpoint
+    user, password = env["PREFECT_API_AUTH_STRING"].split(":", 1)
+    api, auth = env["PREFECT_API_URL"], _basic(user, password)
+
+    def call(method: str, path: str, body: dict | None = None):
+        answer = requests.request(method, api + path, json=body, headers=auth, timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    [nightly] = [d for d in call("POST", "/deployments/filter", {}) if d["name"] == "nightly-alignment"]
+    small = ["training.max_steps=2", "training.save_steps=1", "evaluation.samples_per_prompt=1"]
+    params = {"overrides": [*nightly["parameters"]["overrides"], *small]}
+    run_id = call("POST", f"/deployments/{nightly['id']}/create_flow_run", {"parameters": params})["id"]
+    deadline = time.monotonic() + 900  # the tiny model is built first (~2 min), then generation, training
+    while (run := call("GET", f"/flow_runs/{run_id}"))["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+        assert time.monotonic() < deadline, f"the nightly run did not end; worker log: {stack['home']}/stack/logs"
+        time.sleep(5)
+    assert run["state"]["type"] == "COMPLETED", run["state"].get("message")
+
+    logs = call("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    assert any("steps in" in log["message"] and "on 2 workers" in log["message"] for log in logs)
+    s3 = s3_client(env)
+    checkpoints = s3.list_objects_v2(Bucket="alignflow").get("KeyCount", 0)
+    artifacts = s3.list_objects_v2(Bucket="mlflow").get("KeyCount", 0)
+    assert checkpoints > 0 and artifacts > 0
+    versions = mlflow_client(env["MLFLOW_TRACKING_URI"]).search_model_versions("name='alignflow-stack'")
+    assert [v.tags.get("prefect_flow_run_id") for v in versions] == [run_id]
