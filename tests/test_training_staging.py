@@ -106,6 +106,22 @@ def test_an_interrupted_upload_is_sent_again(storage, driver_files):
     assert fs.cat_file(fs._strip_protocol(uri) + "/config.json") == b'{"model_type": "llama"}'
 
 
+def test_the_same_content_under_another_name_is_the_first_upload(storage, driver_files, tmp_path):
+    """Seen on the stack under load: a champion model downloaded into a folder of another name had the content
+    of an earlier upload; the upload was skipped and the returned path did not exist, so the worker got an
+    empty folder and transformers took the path for a hub id."""
+    model, _ = driver_files
+    first = staging.upload(model, "m" * 64, storage)
+    renamed = tmp_path / "elsewhere" / "73852471"
+    renamed.parent.mkdir()
+    model.rename(renamed)
+    assert staging.upload(renamed, "m" * 64, storage) == first
+    copy = staging.fetch(first, "m" * 64, tmp_path / "node")
+    assert sorted(p.name for p in copy.rglob("*") if p.is_file()) == ["config.json", "weights.bin"]
+    with pytest.raises(FileNotFoundError, match="not in storage"):
+        staging.fetch(first.replace("m" * 64, "x" * 64), "x" * 64, tmp_path / "node")
+
+
 # A training on S3 storage (SeaweedFS, as `alignflow stack up` runs it) in a process of its own, so that its
 # local Ray starts with the S3 credentials in its workers' environment.
 S3_TRAINING = """

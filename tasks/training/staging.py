@@ -50,11 +50,15 @@ def upload(local: Path, sha256: str, storage_path: str) -> str:
 
     fs, root = fsspec.core.url_to_fs(storage_path)
     base = f"{root.rstrip('/')}/{INPUTS}/{sha256}"
-    if not fs.exists(f"{base}/{MARKER}"):
+    marker = f"{base}/{MARKER}"
+    if fs.exists(marker):  # the same content, perhaps under another name (a champion downloaded anew)
+        name = fs.cat_file(marker).decode() or local.name
+    else:
         for file, relative in _files(local):
             fs.put_file(str(file), f"{base}/{relative}")
-        fs.pipe_file(f"{base}/{MARKER}", local.name.encode())
-    return fs.unstrip_protocol(f"{base}/{local.name}")
+        fs.pipe_file(marker, local.name.encode())
+        name = local.name
+    return fs.unstrip_protocol(f"{base}/{name}")
 
 
 def fetch(uri: str, sha256: str, cache: Path) -> Path:
@@ -70,6 +74,8 @@ def fetch(uri: str, sha256: str, cache: Path) -> Path:
         partial = Path(tempfile.mkdtemp(dir=cache, prefix=f".{sha256[:12]}-"))
         base = remote.rstrip("/").rsplit("/", 1)[0]
         files = [remote] if fs.isfile(remote) else fs.find(remote)
+        if not files:  # never an empty folder, which a trainer would take for a hub id
+            raise FileNotFoundError(f"staged training input {uri} is not in storage (sha256 {sha256})")
         for path in files:
             target = partial / path[len(base) + 1 :]
             target.parent.mkdir(parents=True, exist_ok=True)
