@@ -182,4 +182,3 @@ def test_ray_head_and_worker_node(stack):
     status = subprocess.run([_bin("ray"), "status", f"--address={env['RAY_ADDRESS']}"], capture_output=True, text=True)
     assert f"{WORKER_RESOURCE}" in status.stdout
     assert {"ray-head", "ray-worker"} <= {r["name"] for r in records(root)}
-
