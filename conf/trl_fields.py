@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import os
 import threading
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,20 @@ _PARSING = threading.Lock()
 
 @functools.cache
 def _parse(module: str) -> ast.Module:
-    # One parse at a time: CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion
-    # depth mismatch" when two threads parse at once, seen with a deployment's concurrent checks).
+    # CPython before 3.11.8 keeps ast's recursion depth per interpreter, not per thread: a parse that
+    # overlaps one in another thread can fail with "SystemError: AST constructor recursion depth mismatch"
+    # (python/cpython#106905). Ours are one at a time; one by another thread of the process (seen in a
+    # deployment's flow run, where Prefect's threads parse too) is waited out by parsing again.
+    source, filename = _module_file(module).read_text(), str(_module_file(module))
     with _PARSING:
-        return ast.parse(_module_file(module).read_text(), filename=str(_module_file(module)))
+        for attempt in range(4):
+            try:
+                return ast.parse(source, filename=filename)
+            except SystemError as exc:
+                if "recursion depth mismatch" not in str(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return ast.parse(source, filename=filename)  # the last try: its error, if any, is the caller's
 
 
 def _absolute(module: str, node: ast.ImportFrom) -> str:

@@ -314,3 +314,23 @@ def test_cli_config_error_imports_nothing_heavy(tmp_path):
     top_level = {name.split(".")[0] for name in imported}
     for heavy in ("prefect", "ray", "torch", "transformers", "mlflow"):
         assert heavy not in top_level, f"{heavy} was imported on a config error"
+
+
+def test_trl_source_parse_survives_another_threads_ast_race(monkeypatch):
+    """CPython < 3.11.8 (python/cpython#106905): a parse overlapping another thread's fails with a SystemError;
+    seen failing a deployment's flow run at config load. Parsing again gives the tree."""
+    import ast
+
+    from alignflow.conf import trl_fields
+
+    real, calls = ast.parse, []
+
+    def racy(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=81, after=78)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trl_fields.ast, "parse", racy)
+    tree = trl_fields._parse.__wrapped__("trl.trainer.dpo_config")
+    assert isinstance(tree, ast.Module) and len(calls) == 2
