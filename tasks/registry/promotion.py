@@ -108,20 +108,19 @@ def promotion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S, stale_aft
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
-        try:
-            client.create_registered_model(lock, description=holder)
-            break
-        except MlflowException as exc:
-            # MLflow's SQL store answers a name clash by reading the model it clashed with: when its
-            # holder deleted the lock in between, that read fails with RESOURCE_DOES_NOT_EXIST.
-            if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
-                continue  # released in between: try again at once
-            if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
-                raise
-        try:
-            held = client.get_registered_model(lock)
-        except MlflowException:
-            continue  # released in between: try again at once
+        # Look before taking: a create that clashes is an error in the database's log (Postgres logs
+        # every unique-key violation), so a held lock is only read; a create clashes only on a true race.
+        held = _lock_holder(client, lock)
+        if held is None:
+            try:
+                client.create_registered_model(lock, description=holder)
+                break
+            except MlflowException as exc:
+                # MLflow's SQL store answers a name clash by reading the model it clashed with: when its
+                # holder deleted the lock in between, that read fails with RESOURCE_DOES_NOT_EXIST.
+                if _error_code(exc) not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+                    raise
+                continue  # lost a race, or the lock was released in between: look again
         if owner in (held.description or ""):
             break  # our create went through although its reply was lost (a client retry)
         age_s = time.time() - held.creation_timestamp / 1000
@@ -144,6 +143,18 @@ def promotion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S, stale_aft
     finally:
         with suppress(MlflowException):
             client.delete_registered_model(lock)
+
+
+def _lock_holder(client, lock: str):
+    """The lock's registered model while someone holds it, else None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(lock)
+    except MlflowException as exc:
+        if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
 
 
 def history(tracking_uri: str, name: str) -> list[dict]:
