@@ -62,19 +62,42 @@ def test_margin_guard_rail_and_thresholds():
     assert decide(record, FLUENT, None, GateConfig(thresholds={"preference_accuracy": 0.7})).passed
 
 
-def test_registered_champion_loads_and_generates(tiny_model_path):
+def test_registered_champion_loads_and_generates(tiny_model_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
+
+    from alignflow.tasks.registry.tracking import log_metrics
 
     cfg = small_config("registry.model_name=test-register")
     uri = tracking_uri(cfg)
     run_id = start_run(
         uri, "test-register", "register", {"training.beta": "0.1"}, {"dataset_sha256": "abc"}, artifact_root(cfg)
     )
+    log_metrics(uri, run_id, {"validate/valid": 48})
+    # Registering writes no row twice (Postgres logs each unique-key clash as an ERROR): no metric of the run is
+    # logged again (MLflow's log_model inside a run does, to link it to the model), and the registered model is
+    # created only while it does not exist.
+    sent, creates = [], []
+    log_batch, create = MlflowClient.log_batch, MlflowClient.create_registered_model
+    monkeypatch.setattr(MlflowClient, "log_batch", lambda self, *a, **k: sent.append(k) or log_batch(self, *a, **k))
+    monkeypatch.setattr(
+        MlflowClient, "create_registered_model", lambda self, *a, **k: creates.append(a) or create(self, *a, **k)
+    )
     version = log_model_version(uri, run_id, "test-register", tiny_model_path)
+    run2 = start_run(uri, "test-register", "register", {}, {}, artifact_root(cfg))
+    assert log_model_version(uri, run2, "test-register", tiny_model_path) == str(int(version) + 1)
+    assert not [m for batch in sent for m in batch.get("metrics") or []] and len(creates) == 1
+    monkeypatch.undo()
     tag_and_alias(uri, "test-register", version, {"dataset_sha256": "abc"}, promote=True)
 
     client = MlflowClient(uri)
+    # The lineage MLflow's log_model gives: the version's run, the logged model's source run, the run's output.
+    registered = client.get_model_version("test-register", version)
+    model_id = registered.source.removeprefix("models:/")
+    assert registered.run_id == run_id and client.get_logged_model(model_id).source_run_id == run_id
+    run = client.get_run(run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    assert "defaults/max_new_tokens" in run.data.params and run.data.metrics["validate/valid"] == 48
     champion = client.get_model_version_by_alias("test-register", "champion")
     assert str(champion.version) == version and champion.tags["dataset_sha256"] == "abc"
     assert str(client.get_model_version_by_alias("test-register", "challenger").version) == version

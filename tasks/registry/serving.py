@@ -256,8 +256,9 @@ def requirements() -> list[str]:
     return [f"{p}=={pkg_version(p).split('+')[0]}" for p in REQUIREMENTS]
 
 
-def log_serving_model(model_dir: Path, registered_model_name: str | None = None, name: str = "model") -> ModelInfo:
-    """Log `model_dir` (a HF folder) as the serving model in the active MLflow run; its ModelInfo.
+def log_serving_model(model_dir: Path, model_id: str | None = None, name: str = "model") -> ModelInfo:
+    """Log `model_dir` (a HF folder) as the serving model (into the logged model `model_id` when given, else
+    into a new one of the active MLflow run); its ModelInfo.
 
     Logging loads the model once and answers the input example, which MLflow stores with the
     signature (inferred from `Request`) and the params schema. The options' defaults are the
@@ -271,7 +272,7 @@ def log_serving_model(model_dir: Path, registered_model_name: str | None = None,
         artifacts={HF_ARTIFACT: str(model_dir)},
         input_example=(example, defaults),
         model_config={"defaults": defaults},
-        registered_model_name=registered_model_name,
+        model_id=model_id,
         pip_requirements=requirements(),
     )
 

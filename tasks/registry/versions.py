@@ -70,21 +70,57 @@ def log_model_version(tracking_uri: str, run_id: str, name: str, model_dir: Path
     Idempotent per training run: when a version of `name` was already registered from
     `run_id` (a retried flow, a re-run register stage), that version is returned and
     nothing new is logged.
+
+    The steps are MLflow's `log_model(registered_model_name=...)` inside the run, taken one by one
+    so that nothing writes a row twice: inside a run, MLflow copies every step-0 metric of the run
+    onto the model by logging it again (the model id is not part of the metrics' key, so each copy
+    clashes with the metric already there), and it creates the registered model on every version.
+    MLflow absorbs both clashes, but Postgres logs each one as an error.
     """
     existing = find_version(tracking_uri, name, run_id)
     if existing is not None:
         return str(existing.version)
 
     import mlflow
+    from mlflow.entities import LoggedModelOutput, Param
 
-    from alignflow.tasks.registry.serving import log_serving_model
+    from alignflow.tasks.registry.serving import log_serving_model, model_defaults
 
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = log_serving_model(model_dir, registered_model_name=name)
-    version = str(info.registered_model_version)
-    mlflow_client(tracking_uri).set_model_version_tag(name, version, "training_run_id", run_id)
-    return version
+    client = mlflow_client(tracking_uri)
+    run = client.get_run(run_id)
+    model = client.create_logged_model(
+        run.info.experiment_id, name="model", source_run_id=run_id, params=run.data.params
+    )
+    log_serving_model(model_dir, model_id=model.model_id)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    # The generation defaults fixed into the model, on the run, as MLflow logs a model's config there.
+    defaults = [Param(f"defaults/{k}", str(v)) for k, v in model_defaults(model_dir).items()]
+    if new := [p for p in defaults if p.key not in run.data.params]:
+        client.log_batch(run_id, params=new)
+    ensure_registered_model(tracking_uri, name)
+    version = client.create_model_version(name, f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id)
+    client.set_model_version_tag(name, version.version, "training_run_id", run_id)
+    return str(version.version)
+
+
+def ensure_registered_model(tracking_uri: str, name: str) -> None:
+    """Create the registered model `name` unless it exists (read first: a create that clashes is an error
+    in Postgres's log; two runs registering their first version at the same moment still may)."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(tracking_uri)
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def tag_and_alias(
