@@ -56,6 +56,7 @@ DB_ERROR = re.compile(
     r"(ERROR:|FATAL:|PANIC:|deadlock detected|psycopg2\.\w*Error|asyncpg\.\w*Error|sqlalchemy\.exc\.\w+"
     r"|IntegrityError|OperationalError|could not serialize)"
 )
+PG_DATABASE = re.compile(r"^\S+ \S+ UTC \[\d+\] (\w+) (?:ERROR|FATAL|PANIC):")  # log_line_prefix '%m [%p] %d '
 
 
 class Api:
@@ -160,18 +161,17 @@ def where_things_are(env: dict[str, str]) -> dict:
 
 
 def database_errors(root: Path) -> dict:
-    """Errors in Postgres' log and the servers' logs. A clash on the registered-model name is the promotion
-    lock working (tasks/registry/promotion.py: the lock is a name only one creator gets), counted apart."""
-    errors, lock_clashes = [], 0
+    """Errors in Postgres' log (each line names its database) and in the servers' logs, counted by where."""
+    errors, where = [], {}
     for log in sorted((root / "logs").glob("*.log")):
         for line in log.read_text(errors="replace").splitlines():
             if not DB_ERROR.search(line):
                 continue
-            if "duplicate key value violates unique constraint" in line and "registered_model" in line:
-                lock_clashes += 1
-            else:
-                errors.append(f"{log.name}: {line.strip()[:300]}")
-    return {"errors": len(errors), "first_errors": errors[:20], "promotion_lock_clashes": lock_clashes}
+            found = PG_DATABASE.search(line) if log.name == "postgres.log" else None
+            key = f"postgres:{found.group(1)}" if found else log.name
+            where[key] = where.get(key, 0) + 1
+            errors.append(f"{log.name}: {line.strip()[:300]}")
+    return {"errors": len(errors), "by_database": where, "first_errors": errors[:20]}
 
 
 def promote_when_registered(api: Api, tracking_uri: str, count: int, runs: list[str], stop: threading.Event) -> None:

@@ -113,7 +113,11 @@ def start_postgres(root: Path, port: int, password: str) -> None:
     if os.geteuid() == 0:
         shutil.chown(log, "postgres", "postgres")
     if not (data / "postmaster.pid").exists():
-        options = f"-c listen_addresses={HOST} -p {port} -c unix_socket_directories='' -c max_connections=200"
+        # Each log line names its database (%d): an error is then Prefect's, MLflow's or the auth app's.
+        options = (
+            f"-c listen_addresses={HOST} -p {port} -c unix_socket_directories='' -c max_connections=200"
+            " -c log_line_prefix='%m [%p] %d '"
+        )
         start = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"]
         run_checked(_as_postgres(start), "pg_ctl start")
     import psycopg2

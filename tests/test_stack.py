@@ -61,11 +61,17 @@ def stack():
     home.chmod(0o755)
     ports = Ports(*free_ports(5))
     # The Ray nodes are started by their own test: on a busy machine they are the part that may need retries.
+    # The worker's flow runs inherit this process's environment: conftest's WARNING would keep their INFO lines
+    # (the training's "N steps in Xs on K workers") from the Prefect API.
+    level = os.environ.get("PREFECT_LOGGING_LEVEL")
+    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     try:
         env = stack_up(home, ports, ray=False)  # stops what it started when it fails
     except BaseException:
         shutil.rmtree(home, ignore_errors=True)
         raise
+    finally:
+        os.environ["PREFECT_LOGGING_LEVEL"] = level or "WARNING"
     yield {"home": home, "ports": ports, "env": env}
     started = records(home / "stack")
     stopped = stack_down(home)
@@ -182,3 +188,68 @@ def test_ray_head_and_worker_node(stack):
     status = subprocess.run([_bin("ray"), "status", f"--address={env['RAY_ADDRESS']}"], capture_output=True, text=True)
     assert f"{WORKER_RESOURCE}" in status.stdout
     assert {"ray-head", "ray-worker"} <= {r["name"] for r in records(root)}
+
+
+def test_a_nightly_run_through_the_worker_trains_on_both_nodes_into_s3(stack):
+    """The deployment path of the stack profile end to end: nightly-alignment through the Prefect worker,
+    DPO on two Ray workers (one CPU on each node: the head's and the worker node's), checkpoints in the S3
+    store, the version registered in MLflow on Postgres with its artifacts in S3, and no error in Postgres's
+    log. Needs the Ray nodes of test_ray_head_and_worker_node (run before it in this module)."""
+    import time
+
+    import requests
+
+    from alignflow.flows.stack_services import s3_client
+    from alignflow.tasks.registry.tracking import mlflow_client
+
+    env = stack["env"]
+    os.environ.update(env)  # the MLflow client's credentials and the S3 endpoint
+    user, password = env["PREFECT_API_AUTH_STRING"].split(":", 1)
+    api, auth = env["PREFECT_API_URL"], _basic(user, password)
+
+    def call(method: str, path: str, body: dict | None = None):
+        answer = requests.request(method, api + path, json=body, headers=auth, timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    [nightly] = [d for d in call("POST", "/deployments/filter", {}) if d["name"] == "nightly-alignment"]
+    small = ["training.max_steps=2", "training.save_steps=1", "evaluation.samples_per_prompt=1"]
+    params = {"overrides": [*nightly["parameters"]["overrides"], *small]}
+    run_id = call("POST", f"/deployments/{nightly['id']}/create_flow_run", {"parameters": params})["id"]
+    deadline = time.monotonic() + 900  # the tiny model is built first (~2 min), then generation, training
+    while (run := call("GET", f"/flow_runs/{run_id}"))["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+        assert time.monotonic() < deadline, f"the nightly run did not end; worker log: {stack['home']}/stack/logs"
+        time.sleep(5)
+    assert run["state"]["type"] == "COMPLETED", run["state"].get("message")
+
+    messages, page = [], 200
+    while (
+        len(
+            batch := call(
+                "POST",
+                "/logs/filter",
+                {
+                    "logs": {"flow_run_id": {"any_": [run_id]}},
+                    "limit": page,
+                    "offset": len(messages),
+                    "sort": "TIMESTAMP_ASC",
+                },
+            )
+        )
+        == page
+    ):
+        messages += [log["message"] for log in batch]
+    messages += [log["message"] for log in batch]
+    trained = [m for m in messages if " steps in " in m]
+    assert trained and trained[-1].endswith("on 2 workers"), trained or messages[-20:]
+    s3 = s3_client(env)
+    assert s3.list_objects_v2(Bucket="alignflow").get("KeyCount", 0) > 0  # checkpoints
+    assert s3.list_objects_v2(Bucket="mlflow").get("KeyCount", 0) > 0  # MLflow's artifacts
+    versions = mlflow_client(env["MLFLOW_TRACKING_URI"]).search_model_versions("name='alignflow-stack'")
+    assert [v.tags.get("prefect_flow_run_id") for v in versions] == [run_id]
+    # Nothing wrote a row twice: Postgres logs every unique-key violation as an ERROR, each line naming its
+    # database. The one exception is Prefect's own: its task-run recorder may insert a task run the API has just
+    # written (a race it retries, prefect/server/services/task_run_recorder.py), not something alignflow can change.
+    log = (stack["home"] / "stack" / "logs" / "postgres.log").read_text()
+    errors = [line for line in log.splitlines() if " ERROR: " in line]
+    assert all(" prefect ERROR: " in line and '"pk_task_run"' in line for line in errors), errors
