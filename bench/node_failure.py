@@ -1,7 +1,7 @@
 """Node failure during training (issue 14): a Ray node is lost mid-run; how many steps are redone and how long
 until training goes on, with a replacement node (fixed num_workers) and without one (elastic min_workers).
 
-    .venv/bin/python bench/node_failure.py [--runs 2] [--cases replacement,elastic] [--max-steps 24]
+    .venv/bin/python bench/node_failure.py [--runs 2] [--cases replacement,elastic] [--max-steps 24] [--s3]
 
 A 2-node Ray cluster of its own on 127.0.0.1 (a head and a second node, one CPU each, free ports, a temporary
 folder; flows/stack_services.py's node arguments), a small DPO run through alignflow's own driver
@@ -17,7 +17,8 @@ Figures per run, from the MLflow metrics the workers log at every step (their ti
 `steps_redone` = the last step logged before the kill minus the step training resumed from;
 `recovery_s` = seconds from the kill to the first step logged after the restart. Checkpoints are on local
 file storage in the temporary folder (both nodes are on this machine, so they see it, as they see the model
-and data paths). Results merge into bench/results/stack.json under `node_failure`.
+and data paths); with `--s3` they are in an S3 store of its own (SeaweedFS, as on the stack) and the workers
+read the model and data from there. Results merge into bench/results/stack.json under `node_failure`.
 """
 
 from __future__ import annotations
@@ -166,8 +167,7 @@ def one_run(case: str, cluster: Cluster, cfg, model: str, data: Ref, args: argpa
     load_before = os.getloadavg()[0]
     killer.start()
     name = f"nodefail-{case}-{uuid.uuid4().hex[:8]}"
-    storage = str(cluster.root / "checkpoints")
-    result = train_model(training, model, data, storage, name, uri, run_id, ray_address=cluster.address)
+    result = train_model(training, model, data, args.storage, name, uri, run_id, ray_address=cluster.address)
     killer.join(timeout=200)
     history = sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.timestamp)
     kill_ts = seen.get("kill_ts")
@@ -229,6 +229,11 @@ def main() -> None:
     parser.add_argument(
         "--start-timeout", type=float, default=None, help="RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (Ray: 60)"
     )
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="checkpoints, model and data in an S3 store of its own (SeaweedFS, as on the stack), not on local disk",
+    )
     parser.add_argument("--label", help="store under node_failure.<label>: a variant beside the main figures")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true")
@@ -262,10 +267,15 @@ def main() -> None:
 
     from alignflow.tasks.runtime.ray import start_ray
 
-    cluster = Cluster(root)
+    records = []
+    args.storage = str(root / "checkpoints")
+    if args.s3:
+        records.append(start_s3_store(root))
+        args.storage = "s3://alignflow/node-failure"
+    cluster = Cluster(root)  # its nodes inherit the S3 endpoint and credentials from os.environ
     head = cluster.start_head()
     start_ray(cluster.address)
-    records = [head]
+    records.append(head)
     results: dict = {}
     try:
         for case in args.cases.split(","):
@@ -299,7 +309,9 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     figures = {
         "cluster": "2 local Ray nodes on 127.0.0.1 (head + second node, 1 CPU each), one Ray Train worker per node",
-        "storage": "local file storage (both nodes on this machine); not S3",
+        "storage": "S3 (SeaweedFS on 127.0.0.1): checkpoints, and the model and data staged there for the workers"
+        if args.s3
+        else "local file storage (both nodes on this machine); not S3",
         "run": f"DPO, tiny model, {args.max_steps} steps, checkpoint every {args.save_steps}, "
         f"second node SIGKILLed once step {args.kill_after} is logged",
         "figures": "steps_redone: last step logged before the kill minus the step resumed from; recovery_s: "
@@ -310,6 +322,23 @@ def main() -> None:
     print(json.dumps(figures, indent=2))
     if not args.no_write:
         merge(figures, args.out, args.label)
+
+
+def start_s3_store(root: Path) -> dict:
+    """flows/stack_services.py's SeaweedFS on a free port, data under root; its endpoint and a fresh identity
+    into os.environ (the driver's S3 clients, and the Ray nodes started after this)."""
+    import secrets
+
+    from alignflow.flows.stack_services import start_s3
+
+    port = free_ports(1)[0]
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://{HOST}:{port}",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="nodefail",
+        AWS_SECRET_ACCESS_KEY=secrets.token_hex(16),
+    )
+    return start_s3(root, Ports(s3=port), dict(os.environ))
 
 
 def _node_of(ray, record: dict) -> str:
