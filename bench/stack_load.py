@@ -258,16 +258,15 @@ def main() -> None:
         seconds = time.monotonic() - t0
         stop.set()
         promoter.join(timeout=10)
-        registry = wait_until(
-            lambda: (
-                (found := [api.run(i) for i in registry_runs])
-                and all(state(r) in TERMINAL for r in found)
-                and found
-                or (not registry_runs and [{}])
-            ),
-            "the promote and rollback runs",
-            600,
-        )
+
+        def registry_done() -> list[dict] | None:
+            """The promote/rollback runs once all have ended ([{}] when none were triggered: nothing to wait on)."""
+            if not registry_runs:
+                return [{}]
+            found = [api.run(i) for i in registry_runs]
+            return found if all(state(r) in TERMINAL for r in found) else None
+
+        registry = wait_until(registry_done, "the promote and rollback runs", 600)
         trains = [t for t in api.task_runs(alignment) if t["name"].startswith("train-")]
         failed = [
             {"name": r["name"], "state": state(r), "message": (r["state"].get("message") or "")[:300]}

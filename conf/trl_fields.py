@@ -92,7 +92,8 @@ def _parse(module: str) -> ast.Module:
     # overlaps one in another thread can fail with "SystemError: AST constructor recursion depth mismatch"
     # (python/cpython#106905). Ours are one at a time; one by another thread of the process (seen in a
     # deployment's flow run, where Prefect's threads parse too) is waited out by parsing again.
-    source, filename = _module_file(module).read_text(), str(_module_file(module))
+    path = _module_file(module)
+    source, filename = path.read_text(), str(path)
     with _PARSING:
         for attempt in range(4):
             try:

@@ -110,7 +110,7 @@ def promotion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S, stale_aft
     while True:
         # Look before taking: a create that clashes is an error in the database's log (Postgres logs
         # every unique-key violation), so a held lock is only read; a create clashes only on a true race.
-        held = _lock_holder(client, lock)
+        held = registered_model(client, lock)
         if held is None:
             try:
                 client.create_registered_model(lock, description=holder)
@@ -145,12 +145,12 @@ def promotion_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S, stale_aft
             client.delete_registered_model(lock)
 
 
-def _lock_holder(client, lock: str):
-    """The lock's registered model while someone holds it, else None."""
+def registered_model(client, name: str):
+    """The registered model `name`, or None when it does not exist (for the lock: while nobody holds it)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_registered_model(lock)
+        return client.get_registered_model(name)
     except MlflowException as exc:
         if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
             return None

@@ -110,12 +110,8 @@ def ensure_registered_model(tracking_uri: str, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(tracking_uri)
-    try:
-        client.get_registered_model(name)
+    if promotion.registered_model(client, name) is not None:
         return
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
