@@ -6,15 +6,19 @@
 
 Both record who (the `user` parameter, else $ALIGNFLOW_USER or the OS user), when and why
 on the model version and in the model's champion history, with this flow run's URL. The
+change runs in the `champion-change` task, one at a time on a server (flows/limits.py). The
 CLI (`alignflow promote|rollback|history`) calls the same functions without Prefect.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from alignflow.flows.limits import champion_change
 from alignflow.tasks.registry import promotion
 
 
@@ -47,7 +51,11 @@ def promote_model(
         user: Who decided (default: the authenticated user, else $ALIGNFLOW_USER, else the OS user).
     """
     uri = tracking_uri or promotion.default_tracking_uri()
-    result = promotion.promote(uri, name, str(version), reason, user=user, source="manual", flow_run=_flow_run_ref())
+    result = champion_change(
+        partial(
+            promotion.promote, uri, name, str(version), reason, user=user, source="manual", flow_run=_flow_run_ref()
+        )
+    )
     if result["changed"]:
         overridden = " (gate overridden: it had not passed)" if result.get("gate_overridden") else ""
         _report(result, f"promoted {name} version {version}{overridden}")
@@ -68,7 +76,7 @@ def rollback_model(
         user: Who decided (default: the authenticated user, else $ALIGNFLOW_USER, else the OS user).
     """
     uri = tracking_uri or promotion.default_tracking_uri()
-    result = promotion.rollback(uri, name, reason, user=user, flow_run=_flow_run_ref())
+    result = champion_change(partial(promotion.rollback, uri, name, reason, user=user, flow_run=_flow_run_ref()))
     _report(result, f"rolled back {name} to version {result['version']}")
     get_run_logger().info("%s rolled back from version %s to %s", name, result["previous"], result["version"])
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -21,7 +22,7 @@ from alignflow.conf.generation import GenerationConfig
 from alignflow.conf.training import TrainingConfig
 from alignflow.conf.validation import ValidationConfig
 from alignflow.flows import artifacts
-from alignflow.flows.limits import TRAIN_LIMIT_TAG
+from alignflow.flows.limits import TRAIN_LIMIT_TAG, champion_change
 from alignflow.flows.runbook import RunBook
 from alignflow.tasks.evaluation.stage import Evaluation
 from alignflow.tasks.evaluation.stage import evaluate as evaluate_candidate
@@ -213,6 +214,19 @@ def evaluate(
     return evaluation
 
 
+def _label_and_promote(
+    book: RunBook, name: str, version: str, tags: dict[str, str], promote: bool, expected: str | None
+) -> dict[str, str]:
+    """Tag the version and make it challenger, and champion when `promote`; the tags as they were written."""
+    try:
+        versions.tag_and_alias(book.tracking, name, version, tags, promote, expected, book.flow_run_url)
+        return tags
+    except PromotionRefused as exc:  # the champion moved while this run evaluated: an outcome, not an error
+        refused = {**tags, "gate.outcome": "not promoted", "gate.reason": str(exc)}
+        versions.tag_and_alias(book.tracking, name, version, refused, False)
+        return refused
+
+
 @task(name="register", cache_policy=NO_CACHE)
 def register(
     registry: RegistryConfig, book: RunBook, model: Ref, evaluation: Evaluation, opponent: Champion | None
@@ -231,14 +245,10 @@ def register(
         else ("passed, not promoted (registry.auto_promote is off)" if decision.passed else "not promoted")
     )
     tags = {**book.tags, **decision.tags(), "model_sha256": model.sha256, "gate.outcome": outcome}
-    try:
-        versions.tag_and_alias(
-            book.tracking, name, version, tags, promote, opponent.version if opponent else None, book.flow_run_url
-        )
-    except PromotionRefused as exc:  # the champion moved while this run evaluated: an outcome, not an error
-        promote = False
-        tags.update({"gate.outcome": "not promoted", "gate.reason": str(exc)})
-        versions.tag_and_alias(book.tracking, name, version, tags, False)
+    expected = opponent.version if opponent else None
+    # In the server's one promotion slot (flows/limits.py): the gate's promotion queues with manual ones.
+    tags = champion_change(partial(_label_and_promote, book, name, version, tags, promote, expected))
+    promote = tags["gate.outcome"] == "promoted"
     write_model_card(book.tracking, name, version, model_card(name, version, tags, evaluation, decision))
     get_run_logger().info("registered %s version %s: %s (%s)", name, version, tags["gate.outcome"], decision.reason)
     return Registration(name, version, promote, decision)

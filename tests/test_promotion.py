@@ -105,3 +105,84 @@ def test_promote_and_rollback_prefect_flows(sqlite_model, prefect_harness):
     assert client.get_model_version("m", "3").tags["promoted_by"] == "dana"
     assert rollback_model(name="m", reason="oops", tracking_uri=uri)["version"] == "1"
     assert [e["action"] for e in promotion.history(uri, "m")] == ["promote", "promote", "rollback"]
+
+
+def test_promotions_from_flows_on_a_server_queue_for_one_slot(sqlite_model, prefect_harness, monkeypatch):
+    """The `alignflow-promotion` limit (flows/limits.py): four promote-model runs started together take their turn
+    in Prefect, so none of them finds MLflow's lock held (a contended lock is an error in Postgres's log)."""
+    import asyncio
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    from alignflow.flows.limits import ensure_limits
+    from alignflow.flows.promotion import promote_model
+
+    async def limits() -> None:
+        async with get_client() as client:
+            await ensure_limits(client)
+
+    asyncio.run(limits())
+    uri, client = sqlite_model
+    windows, held = [], []
+    promote, lookup, move = promotion.promote, promotion.registered_model, promotion._move_alias
+
+    def timed_promote(*args, **kwargs):
+        started = time.monotonic()
+        try:
+            return promote(*args, **kwargs)
+        finally:
+            windows.append((started, time.monotonic()))
+
+    def looked_up(client, name):
+        found = lookup(client, name)
+        if found is not None and name.endswith(promotion.LOCK_SUFFIX):
+            held.append(found.description)
+        return found
+
+    def slow_move(*args):  # a busy tracking server: the lock is held long enough for the others to find it
+        time.sleep(1.5)
+        move(*args)
+
+    monkeypatch.setattr(promotion, "promote", timed_promote)
+    monkeypatch.setattr(promotion, "_move_alias", slow_move)
+    monkeypatch.setattr(promotion, "registered_model", looked_up)
+    start = threading.Barrier(4)
+    results, errors = [], []
+
+    def trigger(version: int) -> None:
+        start.wait()
+        try:
+            results.append(promote_model(name="m", version=version, reason=f"v{version}", tracking_uri=uri))
+        except Exception as exc:  # reported below: a thread's exception would otherwise be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=trigger, args=(v,)) for v in (1, 2, 3, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(results) == 4
+    windows.sort()
+    assert len(windows) == 4 and all(end <= later for (_, end), (later, _) in zip(windows, windows[1:]))
+    assert held == []
+    events = promotion.history(uri, "m")
+    assert events[-1]["version"] == promotion.champion_version(client, "m")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_the_gate_refused_because_the_champion_moved_tags_the_version_not_promoted(sqlite_model, tmp_path):
+    from alignflow.flows.runbook import RunBook
+    from alignflow.flows.stages import _label_and_promote
+
+    uri, client = sqlite_model
+    promotion.promote(uri, "m", "1", "someone promoted while version 3 was evaluated")
+    book = RunBook(uri, "run", {}, "prefix", tmp_path)
+    tags = {"gate.outcome": "promoted", "gate.reason": "win rate cleared 0.5"}
+    written = _label_and_promote(book, "m", "3", tags, promote=True, expected=None)
+    assert written["gate.outcome"] == "not promoted" and "champion changed" in written["gate.reason"]
+    assert client.get_model_version("m", "3").tags["gate.outcome"] == "not promoted"
+    assert promotion.champion_version(client, "m") == "1"
+    assert str(client.get_model_version_by_alias("m", promotion.CHALLENGER).version) == "3"
+    assert tags["gate.outcome"] == "promoted"  # the caller's dict is not changed behind its back
