@@ -6,7 +6,7 @@
         UI, all on 127.0.0.1; Ctrl-C stops every one of them. `make serve` runs this.
     alignflow deploy [--profile NAME] [key.path=value ...]
         against $PREFECT_API_URL (any server, e.g. the docker-compose stack): the work pool,
-        the `alignflow-train` concurrency limit and the deployments; then start a worker with
+        the concurrency limits (flows/limits.py) and the deployments; then start a worker with
         `prefect worker start --pool alignflow`.
 
 key.path=value arguments (and --profile) become the default `overrides` (and `profile`) of the
