@@ -17,7 +17,9 @@ The work pool's concurrency limit (`--pool-limit`, flow runs at once) sizes the 
 operator would: every run on 2 cores at once would each import torch and TRL side by side.
 
 Figures: runs, completed, failed (with their state message), overlapping_trainings (pairs of `train` task
-runs whose Running windows overlap: the `alignflow-train` limit is 1), seconds (first trigger to last end),
+runs whose Running windows overlap: the `alignflow-train` limit is 1), overlapping_champion_changes (the same
+for `champion-change` task runs of the alignment, promote and rollback runs: the `alignflow-promotion` limit
+is 1), seconds (first trigger to last end),
 runs_per_minute, the champion history check (events numbered without a gap, each one's `previous` the
 champion before it, the newest naming the alias) and database errors (Postgres' log and the servers' logs
 searched for errors). Merged into bench/results/stack.json under `load`.
@@ -116,8 +118,9 @@ def wait_until(check, what: str, timeout: float, every: float = 3.0):
     raise TimeoutError(f"{what}: not after {timeout:.0f} s")
 
 
-def overlapping_trainings(trains: list[dict]) -> list[tuple[str, str]]:
-    windows = sorted((when(t["start_time"]), when(t["end_time"]), t["flow_run_id"]) for t in trains if t["end_time"])
+def overlapping(task_runs: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of task runs (by flow run) whose Running windows overlap."""
+    windows = sorted((when(t["start_time"]), when(t["end_time"]), t["flow_run_id"]) for t in task_runs if t["end_time"])
     return [(a[2], b[2]) for i, a in enumerate(windows) for b in windows[i + 1 :] if b[0] < a[1]]
 
 
@@ -267,7 +270,9 @@ def main() -> None:
             return found if all(state(r) in TERMINAL for r in found) else None
 
         registry = wait_until(registry_done, "the promote and rollback runs", 600)
-        trains = [t for t in api.task_runs(alignment) if t["name"].startswith("train-")]
+        task_runs = api.task_runs(alignment + registry_runs)
+        trains = [t for t in task_runs if t["name"].startswith("train-")]
+        changes = [t for t in task_runs if t["name"].startswith("champion-change-")]
         failed = [
             {"name": r["name"], "state": state(r), "message": (r["state"].get("message") or "")[:300]}
             for r in runs
@@ -279,8 +284,10 @@ def main() -> None:
             "deployments": {"alignment-on-demand": len(runs) - args.nightly, "nightly-alignment": args.nightly},
             "completed": sum(state(r) == "COMPLETED" for r in runs),
             "failed": failed,
-            "overlapping_trainings": len(overlapping_trainings(trains)),
+            "overlapping_trainings": len(overlapping(trains)),
             "trainings": len(trains),
+            "overlapping_champion_changes": len(overlapping(changes)),
+            "champion_changes": len(changes),
             "seconds": round(seconds, 1),
             "runs_per_minute": round(len(runs) / seconds * 60, 2),
             "priming_run_data_ready_s": round(primed_s, 1),
