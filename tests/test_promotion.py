@@ -107,23 +107,38 @@ def test_promote_and_rollback_prefect_flows(sqlite_model, prefect_harness):
     assert [e["action"] for e in promotion.history(uri, "m")] == ["promote", "promote", "rollback"]
 
 
-def test_promotions_from_flows_on_a_server_queue_for_one_slot(sqlite_model, prefect_harness, monkeypatch):
-    """The `alignflow-promotion` limit (flows/limits.py): four promote-model runs started together take their turn
-    in Prefect, so none of them finds MLflow's lock held (a contended lock is an error in Postgres's log)."""
+@pytest.fixture
+def server_limits(prefect_harness):
+    """alignflow's limits on the test server, removed afterwards: the server is the session's, and a slot held
+    by a killed run (tests/test_train_distributed.py kills one) is freed only by a server's lease repossessor,
+    which the test server does not run."""
     import asyncio
-    import threading
-    import time
 
     from prefect.client.orchestration import get_client
 
-    from alignflow.flows.limits import ensure_limits
+    from alignflow.flows.limits import LIMITS, ensure_limits
+
+    async def change(create: bool) -> None:
+        async with get_client() as client:
+            if create:
+                await ensure_limits(client)
+            else:
+                for tag in LIMITS:
+                    await client.delete_concurrency_limit_by_tag(tag)
+
+    asyncio.run(change(True))
+    yield
+    asyncio.run(change(False))
+
+
+def test_promotions_from_flows_on_a_server_queue_for_one_slot(sqlite_model, server_limits, monkeypatch):
+    """The `alignflow-promotion` limit (flows/limits.py): four promote-model runs started together take their turn
+    in Prefect, so none of them finds MLflow's lock held (a contended lock is an error in Postgres's log)."""
+    import threading
+    import time
+
     from alignflow.flows.promotion import promote_model
 
-    async def limits() -> None:
-        async with get_client() as client:
-            await ensure_limits(client)
-
-    asyncio.run(limits())
     uri, client = sqlite_model
     windows, held = [], []
     promote, lookup, move = promotion.promote, promotion.registered_model, promotion._move_alias
