@@ -222,24 +222,10 @@ def test_a_nightly_run_through_the_worker_trains_on_both_nodes_into_s3(stack):
         time.sleep(5)
     assert run["state"]["type"] == "COMPLETED", run["state"].get("message")
 
-    messages, page = [], 200
-    while (
-        len(
-            batch := call(
-                "POST",
-                "/logs/filter",
-                {
-                    "logs": {"flow_run_id": {"any_": [run_id]}},
-                    "limit": page,
-                    "offset": len(messages),
-                    "sort": "TIMESTAMP_ASC",
-                },
-            )
-        )
-        == page
-    ):
+    messages: list[str] = []
+    query = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "sort": "TIMESTAMP_ASC"}
+    while batch := call("POST", "/logs/filter", {**query, "offset": len(messages)}):
         messages += [log["message"] for log in batch]
-    messages += [log["message"] for log in batch]
     trained = [m for m in messages if " steps in " in m]
     assert trained and trained[-1].endswith("on 2 workers"), trained or messages[-20:]
     s3 = s3_client(env)
