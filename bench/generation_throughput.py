@@ -121,7 +121,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from alignflow.tasks.generation.prompts import load_prompts
-    from alignflow.tasks.runtime.tiny_model import resolve_model
+    from alignflow.tasks.runtime.models import resolve_model
 
     model_path = str(resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, home / "models"))
     rows = load_prompts(cfg.generation.prompts, cfg.generation.max_prompts)

@@ -248,7 +248,7 @@ def main() -> None:
     import pandas as pd
 
     from alignflow.tasks.generation.prompts import load_prompts
-    from alignflow.tasks.runtime.tiny_model import resolve_model
+    from alignflow.tasks.runtime.models import resolve_model
 
     rows = load_prompts(max_prompts=24)
     frame = pd.DataFrame(

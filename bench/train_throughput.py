@@ -122,7 +122,7 @@ def rate(row: dict) -> float:
 
 
 def cpu_bench(home: Path, steps: int) -> dict:
-    from alignflow.tasks.runtime.tiny_model import resolve_model
+    from alignflow.tasks.runtime.models import resolve_model
 
     cfg = load_config(
         ROOT / "conf" / "pipeline.yaml",
@@ -176,7 +176,7 @@ def qwen_shaped_model(path: Path, shape: dict, dtype: str) -> str:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from alignflow.tasks.runtime.tiny_model import resolve_model
+    from alignflow.tasks.runtime.models import resolve_model
 
     model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True)).to(getattr(torch, dtype))
     model.save_pretrained(path)

@@ -20,6 +20,7 @@ from alignflow.flows.data import PreparedData
 from alignflow.flows.runbook import RunBook
 from alignflow.tasks.registry import tracking as mlflow_runs
 from alignflow.tasks.registry.orphans import Orphan, reap_orphans
+from alignflow.tasks.runtime.models import provenance
 from alignflow.tasks.runtime.state import artifact_root, home, tracking_uri
 
 
@@ -40,6 +41,7 @@ def lineage_tags(config: PipelineConfig, data: PreparedData) -> dict[str, str]:
         "test_dataset_sha256": data.test.sha256,
         "validation.valid": str(data.validation.valid),
         "validation.quarantined": str(data.validation.quarantined),
+        **(provenance(data.base.path) if data.base.uri.startswith("file://") else {}),  # package, version, file hash
     }
 
 

@@ -34,8 +34,8 @@ from alignflow.tasks.registry import versions
 from alignflow.tasks.registry.card import model_card, write_model_card
 from alignflow.tasks.registry.gate import GateDecision, decide
 from alignflow.tasks.registry.promotion import PromotionRefused
+from alignflow.tasks.runtime.models import resolve_model
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text, sha256_tree
-from alignflow.tasks.runtime.tiny_model import resolve_model
 from alignflow.tasks.training.curves import plot_training_curves
 from alignflow.tasks.training.driver import TrainResult, content_run_name, train_stages
 from alignflow.tasks.training.recipe import effective_config
@@ -65,7 +65,10 @@ class Registration:
 def base_model(training: TrainingConfig, models_dir: Path) -> Ref:
     """The base policy (building the offline tiny model on first use)."""
     logger = get_run_logger()
-    logger.info("base model %s (the builtin tiny model is built once, ~40 s)", training.model_name_or_path)
+    if training.model_name_or_path.startswith("builtin:"):
+        logger.info("base model %s (built or converted once into %s)", training.model_name_or_path, models_dir)
+    else:
+        logger.info("base model %s", training.model_name_or_path)
     resolved = resolve_model(training.model_name_or_path, training.tiny_model, models_dir, progress=logger.info)
     local = Path(resolved)
     if local.is_dir():

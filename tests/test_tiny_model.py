@@ -34,7 +34,7 @@ def test_resolved_model_chats_and_generates(tiny_model_path):
 
 
 def test_a_path_passes_through(tmp_path):
-    from alignflow.tasks.runtime.tiny_model import resolve_model
+    from alignflow.tasks.runtime.models import resolve_model
 
     cfg = small_config()
     assert resolve_model("/models/llama", cfg.training.tiny_model, tmp_path) == "/models/llama"

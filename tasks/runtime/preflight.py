@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignflow.conf.base import CHAMPION_MODEL
+from alignflow.conf.base import BUILTIN_SMOLLM2, BUILTIN_TINY_MODEL, CHAMPION_MODEL
 from alignflow.conf.schema import PipelineConfig
 from alignflow.tasks.runtime.state import home
 
@@ -73,11 +73,27 @@ def _host_port(address: str, default_port: int) -> tuple[str, int]:
 # ---- one check per kind of part: each returns None (it answers) or the reason it does not ----------------
 
 
+def _check_builtin(name: str) -> str | None:
+    from alignflow.tasks.runtime.smollm2 import BuiltinModelMissing, locate_gguf
+
+    if name == BUILTIN_TINY_MODEL:
+        return None
+    if name != BUILTIN_SMOLLM2:
+        return f"no such builtin model (there are {BUILTIN_TINY_MODEL} and {BUILTIN_SMOLLM2})"
+    try:
+        locate_gguf()
+    except BuiltinModelMissing as exc:
+        return str(exc)
+    return None
+
+
 def check_model(name: str, hf_home: Path) -> str | None:
     """A built-in model, a local folder with config.json, an s3:// (fsspec) prefix, or a hub id in the
     local cache (offline, the default) or on the hub (HF_HUB_OFFLINE=0)."""
-    if name.startswith("builtin:") or name == CHAMPION_MODEL:  # built here, or exported from the registry
+    if name == CHAMPION_MODEL:  # exported from the registry
         return None
+    if name.startswith("builtin:"):  # built or converted here
+        return _check_builtin(name)
     if "://" in name:
         return check_storage(name)
     path = Path(name).expanduser()

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from alignflow.conf.base import BUILTIN_TINY_MODEL
 from alignflow.conf.training import TinyModelConfig
 from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS, load_prompts
 from alignflow.tasks.runtime.state import sha256_file, sha256_text
@@ -34,13 +33,9 @@ SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|
 Progress = Callable[[str], None]  # takes one line: a Prefect run logger's info, print, ...
 
 
-def resolve_model(
-    name_or_path: str, tiny: TinyModelConfig, models_dir: Path, progress: Progress | None = None
-) -> Path | str:
-    """A path or hub id transformers can load; builds the tiny model on first use, saying how far
-    it is through `progress` (about every 10% of the warm-up)."""
-    if name_or_path != BUILTIN_TINY_MODEL:
-        return name_or_path
+def tiny_model_dir(tiny: TinyModelConfig, models_dir: Path, progress: Progress | None = None) -> Path:
+    """The tiny model's folder under models_dir, building it on first use and saying how far it is through
+    `progress` (about every 10% of the warm-up)."""
     key = sha256_text(BUILD_VERSION, tiny.model_dump_json(), sha256_file(SHIPPED_PROMPTS))[:12]
     target = models_dir / f"tiny-llama-{key}"
     if not (target / "config.json").exists():

@@ -302,6 +302,10 @@ def load_tokenizer(name_or_path: str, tiny: TinyModelConfig, models_dir: Path) -
 
     from alignflow.conf.base import BUILTIN_TINY_MODEL
 
+    if name_or_path.startswith("builtin:") and name_or_path != BUILTIN_TINY_MODEL:  # converted once, then read
+        from alignflow.tasks.runtime.models import resolve_model
+
+        name_or_path = str(resolve_model(name_or_path, tiny, Path(models_dir)))
     if name_or_path != BUILTIN_TINY_MODEL:
         return AutoTokenizer.from_pretrained(name_or_path)
     from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS
