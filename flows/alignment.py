@@ -26,6 +26,7 @@ from alignflow.flows.notify import failure_hook
 from alignflow.flows.runbook import RunBook
 from alignflow.flows.stages import Registration, base_model, champion, evaluate, register, train
 from alignflow.tasks.evaluation.stage import Evaluation
+from alignflow.tasks.registry import trajectory
 from alignflow.tasks.runtime.state import configure_environment, tracking_uri
 from alignflow.tasks.training.driver import TrainResult
 
@@ -52,6 +53,8 @@ class RunSummary(BaseModel):
     resumed_from_step: int
     dataset_sha256: str
     seconds: dict[str, float]
+    # Every champion of the registered model so far, oldest first, against the base model (tasks/registry/trajectory.py).
+    champions: list[dict[str, str]] = []
 
 
 class StageClock:
@@ -96,11 +99,16 @@ def alignment(config: PipelineConfig) -> RunSummary:
             trained = train(config.training, data.start, data.train, _storage(config, root), book)
         with clock("evaluate"):
             beta = config.training.knob("beta", float)
-            evaluation = evaluate(config.evaluation, beta, trained.model, base, data.split, opponent)
+            evaluation = evaluate(
+                config.evaluation, beta, trained.model, base, data.split, opponent, root / "eval-answers"
+            )
         with clock("register"):
             outcome = register(config.registry, book, trained.model, evaluation, opponent)
         _report(config, book, evaluation, outcome, clock.seconds | {"train_steps": trained.steps})
-    return _summary(book, evaluation, outcome, trained, data.pairs.sha256, clock.seconds)
+        champions = [c.row() for c in trajectory.champions(book.tracking, outcome.model)]
+        artifacts.champions(champions, outcome.model)
+    summary = _summary(book, evaluation, outcome, trained, data.pairs.sha256, clock.seconds)
+    return summary.model_copy(update={"champions": champions})
 
 
 def _run_key() -> str:

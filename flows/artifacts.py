@@ -43,6 +43,18 @@ def validation(report: ValidationReport) -> None:
     create_markdown_artifact(summary_markdown(report), key="validation-summary")
 
 
+def champions(rows: list[dict[str, str]], model: str) -> None:
+    """Each champion of `model` so far against the base model (same prompts, same seeds): do the rounds compound?"""
+    if rows:
+        last = rows[-1]
+        create_table_artifact(
+            rows,
+            key="champions-vs-base",
+            description=f"{model}: {len(rows)} champion changes; the latest, v{last['version']}, wins "
+            f"{last['win_rate']} [{last['low']}, {last['high']}] against the base model",
+        )
+
+
 def training_curves(png: Path, description: str) -> None:
     encoded = base64.b64encode(png.read_bytes()).decode()
     create_markdown_artifact(

@@ -160,11 +160,22 @@ def _print_summary(result: RunSummary, wall: float, root: Path) -> None:
     verdict = "[green]promoted to champion[/green]" if result.promoted else "[yellow]not promoted[/yellow]"
     console.print(f"{result.model} version {result.version}: {verdict}")
     console.print(f"  {escape(result.decision)}")
+    if result.champions:
+        console.print(_champions_table(result.model, result.champions))
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
     console.print(
         f"done in {wall:.0f}s ({stages}). MLflow run {result.mlflow_run_id}; look at it with:\n"
         f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
     )
+
+
+def _champions_table(model: str, rows: list[dict[str, str]]) -> Table:
+    table = Table(title=f"{model}: every champion against the base model (same prompts and seeds, 95% CI)")
+    for column in ("round", "version", "action", "win rate", "95% CI", "n (prompts x samples)"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["round"], r["version"], r["action"], r["win_rate"], f"[{r['low']}, {r['high']}]", r["n"])
+    return table
 
 
 COMPARE_PROFILE = DEFAULT_PROFILE.with_name("compare.yaml")  # shipped with conf/ like pipeline.yaml

@@ -36,7 +36,7 @@ from alignflow.flows.stages import Champion, base_model, champion, evaluate, fit
 from alignflow.tasks.evaluation import comparison as table
 from alignflow.tasks.registry import tracking as mlflow_runs
 from alignflow.tasks.runtime.ray import start_ray
-from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, tracking_uri
+from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, home, tracking_uri
 from alignflow.tasks.training.curves import plot_comparison_curves
 from alignflow.tasks.training.driver import TrainResult
 from alignflow.tasks.training.recipe import preload_trainers
@@ -112,7 +112,7 @@ def _run_recipes(
         evaluating[recipe.name] = (
             result,
             evaluate.with_options(task_run_name=f"evaluate {recipe.name}").submit(
-                config.evaluation, beta, result.model, data.base, data.split, opponent
+                config.evaluation, beta, result.model, data.base, data.split, opponent, home(config) / "eval-answers"
             ),
         )
     for name, (trained, future) in evaluating.items():

@@ -125,12 +125,24 @@ def history(
         return
     out = Console(soft_wrap=True)
     versions = Table(title=f"{name}: versions (newest first)")
-    for col in ("version", "aliases", "created", "gate", "against", "win rate", "95% CI", "n prompts"):
+    columns = (
+        "version",
+        "aliases",
+        "created",
+        "gate",
+        "against",
+        "win rate",
+        "95% CI",
+        "n prompts",
+        "vs base",
+        "95% CI",
+    )
+    for col in columns:
         versions.add_column(col)
     for v in every:
         gate = v["gate"] + (" (overridden by hand)" if v["overridden"] else "")
         cells = (v["version"], ", ".join(v["aliases"]) or "-", v["created"], gate, v["against"], v["win_rate"])
-        versions.add_row(*cells, v["ci95"], v["n_prompts"])
+        versions.add_row(*cells, v["ci95"], v["n_prompts"], v["vs_base"], v["vs_base_ci95"])
     out.print(versions)
     table = Table(title=f"{name}: champion history")
     for col in ("#", "at", "action", "version", "previous", "by", "reason"):

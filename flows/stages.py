@@ -30,7 +30,7 @@ from alignflow.tasks.generation.byo import import_preference_data
 from alignflow.tasks.generation.prompts import load_prompts
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.generation.stage import GenerationFailed, generate_preferences
-from alignflow.tasks.registry import versions
+from alignflow.tasks.registry import trajectory, versions
 from alignflow.tasks.registry.card import model_card, write_model_card
 from alignflow.tasks.registry.gate import GateDecision, decide
 from alignflow.tasks.registry.promotion import PromotionRefused
@@ -202,18 +202,23 @@ def evaluate(
     base: Ref,
     split: dict[str, Ref],
     opponent: Champion | None,
+    answers_cache: Path | None = None,
 ) -> Evaluation:
-    """Held-out metrics, then the candidate against the champion (the base model when there is none)."""
+    """Held-out metrics, then the candidate against the champion (the base model when there is none) and, when
+    that was the champion, against the base model too (the rounds' trajectory)."""
     evaluation = evaluate_candidate(
         config,
         beta,
-        candidate.path,
-        base.loadable,
+        candidate,
+        base,
         split["test"].path,
         split["train"].path,
-        opponent.model.path if opponent else None,
+        opponent.model if opponent else None,
+        answers_cache,
     )
     get_run_logger().info(evaluation.head_to_head.summary())
+    if evaluation.versus_base is not None:
+        get_run_logger().info(evaluation.versus_base.summary())
     return evaluation
 
 
@@ -247,7 +252,13 @@ def register(
         if promote
         else ("passed, not promoted (registry.auto_promote is off)" if decision.passed else "not promoted")
     )
-    tags = {**book.tags, **decision.tags(), "model_sha256": model.sha256, "gate.outcome": outcome}
+    tags = {
+        **book.tags,
+        **decision.tags(),
+        **trajectory.tags(evaluation.against_base),  # the rounds' trajectory: every version against the base
+        "model_sha256": model.sha256,
+        "gate.outcome": outcome,
+    }
     expected = opponent.version if opponent else None
     # In the server's one promotion slot (flows/limits.py): the gate's promotion queues with manual ones.
     tags = champion_change(partial(_label_and_promote, book, name, version, tags, promote, expected))

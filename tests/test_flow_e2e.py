@@ -63,6 +63,11 @@ def test_next_round_starts_from_the_champion_and_must_beat_it(first_run):
     client = MlflowClient(uri)
     tags = client.get_model_version(NAME, second.version).tags
     assert tags["started_from"] == "champion" and tags["gate.against"] == "champion"
+    # Judged against the champion, and against the base model too: the rounds' trajectory, with its interval.
+    assert float(tags["vs_base.low"]) <= float(tags["vs_base.win_rate"]) <= float(tags["vs_base.high"])
+    assert tags["vs_base.n_prompts"] == "12" and tags["vs_base.samples_per_prompt"] == "2"
+    assert [c["version"] for c in second.champions][:1] == [first_run.version]
+    assert client.get_run(second.mlflow_run_id).data.metrics["eval/vs_base/win_rate"] == float(tags["vs_base.win_rate"])
     expected = second.version if second.promoted else first_run.version
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == expected
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == second.version

@@ -10,6 +10,7 @@ bootstrap over prompts and the length-controlled estimate from tasks/evaluation/
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from alignflow.tasks.evaluation.metrics import load_causal_lm
 from alignflow.tasks.evaluation.stats import Interval, bootstrap_win_rate, length_controlled_win_rate
 from alignflow.tasks.generation.judge import words
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
+from alignflow.tasks.runtime.state import sha256_text
+
+ANSWERS_VERSION = 1  # bump when sample_answers changes what it draws: cached answers are then sampled again
 
 
 class EvalSetOverlap(ValueError):
@@ -153,6 +157,31 @@ def sample_answers(
     return answers
 
 
+def cached_answers(
+    model_dir: str | Path,
+    model_sha256: str | None,
+    eval_set: EvalPromptSet,
+    config: EvaluationConfig,
+    cache: Path | None,
+) -> list[list[str]]:
+    """`sample_answers` for the evaluation set, kept under `cache` by the model's content hash, the prompt set and
+    the sampling settings: the base model's answers are sampled once per state directory, and a champion's were
+    sampled when it was the candidate. The answers are deterministic in all three, so a hit is the same answers."""
+    settings = (config.samples_per_prompt, config.max_new_tokens, config.temperature, config.seed)
+    if cache is None or not model_sha256:
+        return sample_answers(model_dir, eval_set.prompts, *settings)
+    key = sha256_text(model_sha256, eval_set.sha256, json.dumps([*settings, eval_set.ids, ANSWERS_VERSION]))
+    path = Path(cache) / f"{key[:24]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    answers = sample_answers(model_dir, eval_set.prompts, *settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".partial")
+    scratch.write_text(json.dumps(answers))
+    scratch.replace(path)  # atomic: a half-written file is never read
+    return answers
+
+
 def head_to_head(
     candidate: str | Path,
     opponent: str | Path,
@@ -166,6 +195,19 @@ def head_to_head(
     settings = (config.samples_per_prompt, config.max_new_tokens, config.temperature, config.seed)
     mine = sample_answers(candidate, eval_set.prompts, *settings)
     theirs = sample_answers(opponent, eval_set.prompts, *settings)
+    return judge_match(mine, theirs, against, eval_set, config, judge, judge_name)
+
+
+def judge_match(
+    mine: list[list[str]],
+    theirs: list[list[str]],
+    against: str,
+    eval_set: EvalPromptSet,
+    config: EvaluationConfig,
+    judge: PairJudge,
+    judge_name: str,
+) -> HeadToHead:
+    """Judge the candidate's answers against the opponent's, pair by pair in both orders, with intervals."""
     pairs, prompt_index, rows = [], [], []
     for i, (prompt, reference) in enumerate(zip(eval_set.prompts, eval_set.references, strict=True)):
         for a, b in zip(mine[i], theirs[i], strict=True):

@@ -12,9 +12,16 @@ from pathlib import Path
 import pandas as pd
 
 from alignflow.conf.evaluation import EvaluationConfig
-from alignflow.tasks.evaluation.head_to_head import HeadToHead, check_disjoint, head_to_head, load_eval_set
+from alignflow.tasks.evaluation.head_to_head import (
+    HeadToHead,
+    cached_answers,
+    check_disjoint,
+    judge_match,
+    load_eval_set,
+)
 from alignflow.tasks.evaluation.judges import pair_judge
 from alignflow.tasks.evaluation.metrics import HeldOutMetrics, evaluate_models
+from alignflow.tasks.runtime.state import Ref
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,13 @@ class Evaluation:
 
     held_out: HeldOutMetrics
     head_to_head: HeadToHead
+    # The candidate against the original base model on the same prompts and seeds, when the head-to-head above
+    # is against the champion: the trajectory of the rounds (the same as head_to_head when that is the base's).
+    versus_base: HeadToHead | None = None
+
+    @property
+    def against_base(self) -> HeadToHead:
+        return self.head_to_head if self.versus_base is None else self.versus_base
 
     @property
     def against(self) -> str:
@@ -37,6 +51,7 @@ class Evaluation:
         flat = {f"eval/{k}": v for k, v in self.held_out.candidate.items()}
         flat |= {f"eval/{who}/{k}": v for who, scores in self.held_out.table() for k, v in scores.items()}
         flat |= {f"eval/{k}": v for k, v in self.head_to_head.metrics().items()}
+        flat |= {f"eval/vs_base/{k}": v for k, v in self.against_base.metrics().items() if k.startswith("win_rate")}
         return flat
 
 
@@ -50,18 +65,37 @@ def _prompt_text(prompt: object) -> str:
 def evaluate(
     config: EvaluationConfig,
     beta: float,
-    candidate: str | Path,
-    base: str | Path,
+    candidate: Ref,
+    base: Ref,
     test_path: str | Path,
     train_path: str | Path,
-    champion: str | Path | None,
+    champion: Ref | None,
+    answers_cache: Path | None = None,
 ) -> Evaluation:
-    """Held-out metrics for candidate, base (and champion); then the candidate against the champion, else the base."""
+    """Held-out metrics for candidate, base (and champion); then the candidate against the champion, else the base,
+    and against the base as well when the champion was the opponent. Answers are sampled once per model and
+    setting (`answers_cache`), so the base's answers are reused round after round."""
     eval_set = load_eval_set(config)
     train_prompts = [_prompt_text(p) for p in pd.read_parquet(train_path, columns=["prompt"])["prompt"]]
     check_disjoint(eval_set, train_prompts, "the train split")
-    held_out = evaluate_models(candidate, base, test_path, beta, config.batch_size, config.max_pairs, champion)
-    opponent, against = (champion, "champion") if champion is not None else (base, "base")
+    held_out = evaluate_models(
+        candidate.loadable,
+        base.loadable,
+        test_path,
+        beta,
+        config.batch_size,
+        config.max_pairs,
+        champion.loadable if champion else None,
+    )
     judge_name = config.judge.kind if config.judge.llm is None else f"{config.judge.kind}:{config.judge.llm.model}"
-    record = head_to_head(candidate, opponent, against, eval_set, config, pair_judge(config.judge), judge_name)
-    return Evaluation(held_out, record)
+    judge = pair_judge(config.judge)
+
+    def answers(model: Ref) -> list[list[str]]:
+        return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache)
+
+    mine = answers(candidate)
+    if champion is None:
+        return Evaluation(held_out, judge_match(mine, answers(base), "base", eval_set, config, judge, judge_name))
+    record = judge_match(mine, answers(champion), "champion", eval_set, config, judge, judge_name)
+    versus_base = judge_match(mine, answers(base), "base", eval_set, config, judge, judge_name)
+    return Evaluation(held_out, record, versus_base)

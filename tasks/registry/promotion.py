@@ -310,6 +310,8 @@ def versions(tracking_uri: str, name: str) -> list[dict]:
             "win_rate": v.tags.get("gate.win_rate", "-"),
             "ci95": v.tags.get("gate.win_rate_ci95", "-"),
             "n_prompts": v.tags.get("gate.n_prompts", "-"),
+            "vs_base": v.tags.get("vs_base.win_rate", "-"),
+            "vs_base_ci95": f"[{v.tags['vs_base.low']}, {v.tags['vs_base.high']}]" if "vs_base.low" in v.tags else "-",
             "overridden": v.tags.get("promotion_gate_overridden") == "true",
         }
         for v in sorted(found, key=lambda v: int(v.version), reverse=True)
