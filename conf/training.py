@@ -4,7 +4,7 @@ Every other key under `training:` is a field of TRL's own config class, under TR
 DPOConfig for dpo, ORPOConfig for orpo, CPOConfig for cpo and simpo, and trl.ModelConfig for
 LoRA/QLoRA and model loading; `training.sft` takes SFTConfig's. None of them is declared here.
 When the config loads, each key is checked against its class's fields and their types (read from
-TRL's source by conf/trl_fields.py, so a typo fails in well under a second), and once the whole
+the table conf/trl_fields.json made from those classes, so a typo fails in well under a second), and once the whole
 config is otherwise valid TRL's own checks run on what training will build (`trl_problems`).
 
 alignflow's values for the knobs (beta 0.1, RPO, learning rate 2e-4, ...) are the embedded

@@ -1,23 +1,25 @@
-"""TRL's config classes as the schema of the TRL knobs: their fields read from the installed source.
+"""TRL's config classes as the schema of the TRL knobs, from a table made from the classes themselves.
 
 Importing `trl.DPOConfig` pulls in transformers and torch (about 10 s of CPU here), and a typo must
-stop the CLI in well under a second. So the fields (name, type, default) are read from the
-classes' source with `ast`, following their bases (DPOConfig -> trl's _BaseConfig ->
-transformers.TrainingArguments) the way the dataclass machinery would. The classes themselves are
-imported only to run their own checks (`__post_init__`) once a config passed these, and to train.
+stop the CLI in well under a second. So each class's init fields (name, type, default) are kept in
+`trl_fields.json` beside this file, written from `dataclasses.fields(...)` of the pinned TRL by
+
+    .venv/bin/python -m alignflow.conf.trl_fields        # after a TRL or transformers upgrade
+
+and a test (tests/test_config.py) fails when the table drifts from the installed classes: a field
+renamed, added, removed, retyped or given another default. The classes themselves are imported
+only to run their own checks (`__post_init__`) once a config passed these, and to train.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
-import importlib.util
+import json
 import os
-import threading
-import time
+import types
 import typing
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,16 @@ CLASSES = {
     "sft": "trl.trainer.sft_config:SFTConfig",
     "model": "trl.trainer.model_config:ModelConfig",
 }
-NO_DEFAULT = object()  # a required field, or a default that is not a literal (read it from the class)
+TABLE = Path(__file__).with_name("trl_fields.json")
+NO_DEFAULT = object()  # a required field, or a default that is no JSON literal (read it from the class)
+_BUILTINS = {t.__name__: t for t in (int, float, str, bool, list, dict, tuple, bytes)}
 
 
 @dataclass(frozen=True)
 class TrlField:
     name: str
-    annotation: Any  # a typing object; names the source does not define here read as Any
-    source: str  # the annotation as TRL writes it
+    annotation: Any  # a typing object; types other than builtins and typing forms read as Any
+    source: str  # the annotation as Python prints it
     default: Any  # the literal default, or NO_DEFAULT
 
 
@@ -54,16 +58,23 @@ def config_class(key: str) -> type:
 
 
 @functools.cache
+def _table() -> dict[str, Any]:
+    return json.loads(TABLE.read_text())
+
+
+@functools.cache
 def fields(key: str) -> dict[str, TrlField]:
-    """The init fields of CLASSES[key], in dataclass order (bases first, a subclass's override in place)."""
-    module, name = CLASSES[key].split(":")
-    return _class_fields(module, name)
+    """The init fields of CLASSES[key], in dataclass order, as the table holds them."""
+    return {
+        row["name"]: TrlField(row["name"], decode(row["type"]), row["source"], row.get("default", NO_DEFAULT))
+        for row in _table()["classes"][key]
+    }
 
 
 def default(key: str, name: str) -> Any:
     """TRL's default for field `name` of CLASSES[key]."""
     value = fields(key)[name].default
-    if value is NO_DEFAULT:  # not a literal in the source: ask the class
+    if value is NO_DEFAULT:  # not a JSON literal: ask the class
         import dataclasses
 
         field = {f.name: f for f in dataclasses.fields(config_class(key))}[name]
@@ -71,141 +82,100 @@ def default(key: str, name: str) -> Any:
     return value
 
 
-# --- reading dataclasses from source --------------------------------------------------------------
+# --- the table, from the classes -----------------------------------------------------------------
 
 
-def _module_file(module: str) -> Path:
-    top, *rest = module.split(".")
-    spec = importlib.util.find_spec(top)  # a top-level spec: finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"{top} is not installed")
-    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
-    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+def encode(annotation: Any) -> Any:
+    """A JSON form of a field's type: a builtin's name, "None", "Any", {"union": [...]}, {"literal": [...]},
+    {"of": "list", "args": [...]}; anything else (an enum, torch.dtype) is {"other": its name}."""
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if annotation is Any:
+        return "Any"
+    if (
+        isinstance(annotation, type)
+        and annotation.__name__ in _BUILTINS
+        and _BUILTINS[annotation.__name__] is annotation
+    ):
+        return annotation.__name__
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return {"union": [encode(a) for a in args]}
+    if origin is typing.Literal:
+        return {"literal": list(args)}
+    if origin in (list, dict, tuple):
+        return {"of": origin.__name__, "args": [encode(a) for a in args]}
+    return {"other": getattr(annotation, "__qualname__", repr(annotation))}
 
 
-_PARSING = threading.Lock()
-
-
-@functools.cache
-def _parse(module: str) -> ast.Module:
-    # CPython before 3.11.8 keeps ast's recursion depth per interpreter, not per thread: a parse that
-    # overlaps one in another thread can fail with "SystemError: AST constructor recursion depth mismatch"
-    # (python/cpython#106905). Ours are one at a time; one by another thread of the process (seen in a
-    # deployment's flow run, where Prefect's threads parse too) is waited out by parsing again.
-    path = _module_file(module)
-    source, filename = path.read_text(), str(path)
-    with _PARSING:
-        for attempt in range(4):
-            try:
-                return ast.parse(source, filename=filename)
-            except SystemError as exc:
-                if "recursion depth mismatch" not in str(exc):
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        return ast.parse(source, filename=filename)  # the last try: its error, if any, is the caller's
-
-
-def _absolute(module: str, node: ast.ImportFrom) -> str:
-    if not node.level:
-        return node.module or ""
-    package = module.split(".") if _module_file(module).name == "__init__.py" else module.split(".")[:-1]
-    package = package[: len(package) - node.level + 1]
-    return ".".join([*package, *([node.module] if node.module else [])])
-
-
-def _locate(module: str, name: str) -> tuple[str, ast.ClassDef]:
-    """The module defining class `name` as seen from `module`: defined there, imported, or lazily exported
-    (an `_import_structure` dict of submodule -> names, as transformers and trl declare them)."""
-    tree = _parse(module)
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            return module, node
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
-            original = next(a.name for a in node.names if (a.asname or a.name) == name)
-            return _locate(_absolute(module, node), original)
-        if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values, strict=True):
-                if (
-                    isinstance(key, ast.Constant)
-                    and isinstance(value, ast.List | ast.Tuple)
-                    and any(isinstance(e, ast.Constant) and e.value == name for e in value.elts)
-                ):
-                    return _locate(f"{module}.{key.value}", name)
-    raise LookupError(f"class {name} not found from {module}")
-
-
-def _class_fields(module: str, name: str) -> dict[str, TrlField]:
-    where, node = _locate(module, name)
-    found: dict[str, TrlField] = {}
-    for base in node.bases:
-        if isinstance(base, ast.Name) and base.id != "object":
-            found.update(_class_fields(where, base.id))
-    for item in node.body:
-        if not isinstance(item, ast.AnnAssign) or not isinstance(item.target, ast.Name):
-            continue
-        if "ClassVar" in ast.unparse(item.annotation) or _keyword(item.value, "init") is False:
-            continue
-        annotation = item.annotation
-        found[item.target.id] = TrlField(
-            item.target.id, _annotation(annotation), ast.unparse(annotation), _default(item.value)
-        )
-    return found
-
-
-def _keyword(call: ast.expr | None, name: str) -> Any:
-    if isinstance(call, ast.Call):
-        for kw in call.keywords:
-            if kw.arg == name:
-                return _literal(kw.value)
-    return None
-
-
-def _literal(node: ast.expr) -> Any:
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        return NO_DEFAULT
-
-
-def _default(value: ast.expr | None) -> Any:
-    if value is None:
-        return NO_DEFAULT
-    if isinstance(value, ast.Call) and ast.unparse(value.func) in ("field", "dataclasses.field"):
-        for kw in value.keywords:
-            if kw.arg == "default":
-                return _literal(kw.value)
-            if kw.arg == "default_factory":
-                factory = kw.value
-                if isinstance(factory, ast.Lambda):
-                    return _literal(factory.body)
-                return {"list": [], "dict": {}}.get(ast.unparse(factory), NO_DEFAULT)
-        return NO_DEFAULT
-    return _literal(value)
-
-
-_TYPING = {
-    **{n: getattr(typing, n) for n in ("Any", "Optional", "Union", "Literal", "List", "Dict", "Tuple")},
-    **{t.__name__: t for t in (int, float, str, bool, list, dict, tuple, bytes)},
-}
-
-
-def _annotation(node: ast.expr) -> Any:
-    """A typing object for an annotation's source: builtins and typing forms as written; any other
-    name (an enum, torch.dtype) reads as Any, so TRL's own __post_init__ is what checks it."""
-    if isinstance(node, ast.Constant):
-        return _annotation(ast.parse(node.value, mode="eval").body) if isinstance(node.value, str) else node.value
-    if isinstance(node, ast.Name):
-        return _TYPING.get(node.id, Any)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return typing.Union[_annotation(node.left), _annotation(node.right)]  # noqa: UP007
-    if isinstance(node, ast.Subscript):
-        origin = _annotation(node.value)
-        if origin is Any:
-            return Any
-        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-        if origin is typing.Literal:
-            return typing.Literal[tuple(ast.literal_eval(p) for p in parts)]
-        args = tuple(_annotation(p) for p in parts)
-        return origin[args if len(args) > 1 else args[0]]
+def decode(node: Any) -> Any:
+    """The typing object pydantic validates a knob against (the inverse of `encode`, with `other` as Any)."""
+    if isinstance(node, str):
+        return {"None": type(None), "Any": Any}.get(node) or _BUILTINS[node]
+    if "union" in node:
+        return typing.Union[tuple(decode(a) for a in node["union"])]  # noqa: UP007 - built from a list
+    if "literal" in node:
+        return typing.Literal[tuple(node["literal"])]
+    if "of" in node:
+        origin, args = _BUILTINS[node["of"]], tuple(decode(a) for a in node["args"])
+        return origin[args if len(args) > 1 else args[0]] if args else origin
     return Any
+
+
+def _literal_default(field) -> Any:
+    value = (
+        field.default_factory() if field.default is MISSING and field.default_factory is not MISSING else field.default
+    )
+    if value is MISSING:
+        return NO_DEFAULT
+    try:
+        return value if json.loads(json.dumps(value)) == value and not hasattr(value, "value") else NO_DEFAULT
+    except (TypeError, ValueError):
+        return NO_DEFAULT
+
+
+def _source(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return repr(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def build_table() -> dict[str, Any]:
+    """The table as the installed TRL's classes define it (imports TRL, transformers and torch)."""
+    import dataclasses
+    from importlib.metadata import version
+
+    classes: dict[str, list[dict[str, Any]]] = {}
+    for key in CLASSES:
+        rows = []
+        for field in (f for f in dataclasses.fields(config_class(key)) if f.init):
+            row = {"name": field.name, "type": encode(field.type), "source": _source(field.type)}
+            value = _literal_default(field)
+            if value is not NO_DEFAULT:
+                row["default"] = value
+            rows.append(row)
+        classes[key] = rows
+    return {"trl": version("trl"), "transformers": version("transformers"), "classes": classes}
+
+
+def drift(table: dict[str, Any], built: dict[str, Any]) -> list[str]:
+    """What differs between two tables, one line per field (empty: the same)."""
+    lines = []
+    for key in sorted({*table["classes"], *built["classes"]}):
+        have = {r["name"]: r for r in table["classes"].get(key, [])}
+        want = {r["name"]: r for r in built["classes"].get(key, [])}
+        lines += [f"{class_name(key)}.{n}: gone from TRL" for n in have if n not in want]
+        lines += [f"{class_name(key)}.{n}: new in TRL" for n in want if n not in have]
+        lines += [
+            f"{class_name(key)}.{n}: {have[n]} in the table, {want[n]} in TRL"
+            for n in have
+            if n in want and have[n] != want[n]
+        ]
+        if [n for n in have if n in want] != [n for n in want if n in have]:
+            lines.append(f"{class_name(key)}: fields in another order")
+    return lines
+
+
+if __name__ == "__main__":
+    TABLE.write_text(json.dumps(build_table(), indent=1) + "\n")
+    print(f"wrote {TABLE} ({TABLE.stat().st_size:,} bytes)")
