@@ -12,6 +12,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from urllib.parse import unquote
 
 import fsspec
 from pydantic import BaseModel
@@ -27,8 +28,11 @@ class Ref(BaseModel):
 
     @property
     def path(self) -> Path:
-        """Local path of a `file://` or plain URI (the embedded default's storage)."""
-        return Path(self.uri.removeprefix("file://"))
+        """Local path of a `file://` or plain URI (the embedded default's storage). A `file://` URI is
+        percent-encoded (Path.as_uri writes `+` as %2B, as in a grid recipe's `loss_type=sigmoid+sft`)."""
+        if self.uri.startswith("file://"):
+            return Path(unquote(self.uri.removeprefix("file://")))
+        return Path(self.uri)
 
     @property
     def loadable(self) -> str:
