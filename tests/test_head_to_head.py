@@ -26,3 +26,22 @@ def test_the_shipped_evaluation_set_is_disjoint_from_the_training_prompts():
     check_disjoint(eval_set, [r["prompt"] for r in load_prompts()], "generation.prompts")
     with pytest.raises(EvalSetOverlap, match="e0003"):
         check_disjoint(eval_set, ["WHAT is an isotope? Give an example!", *eval_set.prompts[:3]], "the train split")
+
+
+def test_validation_and_evaluation_share_one_overlap_rule_in_any_script():
+    from alignflow.tasks.evaluation.head_to_head import EvalPromptSet
+    from alignflow.tasks.validation import overlap
+
+    asked = "Что такое фотосинтез? Объясни просто."
+    eval_set = EvalPromptSet("mine", "0" * 64, ["r1", "r2"], [asked, "Why is the sky blue?"], ["", ""])
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "что такое ФОТОСИНТЕЗ — объясни просто"},
+    ]
+    with pytest.raises(EvalSetOverlap, match="r1"):
+        check_disjoint(eval_set, [conversation], "the train split")
+    queries = overlap.normalise(overlap.query_texts([0], ["ignored"], {0: (conversation,)}))
+    assert overlap.in_eval_set(queries, overlap.eval_prompt_set(eval_set.prompts)).tolist() == [True]
+    check_disjoint(eval_set, ["Что такое гравитация?"], "the train split")  # another question: no overlap

@@ -11,7 +11,6 @@ bootstrap over prompts and the length-controlled estimate from tasks/evaluation/
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from alignflow.tasks.evaluation.metrics import load_causal_lm
 from alignflow.tasks.evaluation.stats import Interval, bootstrap_win_rate, length_controlled_win_rate
 from alignflow.tasks.generation.judge import words
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
+from alignflow.tasks.runtime.overlap import normalise, prompt_set
 from alignflow.tasks.runtime.state import sha256_text
 
 ANSWERS_VERSION = 1  # bump when sample_answers changes what it draws: cached answers are then sampled again
@@ -91,10 +91,6 @@ class HeadToHead:
         return data
 
 
-def _normalised(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-
-
 def load_eval_set(config: EvaluationConfig) -> EvalPromptSet:
     rows = load_prompts(config.prompts, config.max_prompts)
     path = prompts_path(config.prompts)
@@ -107,10 +103,12 @@ def load_eval_set(config: EvaluationConfig) -> EvalPromptSet:
     )
 
 
-def check_disjoint(eval_set: EvalPromptSet, training_prompts: list[str], where: str) -> None:
-    """Raise when an evaluation prompt (compared after lower-casing and dropping punctuation) is a training prompt."""
-    seen = {_normalised(p) for p in training_prompts}
-    shared = [i for i, p in zip(eval_set.ids, eval_set.prompts, strict=True) if _normalised(p) in seen]
+def check_disjoint(eval_set: EvalPromptSet, training_prompts: list, where: str) -> None:
+    """Raise when an evaluation prompt is a training prompt, by the rule validation's eval_overlap applies
+    (tasks/runtime/overlap.py: a conversation's last user turn, normalised)."""
+    seen = prompt_set(training_prompts)
+    mine = normalise(eval_set.prompts)
+    shared = [i for i, p in zip(eval_set.ids, mine, strict=True) if p in seen]
     if shared:
         raise EvalSetOverlap(
             f"{len(shared)} prompts of the evaluation set {eval_set.name} are also in {where} "

@@ -55,13 +55,6 @@ class Evaluation:
         return flat
 
 
-def _prompt_text(prompt: object) -> str:
-    """A prompt as text: itself, or a conversation's user turns joined."""
-    if isinstance(prompt, str):
-        return prompt
-    return " ".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict) and m.get("role") == "user")
-
-
 def evaluate(
     config: EvaluationConfig,
     beta: float,
@@ -76,7 +69,9 @@ def evaluate(
     and against the base as well when the champion was the opponent. Answers are sampled once per model and
     setting (`answers_cache`), so the base's answers are reused round after round."""
     eval_set = load_eval_set(config)
-    train_prompts = [_prompt_text(p) for p in pd.read_parquet(train_path, columns=["prompt"])["prompt"]]
+    train_prompts = [
+        p if isinstance(p, str) else list(p) for p in pd.read_parquet(train_path, columns=["prompt"])["prompt"]
+    ]
     check_disjoint(eval_set, train_prompts, "the train split")
     held_out = evaluate_models(
         candidate.loadable,

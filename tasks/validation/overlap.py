@@ -1,8 +1,7 @@
 """Prompt text compared across places: inside the responses, and against the evaluation prompt set.
 
-Both checks compare *normalised* text: lower-case, letters and digits only, words joined by one
-space ("What's 2+2?" -> "what s 2 2"), so that case, punctuation and spacing never hide a repeat.
-The normalisation runs vectorized in pyarrow (RE2's Unicode classes), the same for both sides.
+Both checks compare *normalised* text by the one rule the evaluation's disjointness check uses too
+(tasks/runtime/overlap.py): lower-case, Unicode letters and digits only, words joined by one space.
 """
 
 from __future__ import annotations
@@ -12,24 +11,17 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from alignflow.tasks.runtime.overlap import normalise, prompt_set
+
+__all__ = ["eval_prompt_set", "in_eval_set", "normalise", "prompt_in_responses", "query_texts"]
+
 MIN_PROMPT_WORDS = 4  # shorter prompts ("Hi", "Tell me more") appear in answers by chance
 _DIGIT_WORD = re.compile(r"[^ ]*[0-9][^ ]*")
 
 
-def normalise(texts: list[str]) -> list[str]:
-    """Lower-case alphanumeric words joined by single spaces, per text."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not texts:
-        return []
-    words = pc.replace_substring_regex(pc.utf8_lower(pa.array(texts, type=pa.string())), r"[^\p{L}\p{N}]+", " ")
-    return pc.utf8_trim_whitespace(words).to_pylist()
-
-
 def eval_prompt_set(prompts: Iterable[str]) -> frozenset[str]:
-    """The evaluation prompts as the validator compares them (empty normalisations dropped)."""
-    return frozenset(p for p in normalise(list(prompts)) if p)
+    """The evaluation prompts as the validator compares them (tasks/runtime/overlap.py: the one rule)."""
+    return prompt_set(prompts)
 
 
 def query_texts(rows: np.ndarray, tp: list, conversations: dict) -> list[str]:
