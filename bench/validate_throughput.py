@@ -183,10 +183,10 @@ def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="alignflow-bench-validate-"))
     configure_environment(PipelineConfig(runtime={"home": tmp / "home"}))
     try:
-        from alignflow.tasks.runtime.tiny_model import _corpus, _train_tokenizer
+        from alignflow.tasks.runtime.tiny_model import corpus, train_tokenizer
 
         tokenizer_dir = tmp / "tokenizer"
-        _train_tokenizer(_corpus(), 2048).save_pretrained(tokenizer_dir)
+        train_tokenizer(corpus(), 2048).save_pretrained(tokenizer_dir)
         runs = [(n, False, w) for n in args.sizes for w in args.workers]
         runs += [(n, True, w) for n in args.tokenizer_rows for w in args.workers]
         results = []

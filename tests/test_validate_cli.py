@@ -17,10 +17,10 @@ from alignflow.tasks.validation.stage import validate_file, validate_pairs
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """The offline tiny model's tokenizer (BPE + chat template) alone: seconds, not the model's minute."""
-    from alignflow.tasks.runtime.tiny_model import _corpus, _train_tokenizer
+    from alignflow.tasks.runtime.tiny_model import corpus, train_tokenizer
 
     target = tmp_path_factory.mktemp("tokenizer")
-    _train_tokenizer(_corpus(), 512).save_pretrained(target)
+    train_tokenizer(corpus(), 512).save_pretrained(target)
     return target
 
 

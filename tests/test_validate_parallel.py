@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from alignflow.conf.validation import ValidationConfig
-from alignflow.tasks.runtime.tiny_model import _corpus, _train_tokenizer
+from alignflow.tasks.runtime.tiny_model import corpus, train_tokenizer
 from alignflow.tasks.validation import parallel
 from alignflow.tasks.validation.readers import DatasetError
 from alignflow.tasks.validation.stage import validate_file
@@ -25,7 +25,7 @@ WORDS = ["the", "a", "model", "answer", "question", "data", "light", "water", "e
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    return _train_tokenizer(_corpus(), 512)
+    return train_tokenizer(corpus(), 512)
 
 
 def _rows(n: int, seed: int = 3) -> list[dict]:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from alignflow.conf.validation import ValidationConfig
-from alignflow.tasks.runtime.tiny_model import CHAT_TEMPLATE, _corpus, _train_tokenizer
+from alignflow.tasks.runtime.tiny_model import CHAT_TEMPLATE, corpus, train_tokenizer
 from alignflow.tasks.validation.stage import validate_file, validate_pairs
 from alignflow.tasks.validation.tokens import TokenCounter
 
@@ -32,7 +32,7 @@ def lenient(**kw) -> ValidationConfig:
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    return _train_tokenizer(_corpus(), 512)
+    return train_tokenizer(corpus(), 512)
 
 
 def _tokenizer(pre_tokenizer, normalizer=None, template: str = CHAT_TEMPLATE):
@@ -47,7 +47,7 @@ def _tokenizer(pre_tokenizer, normalizer=None, template: str = CHAT_TEMPLATE):
         bpe.normalizer = normalizer
     bpe.decoder = decoders.ByteLevel()
     special = ["<unk>", "<|bos|>", "<|end|>", "<|pad|>"]
-    bpe.train_from_iterator([*_corpus(), *TEXTS], trainers.BpeTrainer(vocab_size=600, special_tokens=special))
+    bpe.train_from_iterator([*corpus(), *TEXTS], trainers.BpeTrainer(vocab_size=600, special_tokens=special))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>")
     tok.chat_template = template
     return tok
@@ -81,11 +81,8 @@ def exact(tokenizer, conversations: list[list[dict]]) -> np.ndarray:
 
 
 def rows(n: int = 300) -> list[tuple[str, str, str]]:
-    corpus = [*TEXTS, *(t.split("<|end|>")[0] for t in _corpus())]
-    return [
-        (corpus[i % len(corpus)], corpus[(3 * i + 1) % len(corpus)], corpus[(7 * i + 2) % len(corpus)])
-        for i in range(n)
-    ]
+    texts = [*TEXTS, *(t.split("<|end|>")[0] for t in corpus())]
+    return [(texts[i % len(texts)], texts[(3 * i + 1) % len(texts)], texts[(7 * i + 2) % len(texts)]) for i in range(n)]
 
 
 def check_exact(tokenizer, expect_additive: bool) -> TokenCounter:
@@ -249,6 +246,6 @@ def test_tiny_models_tokenizer_is_built_alone(tmp_path):
     (folder,) = (tmp_path / "models").iterdir()
     assert folder.name.startswith("tiny-llama-tokenizer-")
     assert not any(p.suffix in (".safetensors", ".bin") for p in folder.iterdir())  # no model
-    reference = _train_tokenizer(_corpus(), 512)  # what build_tiny_model trains: the same vocabulary and merges
+    reference = train_tokenizer(corpus(), 512)  # what build_tiny_model trains: the same vocabulary and merges
     assert tokenizer.get_vocab() == reference.get_vocab() and tokenizer.chat_template == reference.chat_template
     assert load_tokenizer("builtin:tiny-llama", tiny, tmp_path / "models").get_vocab() == tokenizer.get_vocab()

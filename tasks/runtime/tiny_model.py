@@ -43,12 +43,14 @@ def tiny_model_dir(tiny: TinyModelConfig, models_dir: Path, progress: Progress |
     return target
 
 
-def _corpus() -> list[str]:
+def corpus() -> list[str]:
+    """The shipped prompts and reference answers as chat transcripts: the tokenizer's and the warm-up's text."""
     rows = load_prompts()
     return [f"<|user|>\n{r['prompt']}<|end|>\n<|assistant|>\n{r['reference']}<|end|>\n" for r in rows]
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """The tiny model's byte-level BPE tokenizer with its chat template, trained on `texts` (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -70,14 +72,29 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return tokenizer
 
 
+def tokenizer_dir(tiny: TinyModelConfig, models_dir: Path) -> Path:
+    """The tiny model's tokenizer alone, trained once under models_dir (a second or two of CPU, the same
+    vocabulary and merges as the model's build): what validation counts tokens with, without building the
+    model (a minute on a fresh state directory)."""
+    key = sha256_text(BUILD_VERSION, str(tiny.vocab_size), sha256_file(SHIPPED_PROMPTS))[:12]
+    target = Path(models_dir) / f"tiny-llama-tokenizer-{key}"
+    if not (target / "tokenizer_config.json").exists():
+        scratch = target.with_name(target.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        train_tokenizer(corpus(), tiny.vocab_size).save_pretrained(scratch)
+        shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)  # atomic: a half-written tokenizer is never picked up
+    return target
+
+
 def build_tiny_model(tiny: TinyModelConfig, target: Path, progress: Progress | None = None) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     started = time.perf_counter()
     torch.manual_seed(tiny.seed)
-    texts = _corpus()
-    tokenizer = _train_tokenizer(texts, tiny.vocab_size)
+    texts = corpus()
+    tokenizer = train_tokenizer(texts, tiny.vocab_size)
     say = progress or (lambda line: None)
     say(f"tiny model: tokenizer trained ({len(tokenizer)} tokens, {time.perf_counter() - started:.1f} s)")
     config = LlamaConfig(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -308,16 +307,6 @@ def load_tokenizer(name_or_path: str, tiny: TinyModelConfig, models_dir: Path) -
         name_or_path = str(resolve_model(name_or_path, tiny, Path(models_dir)))
     if name_or_path != BUILTIN_TINY_MODEL:
         return AutoTokenizer.from_pretrained(name_or_path)
-    from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS
-    from alignflow.tasks.runtime import tiny_model
-    from alignflow.tasks.runtime.state import sha256_file, sha256_text
+    from alignflow.tasks.runtime.tiny_model import tokenizer_dir
 
-    key = sha256_text(tiny_model.BUILD_VERSION, str(tiny.vocab_size), sha256_file(SHIPPED_PROMPTS))[:12]
-    target = Path(models_dir) / f"tiny-llama-tokenizer-{key}"
-    if not (target / "tokenizer_config.json").exists():
-        scratch = target.with_name(target.name + ".partial")
-        shutil.rmtree(scratch, ignore_errors=True)
-        tiny_model._train_tokenizer(tiny_model._corpus(), tiny.vocab_size).save_pretrained(scratch)
-        shutil.rmtree(target, ignore_errors=True)
-        scratch.rename(target)  # atomic: a half-written tokenizer is never picked up
-    return AutoTokenizer.from_pretrained(str(target))
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir(tiny, Path(models_dir))))
