@@ -1,6 +1,6 @@
 """The `alignflow` command.
 
-    alignflow run [--config FILE] [key.path=value ...]
+    alignflow run [--config FILE] [--home DIR] [key.path=value ...]   the whole pipeline
     alignflow compare [--config FILE] [key.path=value ...]   recipes side by side (default conf/compare.yaml)
     alignflow validate DATA [--config FILE] [--report OUT.json] [--out DIR] [--no-tokenizer] [key.path=value ...]
     alignflow promote NAME VERSION --reason TEXT     make a version the champion
@@ -8,6 +8,7 @@
     alignflow history NAME [--json]                  the champions, oldest first
     alignflow serve [--prefect-port P] [key.path=value ...]   local Prefect server + UI, deployments, worker, MLflow UI
     alignflow deploy [--profile NAME] [key.path=value ...]    the deployments on $PREFECT_API_URL
+    alignflow stack up|down|status|env               the production topology on this machine
 
 Exit codes: 0 the run completed (promoted or not), 1 the run stopped at a gate or a stage
 failed (promote/rollback: refused, e.g. unknown version or nothing to roll back to),

@@ -21,9 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 
-METRICS = ("preference_accuracy", "reward_margin", "logp_accuracy", "chosen_nll")
-
-
 # from_pretrained swaps module-level functions while it loads (torch's init functions, tie_weights, the
 # default dtype) and puts them back after: two loads in threads of one process, as when a comparison
 # evaluates recipes side by side, can restore each other's stand-ins and leave tied weights on the meta device.

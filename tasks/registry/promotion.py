@@ -44,7 +44,6 @@ HISTORY_PREFIX = "champion_history."
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_STALE_S = 30.0
 LOCK_TIMEOUT_S = 60.0
-SOURCES = ("manual", "gate", "rollback")
 
 
 class PromotionRefused(RuntimeError):

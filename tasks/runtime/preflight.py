@@ -44,12 +44,6 @@ class Unreachable:
         return f"{self.key}: {self.target}: {self.reason}"
 
 
-class PreflightFailed(RuntimeError):
-    def __init__(self, found: list[Unreachable]):
-        self.found = found
-        super().__init__(str(found[0]) + "".join(f"\n  also {u}" for u in found[1:]))
-
-
 def _http(url: str, headers: dict[str, str] | None = None) -> int:
     """The HTTP status `url` answers with (an error status is an answer too); raises when nothing answers."""
     request = urllib.request.Request(url, headers=headers or {})

@@ -10,7 +10,6 @@ flow continues instead of starting over and reuses a finished SFT stage.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from alignflow.conf.training import TrainingConfig
 from alignflow.tasks.runtime.ray import start_ray
-from alignflow.tasks.runtime.state import Ref, sha256_text, sha256_tree
+from alignflow.tasks.runtime.state import Ref, home, sha256_text, sha256_tree
 from alignflow.tasks.training import staging
 from alignflow.tasks.training.loop import FINAL_MODEL_DIR, RESULT_FILE, WorkerInputs, train_loop
 from alignflow.tasks.training.recipe import SFT
@@ -47,10 +46,6 @@ class TrainResult(BaseModel):
     cost: dict = Field(default_factory=dict, description="tasks/training/cost.py stage_cost of the workers.")
     reused: bool = Field(False, description="A finished stage of an earlier run, not trained again.")
     stages: dict[str, TrainResult] = Field(default_factory=dict)
-
-
-def home() -> Path:
-    return Path(os.environ.get("ALIGNFLOW_HOME", ".alignflow"))
 
 
 def run_name_for(storage_path: str, base: str) -> str:
@@ -169,7 +164,7 @@ def train_model(
     with fit.checkpoint.as_directory() as final:
         local = Path(final)
         done = json.loads((local / RESULT_FILE).read_text())
-        if "://" in storage_path:  # remote storage: keep a local copy the next stages can read
+        if staging.is_remote(storage_path):  # remote storage: keep a local copy the next stages can read
             target = home() / "models" / run_name
             shutil.copytree(local / FINAL_MODEL_DIR, target / FINAL_MODEL_DIR, dirs_exist_ok=True)
             local = target

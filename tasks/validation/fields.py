@@ -36,7 +36,6 @@ def _char_class(ranges: list[tuple[int, int]], re2: bool, negate: bool = False) 
 
 
 _NOT_WS = {re2: _char_class(_WHITESPACE, re2, negate=True) for re2 in (False, True)}
-_WS_RUN = {re2: _char_class(_WHITESPACE, re2) + "+" for re2 in (False, True)}
 _CONTROL_CLASS = {re2: _char_class(_CONTROLS, re2) for re2 in (False, True)}
 _NOT_WS_PY = re.compile(_NOT_WS[False])
 _CONTROL = re.compile(_CONTROL_CLASS[False])
