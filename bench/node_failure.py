@@ -134,6 +134,7 @@ def one_run(case: str, cluster: Cluster, cfg, model: str, data: Ref, args: argpa
     from alignflow.tasks.registry.tracking import start_run
     from alignflow.tasks.runtime.state import tracking_uri
     from alignflow.tasks.training.driver import train_model
+    from alignflow.tasks.training.job import TrainJob
 
     training = cfg.training
     if case == "elastic":
@@ -167,7 +168,7 @@ def one_run(case: str, cluster: Cluster, cfg, model: str, data: Ref, args: argpa
     load_before = os.getloadavg()[0]
     killer.start()
     name = f"nodefail-{case}-{uuid.uuid4().hex[:8]}"
-    result = train_model(training, model, data, args.storage, name, uri, run_id, ray_address=cluster.address)
+    result = train_model(TrainJob(training, model, data, args.storage, name, uri, run_id, ray_address=cluster.address))
     killer.join(timeout=200)
     history = sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.timestamp)
     kill_ts = seen.get("kill_ts")

@@ -83,9 +83,12 @@ def plain_trl(training, model_path: str, data: Ref, out: Path) -> dict:
 
 def under_ray(training, model_path: str, data: Ref, storage: Path, name: str) -> dict:
     from alignflow.tasks.training.driver import train_model
+    from alignflow.tasks.training.job import TrainJob
 
     started = time.perf_counter()
-    trained = train_model(training, model_path, data, str(storage), name, "sqlite:///" + str(storage / "m.db"), None)
+    trained = train_model(
+        TrainJob(training, model_path, data, str(storage), name, "sqlite:///" + str(storage / "m.db"))
+    )
     return {
         "tokens": trained.tokens,
         "train_runtime_s": trained.train_runtime_s,

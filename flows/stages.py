@@ -38,6 +38,7 @@ from alignflow.tasks.runtime.models import resolve_model
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text, sha256_tree
 from alignflow.tasks.training.curves import plot_training_curves
 from alignflow.tasks.training.driver import TrainResult, content_run_name, train_stages
+from alignflow.tasks.training.job import TrainJob
 from alignflow.tasks.training.recipe import effective_config
 from alignflow.tasks.validation import stage as validation
 from alignflow.tasks.validation.report import ValidationReport
@@ -176,7 +177,8 @@ def fit(training: TrainingConfig, start: Ref, train_data: Ref, storage: str, boo
     for note in effective["notes"]:
         logger.warning("%s: effective config: %s", name, note)
     book.log_text(json.dumps(effective, indent=2, default=str), "train/effective_config.json")
-    trained = train_stages(training, start, train_data, storage, ray_run, book.tracking, book.run_id, book.ray_address)
+    job = TrainJob(training, start.loadable, train_data, storage, ray_run, book.tracking, book.run_id, book.ray_address)
+    trained = train_stages(job)
     if trained.resumed_from_step:
         logger.info("%s: resumed from the checkpoint at step %s", name, trained.resumed_from_step)
     logger.info("%s: %s steps in %ss on %s workers", name, trained.steps, trained.wall_s, trained.num_workers)

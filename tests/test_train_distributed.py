@@ -17,6 +17,7 @@ from conftest import SMALL, STATE, small_config
 from alignflow.tasks.registry.tracking import start_run
 from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
 from alignflow.tasks.training.driver import train_model
+from alignflow.tasks.training.job import TrainJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,9 @@ def test_one_and_two_workers_agree_at_the_same_global_batch(ray_session, tiny_mo
         uri = tracking_uri(cfg)
         run_id = start_run(uri, "test-equivalence", f"{workers}-workers", {}, {})
         trained = train_model(
-            cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), f"equiv-{workers}", uri, run_id
+            TrainJob(
+                cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), f"equiv-{workers}", uri, run_id
+            )
         )
         # What tests/test_train_stage.py checks of ORPO on one worker, here for DPO on one and two.
         assert trained.steps == 2 and trained.stage == "dpo" and trained.num_workers == workers
@@ -108,7 +111,9 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny_mod
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
     trained = train_model(
-        cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), "fault-kill-worker", uri, run_id
+        TrainJob(
+            cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), "fault-kill-worker", uri, run_id
+        )
     )
     killer.join(timeout=5)
 

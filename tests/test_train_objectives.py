@@ -8,6 +8,7 @@ from conftest import small_config
 
 from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
 from alignflow.tasks.training.driver import train_model
+from alignflow.tasks.training.job import TrainJob
 from alignflow.tasks.training.recipe import effective_config
 
 OBJECTIVES = {
@@ -58,13 +59,15 @@ def test_objective_trains_on_ray(ray_session, tiny_model_path, train_ref, state_
 
     cfg = small_config(*OBJECTIVES[ON_RAY], "training.scaling.num_workers=1", "training.max_steps=1")
     trained = train_model(
-        cfg.training,
-        str(tiny_model_path),
-        train_ref,
-        str(state_dir / "ray"),
-        f"objective-{ON_RAY}",
-        tracking_uri(cfg),
-        None,
+        TrainJob(
+            cfg.training,
+            str(tiny_model_path),
+            train_ref,
+            str(state_dir / "ray"),
+            f"objective-{ON_RAY}",
+            tracking_uri(cfg),
+            None,
+        )
     )
     assert trained.steps == 1
     loaded = AutoModelForCausalLM.from_pretrained(trained.model.path)  # LoRA is merged: a plain model

@@ -8,6 +8,7 @@ from conftest import small_config
 from alignflow.tasks.registry.tracking import start_run
 from alignflow.tasks.runtime.state import Ref, sha256_file, tracking_uri
 from alignflow.tasks.training.driver import train_model
+from alignflow.tasks.training.job import TrainJob
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,15 @@ def test_train_runs_on_ray_and_logs_to_mlflow(method, workers, ray_session, tiny
     uri = tracking_uri(cfg)
     run_id = start_run(uri, "test-train", f"train-{method}", {}, {})
     trained = train_model(
-        cfg.training, str(tiny_model_path), train_ref, str(state_dir / "ray"), f"test-{method}-{workers}", uri, run_id
+        TrainJob(
+            cfg.training,
+            str(tiny_model_path),
+            train_ref,
+            str(state_dir / "ray"),
+            f"test-{method}-{workers}",
+            uri,
+            run_id,
+        )
     )
     assert trained.steps == 2 and trained.stage == method and trained.num_workers == workers
     assert trained.model.path.is_dir() and len(trained.model.sha256) == 64

@@ -14,7 +14,7 @@ import pytest
 
 from alignflow.conf.loader import load_config
 from alignflow.tasks.training import staging
-from alignflow.tasks.training.loop import WorkerInputs
+from alignflow.tasks.training.job import WorkerInputs
 
 
 @pytest.fixture
@@ -129,11 +129,12 @@ import json, sys
 from alignflow.conf.loader import load_config
 from alignflow.tasks.runtime.state import Ref, configure_environment, sha256_file
 from alignflow.tasks.training.driver import train_model
+from alignflow.tasks.training.job import TrainJob
 overrides, model, data, storage = json.loads(sys.argv[1])
 cfg = load_config(None, overrides)
 configure_environment(cfg)
 ref = Ref(uri="file://" + data, sha256=sha256_file(data))
-result = train_model(cfg.training, model, ref, storage, "s3-staging", f"sqlite:///{cfg.runtime.home}/mlflow.db", None)
+result = train_model(TrainJob(cfg.training, model, ref, storage, "s3-staging", f"sqlite:///{cfg.runtime.home}/mlflow.db"))
 print("RESULT " + json.dumps({"steps": result.steps, "model": result.model.uri}))
 """
 

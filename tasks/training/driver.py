@@ -20,7 +20,8 @@ from alignflow.conf.training import TrainingConfig
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, home, sha256_text, sha256_tree
 from alignflow.tasks.training import staging
-from alignflow.tasks.training.loop import FINAL_MODEL_DIR, RESULT_FILE, WorkerInputs, train_loop
+from alignflow.tasks.training.job import TrainJob, WorkerInputs
+from alignflow.tasks.training.loop import FINAL_MODEL_DIR, RESULT_FILE, train_loop
 from alignflow.tasks.training.recipe import SFT
 
 DONE_MARKER = "alignflow_done.json"
@@ -105,17 +106,7 @@ def scaling_kwargs(training: TrainingConfig) -> dict:
     }
 
 
-def train_model(
-    training: TrainingConfig,
-    model_path: str,
-    train_data: Ref,
-    storage_path: str,
-    run_name: str,
-    tracking_uri: str,
-    mlflow_run_id: str | None,
-    ray_address: str | None = None,
-    stage: str = "preference",
-) -> TrainResult:
+def train_model(job: TrainJob, stage: str = "preference") -> TrainResult:
     """Run TorchTrainer for one stage: "preference" (training.method) or "sft" (training.sft).
 
     The same (storage_path, run_name) resumes from that run's latest checkpoint, which is
@@ -125,7 +116,14 @@ def train_model(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    start_ray(ray_address)
+    training, model_path, train_data, storage_path, run_name = (
+        job.training,
+        job.model,
+        job.train_data,
+        job.storage_path,
+        job.run_name,
+    )
+    start_ray(job.ray_address)
     scaling = training.scaling
     # Reference log-probs depend on the data, the reference model (its folder holds the
     # tokenizer too) and max_length only: a new run on the same inputs reuses them.
@@ -137,8 +135,8 @@ def train_model(
         model_path=str(model_path),
         train_path=str(train_data.path),
         scratch_dir=str(home() / "scratch" / run_name),
-        tracking_uri=tracking_uri,
-        run_id=mlflow_run_id,
+        tracking_uri=job.tracking_uri,
+        run_id=job.mlflow_run_id,
         reference_cache=str(home() / "ref_logps" / reference_key),
         train_sha256=train_data.sha256,
     )
@@ -192,16 +190,7 @@ def train_model(
     return result
 
 
-def train_stages(
-    training: TrainingConfig,
-    model: Ref,
-    train_data: Ref,
-    storage_path: str,
-    run_name: str,
-    tracking_uri: str,
-    mlflow_run_id: str | None,
-    ray_address: str | None = None,
-) -> TrainResult:
+def train_stages(job: TrainJob) -> TrainResult:
     """The optional SFT stage, then the preference stage from its model.
 
     The SFT stage is its own Ray run, `<run_name>-sft`: a re-run whose SFT had finished (the preference
@@ -209,26 +198,15 @@ def train_stages(
     preference stage's, with `stages` (each stage's result and cost) and wall time over both.
     """
     stages: dict[str, TrainResult] = {}
-    if training.sft.enabled:
-        sft = finished_stage(storage_path, f"{run_name}-sft")
+    if job.training.sft.enabled:
+        sft = finished_stage(job.storage_path, f"{job.run_name}-sft")
         if sft:
             sft = sft.model_copy(update={"reused": True})
         else:
-            sft = train_model(
-                training,
-                model.loadable,
-                train_data,
-                storage_path,
-                f"{run_name}-sft",
-                tracking_uri,
-                mlflow_run_id,
-                ray_address,
-                stage=SFT,
-            )
-        stages[SFT], model = sft, sft.model
-    result = train_model(
-        training, model.loadable, train_data, storage_path, run_name, tracking_uri, mlflow_run_id, ray_address
-    )
+            sft = train_model(job.replace(run_name=f"{job.run_name}-sft"), stage=SFT)
+        stages[SFT] = sft
+        job = job.replace(model=sft.model.loadable)
+    result = train_model(job)
     stages[result.stage] = result
     wall = sum(s.wall_s for s in stages.values() if not s.reused)
     return result.model_copy(update={"stages": stages, "wall_s": round(wall, 1)})

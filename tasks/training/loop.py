@@ -8,33 +8,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from alignflow.conf.training import TrainingConfig
 from alignflow.tasks.runtime.ray import quiet_ray_logs
 from alignflow.tasks.training import cost, recipe, staging
+from alignflow.tasks.training.job import WorkerInputs
 
 FINAL_MODEL_DIR = "model"
 RESULT_FILE = "result.json"  # next to FINAL_MODEL_DIR in the final checkpoint: the worker's outcome
-
-
-@dataclass(frozen=True)
-class WorkerInputs:
-    """One stage's inputs, the same on every worker (Ray pickles them into train_loop_config)."""
-
-    training: TrainingConfig
-    stage: str  # "preference" (training.method) or "sft"
-    model_path: str
-    train_path: str
-    scratch_dir: str
-    tracking_uri: str
-    run_id: str | None
-    reference_cache: str | None
-    train_sha256: str = ""
-    # (field, sha256) of inputs uploaded to remote storage (tasks/training/staging.py): each worker fetches them
-    # to its own node before use, and relative scratch_dir/reference_cache are under that node's folder.
-    staged: tuple[tuple[str, str], ...] = ()
 
 
 def train_loop(config: dict) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from alignflow.tasks.training.loop import WorkerInputs
+    from alignflow.tasks.training.job import WorkerInputs
 
 INPUTS = "inputs"
 MARKER = ".alignflow-complete"  # written last: a folder without it is an interrupted copy
