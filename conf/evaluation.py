@@ -16,9 +16,11 @@ class EvaluationConfig(Section):
         description="The head-to-head prompt set: `builtin:eval` (conf/prompts/eval.jsonl, disjoint from the "
         "training prompts) or a .jsonl/.parquet/.csv file with prompt and reference columns. Its sha256 is recorded.",
     )
-    max_prompts: int | None = Field(None, ge=1, description="Use only the first N evaluation prompts (None: all).")
+    max_prompts: int | None = Field(
+        48, ge=1, description="Use only the first N evaluation prompts (None: all 120 of builtin:eval)."
+    )
     samples_per_prompt: int = Field(
-        4, ge=1, le=64, description="Sampled answers per prompt and side, paired by seed (more: a tighter interval)."
+        2, ge=1, le=64, description="Sampled answers per prompt and side, paired by seed (more: a tighter interval)."
     )
     judge: JudgeConfig = Field(
         default_factory=JudgeConfig,
@@ -81,7 +83,7 @@ class GateConfig(Section):
 
 
 class RegistryConfig(Section):
-    model_name: str = Field("alignflow-tiny", min_length=1, description="Registered model name in MLflow.")
+    model_name: str = Field("alignflow-smollm2", min_length=1, description="Registered model name in MLflow.")
     experiment: str = Field("alignflow", min_length=1)
     gate: GateConfig = Field(default_factory=GateConfig)
     auto_promote: bool = Field(

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, CHAMPION_MODEL, Section
+from alignflow.conf.base import BUILTIN_PROMPTS, CHAMPION_MODEL, Section
 
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 JUDGE_ASPECTS = ("overall-rating", "helpfulness", "honesty", "instruction-following", "truthfulness")
@@ -24,10 +24,11 @@ class LLMConfig(Section):
         "transformers", description="transformers: a local model in-process; openai: an OpenAI-compatible endpoint."
     )
     model: str = Field(
-        BUILTIN_TINY_MODEL,
+        CHAMPION_MODEL,
         min_length=1,
-        description="transformers: `builtin:tiny-llama`, a local HF model path, or `registry:champion` (the current "
-        "champion, else the base model: on-policy data for iterative DPO); openai: the served model name.",
+        description="transformers: `registry:champion` (the current champion, else the base model: on-policy data "
+        "for iterative DPO), a builtin model (`builtin:smollm2-135m-instruct`, `builtin:tiny-llama`) or a local HF "
+        "model path; openai: the served model name.",
     )
     base_url: str | None = Field(
         None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (`vllm serve`); None: api.openai.com."
@@ -117,7 +118,7 @@ class GenerationConfig(Section):
     reference_column: str = Field(
         "reference", min_length=1, description="Column with a reference answer (offline judge), used when present."
     )
-    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts (None: all).")
+    max_prompts: int | None = Field(96, ge=1, description="Use only the first N prompts (None: all).")
     preference_data: str | None = Field(
         None,
         description="Bring your own pairs and skip generation: a .jsonl/.json/.parquet/.csv file or a `datasets` "
@@ -131,7 +132,9 @@ class GenerationConfig(Section):
     )
     generators: list[GeneratorConfig] = Field(
         default_factory=lambda: [  # the embedded default (conf/pipeline.yaml): 4 on-policy candidates per prompt
-            GeneratorConfig(model=CHAMPION_MODEL, temperature=t, num_generations=2, repetition_penalty=1.0)
+            GeneratorConfig(
+                model=CHAMPION_MODEL, temperature=t, num_generations=2, max_new_tokens=48, repetition_penalty=1.0
+            )
             for t in (0.7, 1.0)
         ],
         min_length=1,

@@ -45,7 +45,7 @@ class RuntimeConfig(Section):
 class PipelineConfig(Section):
     """One alignment run, from prompts to a registered model."""
 
-    name: str = Field("alignflow", min_length=1, description="Run name, shown in Prefect and MLflow.")
+    name: str = Field("alignflow-smollm2", min_length=1, description="Run name, shown in Prefect and MLflow.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

@@ -7,27 +7,24 @@ When the config loads, each key is checked against its class's fields and their 
 the table conf/trl_fields.json made from those classes, so a typo fails in well under a second), and once the whole
 config is otherwise valid TRL's own checks run on what training will build (`trl_problems`).
 
-alignflow's values for the knobs (beta 0.1, RPO, learning rate 2e-4, ...) are the embedded
-profile's, conf/pipeline.yaml: a knob a profile leaves out takes that value, one the embedded
-profile leaves out takes TRL's default (`TrainingConfig.knob`).
+alignflow's values for the knobs (beta 0.1, RPO, LoRA, ...) are `KNOBS` below, the embedded default's
+recipe (conf/pipeline.yaml lists them with their comments): a knob a profile leaves out takes that value,
+one KNOBS leaves out takes TRL's default (`TrainingConfig.knob`).
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from alignflow.conf import trl_fields
-from alignflow.conf.base import BUILTIN_TINY_MODEL, Section
+from alignflow.conf.base import BUILTIN_SMOLLM2, Section
 
 T = TypeVar("T")
-EMBEDDED_PROFILE = Path(__file__).with_name("pipeline.yaml")
 # The preference classes (trl_fields.CLASSES keys) in the order that says what a key means when several
 # declare it: a profile's training section is shared by recipes of different methods.
 PREFERENCE = ("dpo", "cpo", "orpo")
@@ -59,10 +56,46 @@ def owned_settings(use_gpu: bool) -> dict[str, Any]:
     return {"save_strategy": "steps", "save_total_limit": 1, "report_to": [], "use_cpu": not use_gpu}
 
 
-@functools.cache
-def _embedded_training() -> dict[str, Any]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ten times faster
-    return yaml.load(EMBEDDED_PROFILE.read_text(), Loader=loader).get("training") or {}  # noqa: S506 - a safe loader
+# alignflow's values for TRL knobs: the embedded default's recipe (conf/pipeline.yaml lists the same values, each
+# with its comment; tests/test_config.py holds them equal). A profile's own knob wins; a knob in neither takes
+# TRL's default. Defined here, not read from a YAML file, so that editing a profile never changes another's.
+KNOBS: dict[str, Any] = {
+    "beta": 0.1,
+    "loss_type": ["sigmoid"],
+    "loss_weights": None,
+    "label_smoothing": 0.0,
+    "precompute_ref_log_probs": True,
+    "cpo_alpha": 1.0,
+    "simpo_gamma": 0.5,
+    "learning_rate": 2.0e-4,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "num_train_epochs": 2,
+    "max_steps": -1,
+    "max_length": 256,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0.1,
+    "logging_steps": 2,
+    "save_steps": 10,
+    "seed": 42,
+    "use_peft": True,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "lora_target_modules": "all-linear",
+    "load_in_4bit": False,
+    "load_in_8bit": False,
+    "bnb_4bit_quant_type": "nf4",
+    "use_bnb_nested_quant": False,
+}
+SFT_KNOBS: dict[str, Any] = {
+    "learning_rate": 2.0e-4,
+    "num_train_epochs": 1,
+    "max_steps": -1,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0.1,
+    "completion_only_loss": True,
+}
 
 
 @functools.cache
@@ -179,10 +212,9 @@ class SFTStageConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _embedded_knobs_first(cls, data: Any) -> Any:
-        embedded = _embedded_training().get("sft") or {}
         if not isinstance(data, dict):
             return data
-        return {**{k: v for k, v in embedded.items() if k not in cls.model_fields}, **data}
+        return {**SFT_KNOBS, **data}
 
     @model_validator(mode="after")
     def _knobs_are_sft_config_fields(self) -> SFTStageConfig:
@@ -203,7 +235,11 @@ class TrainingConfig(Section):
     method: Literal["dpo", "orpo", "cpo", "simpo"] = Field(
         "dpo", description="dpo: TRL DPOTrainer; orpo, cpo, simpo: trl.experimental (no reference model)."
     )
-    model_name_or_path: str = Field(BUILTIN_TINY_MODEL, description="Base policy: `builtin:tiny-llama` or an HF path.")
+    model_name_or_path: str = Field(
+        BUILTIN_SMOLLM2,
+        description="Base policy: `builtin:smollm2-135m-instruct` (a real instruct model, converted offline), "
+        "`builtin:tiny-llama` (built from nothing: fast tests), or an HF folder or hub id.",
+    )
     start_from: Literal["base", "champion"] = Field(
         "champion",
         description="The policy's starting point: the base model, or the registry's current champion (the base "
@@ -224,10 +260,10 @@ class TrainingConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _embedded_knobs_first(cls, data: Any) -> Any:
-        """The embedded profile's knobs under this section's: a profile lists only what differs."""
+        """alignflow's knob values (KNOBS) under this section's: a profile lists only what differs."""
         if not isinstance(data, dict):
             return data
-        return {**{k: v for k, v in _embedded_training().items() if k not in cls.model_fields}, **data}
+        return {**KNOBS, **data}
 
     @model_validator(mode="after")
     def _knobs_fit_trl_and_the_method(self) -> TrainingConfig:

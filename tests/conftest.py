@@ -18,8 +18,21 @@ from alignflow.conf.schema import PipelineConfig
 
 STATE = Path(tempfile.mkdtemp(prefix="alignflow-test-"))
 
+# The fast tests train the tiny model built from nothing (the embedded default's SmolLM2 is ~25 s a DPO step on
+# 2 cores): its shape, and the full-fine-tuning knobs it was tuned with. tests/test_smollm2.py and the
+# real-model flow test (tests/test_flow_real_model.py) take the real model.
+TINY = [
+    "training.model_name_or_path=builtin:tiny-llama",
+    "registry.model_name=alignflow-tiny",
+    "training.use_peft=false",
+    "training.precompute_ref_log_probs=false",
+    "training.learning_rate=2e-4",
+    "training.loss_type=[sigmoid, sft]",
+]
+
 SMALL = [
     f"runtime.home={STATE}",
+    *TINY,
     "generation.max_prompts=24",
     "generation.input_batch_size=8",
     "generation.min_score_margin=0.01",
@@ -60,7 +73,7 @@ def state_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from alignflow.tasks.runtime.tiny_model import resolve_model
+    from alignflow.tasks.runtime.models import resolve_model
 
     cfg = small_config()
     return Path(resolve_model(cfg.training.model_name_or_path, cfg.training.tiny_model, STATE / "models"))

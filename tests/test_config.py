@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_TINY_MODEL, CHAMPION_MODEL
+from alignflow.conf.base import BUILTIN_PROMPTS, BUILTIN_SMOLLM2, CHAMPION_MODEL
 from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, config_hash, flatten, load_config
 from alignflow.conf.schema import PipelineConfig
 from alignflow.conf.training import TrainingConfig
@@ -23,17 +23,19 @@ def test_embedded_default_loads_with_defaults():
     cfg = load_config()
     assert isinstance(cfg, PipelineConfig)
     assert DEFAULT_PROFILE == REPO / "conf" / "pipeline.yaml"
-    assert cfg.name == "alignflow-tiny"
+    assert cfg.name == "alignflow-smollm2"
     assert cfg.generation.prompts == BUILTIN_PROMPTS
-    assert cfg.generation.max_prompts is None
+    assert cfg.generation.max_prompts == 96
     assert len(cfg.generation.generators) == 2
     # Iterative: the champion writes the candidates and is the starting point (the base model while there is none).
     assert all(g.model == CHAMPION_MODEL for g in cfg.generation.generators)
-    assert cfg.training.start_from == "champion" and cfg.training.model_name_or_path == BUILTIN_TINY_MODEL
+    assert cfg.training.start_from == "champion" and cfg.training.model_name_or_path == BUILTIN_SMOLLM2
     assert cfg.training.method == "dpo"
     assert cfg.training.beta == 0.1
-    assert cfg.training.loss_type == ["sigmoid", "sft"]  # RPO keeps the tiny model fluent
-    assert cfg.training.learning_rate == 2e-4
+    assert cfg.training.loss_type == ["sigmoid"]
+    assert cfg.training.learning_rate == 2e-4 and cfg.training.use_peft is True  # LoRA adapters on SmolLM2
+    assert cfg.evaluation.max_prompts == 48 and cfg.evaluation.samples_per_prompt == 2  # the gate's n: 48 x 2
+    assert cfg.registry.model_name == "alignflow-smollm2"
     assert cfg.training.scaling.resources_per_worker == {"CPU": 1.0}
     assert cfg.validation.min_pairs == 20
     assert cfg.runtime.home is None
@@ -191,7 +193,7 @@ def test_config_hash_is_stable_and_tracks_values():
 
 def test_flatten_gives_dotted_keys():
     flat = flatten(load_config(overrides=["training.loss_type=[sigmoid,sft]"]))
-    assert flat["name"] == "alignflow-tiny"
+    assert flat["name"] == "alignflow-smollm2"
     assert flat["training.beta"] == "0.1"
     assert flat["training.method"] == "dpo"
     assert flat["training.scaling.num_workers"] == "2"
@@ -237,7 +239,7 @@ def test_field_types_read_back_as_pydantic_takes_them():
 @pytest.mark.parametrize(
     ("overrides", "key", "says"),
     [
-        (["training.loss_weights=[1.0]"], "training.loss_weights", "DPOConfig rejects it"),
+        (["training.loss_weights=[1.0, 0.5]"], "training.loss_weights", "DPOConfig rejects it"),
         (["training.lr_scheduler_type=bogus"], "training.lr_scheduler_type", "DPOConfig rejects it"),
         (["training.sft.lr_scheduler_type=bogus"], "training.sft.lr_scheduler_type", "SFTConfig rejects it"),
         (
@@ -265,11 +267,11 @@ def test_trl_knob_errors_name_the_key(overrides, key, says):
 def test_a_knob_is_the_profiles_else_the_embedded_profiles_else_trls():
     training = load_config(REPO / "conf" / "recipes" / "dpo.yaml").training
     assert training.knob("learning_rate", float) == 1e-4  # the recipe's
-    assert training.knob("per_device_train_batch_size", int) == 8 and training.knob("max_length", int) == 256
+    assert training.knob("per_device_train_batch_size", int) == 4 and training.knob("max_length", int) == 256
     assert "max_grad_norm" not in training.knobs and training.knob("max_grad_norm", float) == 1.0  # TRL's
     with pytest.raises(TypeError, match="training.beta"):
         training.knob("beta", str)
-    # alignflow's values for the knobs live in the embedded profile alone: the schema takes them from there.
+    # alignflow's values for the knobs are KNOBS (conf/training.py); the embedded profile lists the same values.
     embedded = load_config().training
     assert TrainingConfig().knobs == embedded.knobs and TrainingConfig().sft.knobs == embedded.sft.knobs
 
@@ -283,7 +285,7 @@ def test_a_knob_of_another_method_is_kept_and_not_passed():
 def test_the_sft_stage_shares_the_knobs_sft_config_declares_with_the_same_type():
     training = load_config(overrides=["training.sft.enabled=true", "training.max_length=200"]).training
     sft = training.sft_kwargs()
-    assert sft["max_length"] == 200 and sft["per_device_train_batch_size"] == 8 and sft["seed"] == 42
+    assert sft["max_length"] == 200 and sft["per_device_train_batch_size"] == 4 and sft["seed"] == 42
     assert sft["num_train_epochs"] == 1.0 and sft["learning_rate"] == 2e-4  # training.sft's own
     assert "loss_type" not in sft  # DPO's list of preference losses is not SFTConfig's loss_type
 
