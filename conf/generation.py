@@ -179,3 +179,10 @@ class GenerationConfig(Section):
         if self.preference_data is None and sum(g.num_generations for g in self.generators) < 2:
             raise ValueError("generators must produce at least 2 candidates per prompt in total")
         return self
+
+    def llm_slots(self) -> list[tuple[str, LLMConfig]]:
+        """Every LLM of the stage with its config key: the generators, then the judge's LLM."""
+        slots: list[tuple[str, LLMConfig]] = [(f"generation.generators.{i}", g) for i, g in enumerate(self.generators)]
+        if self.judge.kind != "offline" and self.judge.llm is not None:
+            slots.append(("generation.judge.llm", self.judge.llm))
+        return slots

@@ -19,6 +19,8 @@ from alignflow.conf.schema import PipelineConfig
 
 CONF_DIR = Path(__file__).resolve().parent  # the profiles and prompt sets shipped with the package
 DEFAULT_PROFILE = CONF_DIR / "pipeline.yaml"
+SHIPPED_PROMPTS = CONF_DIR / "prompts" / "default.jsonl"  # builtin:default, the training prompts
+SHIPPED_EVAL_PROMPTS = CONF_DIR / "prompts" / "eval.jsonl"  # builtin:eval, the gate's set (disjoint by construction)
 
 
 class ConfigError(ValueError):

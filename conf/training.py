@@ -57,7 +57,7 @@ def owned_settings(use_gpu: bool) -> dict[str, Any]:
 
 
 # alignflow's values for TRL knobs: the embedded default's recipe (conf/pipeline.yaml lists the same values, each
-# with its comment; tests/test_config.py holds them equal). A profile's own knob wins; a knob in neither takes
+# with its comment; tests/unit/test_config.py holds them equal). A profile's own knob wins; a knob in neither takes
 # TRL's default. Defined here, not read from a YAML file, so that editing a profile never changes another's.
 KNOBS: dict[str, Any] = {
     "beta": 0.1,

@@ -6,7 +6,7 @@ stop the CLI in well under a second. So each class's init fields (name, type, de
 
     .venv/bin/python -m alignflow.conf.trl_fields        # after a TRL or transformers upgrade
 
-and a test (tests/test_config.py) fails when the table drifts from the installed classes: a field
+and a test (tests/unit/test_config.py) fails when the table drifts from the installed classes: a field
 renamed, added, removed, retyped or given another default. The classes themselves are imported
 only to run their own checks (`__post_init__`) once a config passed these, and to train.
 """

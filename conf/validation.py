@@ -7,15 +7,15 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from alignflow.conf.base import Section
-from alignflow.tasks.validation.checks import CHECK_IDS, DEFAULT_ERRORS, DEFAULT_WARNINGS, STRUCTURAL_CHECKS
+from alignflow.conf.checks import CHECK_IDS, DEFAULT_ERRORS, DEFAULT_WARNINGS, STRUCTURAL_CHECKS
 
 # The check ids, their default levels and which must stay errors come from the one registry
-# (tasks/validation/checks.py), so a new check is one entry there, never a second list here.
+# (conf/checks.py), so a new check is one entry there, never a second list here.
 ValidationCheck = Literal[CHECK_IDS]  # type: ignore[valid-type]  (built from the registry at import)
 
 
 class ValidationConfig(Section):
-    """Dataset checks (ids and defaults in tasks/validation/checks.py), their levels and the gate before training."""
+    """Dataset checks (ids and defaults in conf/checks.py), their levels and the gate before training."""
 
     max_length: int = Field(
         256,

@@ -310,19 +310,12 @@ def validate(
             raise typer.Exit(2) from None
         notes.append(note)
 
-    def load_tokenizer():  # called by the validator once the first rows need measuring, not before
-        from alignflow.tasks.validation.tokens import load_tokenizer
-
-        return load_tokenizer(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models")
-
-    token_checks = {"too_long", "double_bos"} & {*cfg.validation.errors, *cfg.validation.warnings}
-    tokenizer = load_tokenizer if token_checks and not no_tokenizer else None
     try:
         result = validate_file(
             data,
             cfg.validation,
             out_dir,
-            tokenizer,
+            None if no_tokenizer else _tokenizer_factory(cfg),
             columns=cfg.generation.preference_columns,
             eval_prompts=eval_prompts,
             notes=notes,
@@ -339,6 +332,30 @@ def validate(
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
+    _print_validation(data, result, report)
+    if not result.gate.passed:
+        console.print("[yellow]gate failed[/yellow]: " + escape("; ".join(result.gate.failures)))
+        raise typer.Exit(1)
+    console.print(f"[green]gate passed[/green] ({result.rows_per_second} rows/s)")
+
+
+def _tokenizer_factory(cfg: PipelineConfig):
+    """What loads training.model_name_or_path's tokenizer once the first rows need measuring (the validator calls
+    it then, not before); None when no token check is on."""
+    if not {"too_long", "double_bos"} & {*cfg.validation.errors, *cfg.validation.warnings}:
+        return None
+
+    def load_tokenizer():
+        from alignflow.tasks.runtime.state import home
+        from alignflow.tasks.validation.tokens import load_tokenizer
+
+        return load_tokenizer(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models")
+
+    return load_tokenizer
+
+
+def _print_validation(data: Path, result, report: Path | None) -> None:
+    """The validation report as a person reads it: what was read, the checks that hit, tokens, warnings, files."""
     for note in result.notes:
         console.print(f"[dim]read:[/dim] {escape(note)}")
     table = Table(title=escape(f"{data}: {result.valid}/{result.rows} valid ({result.format})"))
@@ -363,10 +380,6 @@ def validate(
         f"quarantine: {result.files['quarantine']}  summary: {result.files['summary']}  "
         f"report: {report or result.files['report']}"
     )
-    if not result.gate.passed:
-        console.print("[yellow]gate failed[/yellow]: " + escape("; ".join(result.gate.failures)))
-        raise typer.Exit(1)
-    console.print(f"[green]gate passed[/green] ({result.rows_per_second} rows/s)")
 
 
 def _eval_prompts(cfg: PipelineConfig) -> list[str]:

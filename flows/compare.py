@@ -14,6 +14,7 @@ A recipe that fails is a `failed` row with its reason; the others carry on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from alignflow.flows.data import PreparedData, prepare_data
 from alignflow.flows.notify import failure_hook
 from alignflow.flows.profiles import profile_path
 from alignflow.flows.runbook import RunBook
-from alignflow.flows.stages import Champion, base_model, champion, evaluate, fit, register
+from alignflow.flows.stages import Champion, Registration, base_model, champion, evaluate, fit, register
 from alignflow.tasks.evaluation import comparison as table
 from alignflow.tasks.registry import tracking as mlflow_runs
 from alignflow.tasks.runtime.ray import start_ray
@@ -157,6 +158,29 @@ def _artifacts(rows: list[dict], best: dict | None, metric: str, png: Path | Non
         )
 
 
+def _rows(recipes: list[Recipe], outcomes: dict[str, dict], children: dict[str, RunBook]) -> list[dict]:
+    """One table row per recipe, in the recipes' order; each child run gets its outcome logged."""
+    rows = []
+    for recipe in recipes:
+        outcome = outcomes[recipe.name]
+        _log_recipe_outcome(children[recipe.name], outcome)
+        rows.append(
+            table.completed_row(recipe.name, recipe.training, outcome["trained"], outcome["evaluation"])
+            if outcome["status"] == "completed"
+            else table.failed_row(recipe.name, recipe.training, outcome["reason"])
+        )
+    return rows
+
+
+def _register_best(
+    config: PipelineConfig, recipe: Recipe, child: RunBook, won: dict, opponent: Champion | None
+) -> Registration:
+    """The best recipe's model through the registry's gate, from its child run (tagged with the recipe)."""
+    tags = {**child.tags, "recipe": recipe.name, "method": table.stages_label(recipe.training)}
+    book = dataclasses.replace(child, tags=tags)
+    return register(config.registry, book, won["trained"].model, won["evaluation"], opponent)
+
+
 def _config_from_parameters(parameters: dict) -> PipelineConfig:
     return PipelineConfig.model_validate(parameters["config"])
 
@@ -190,16 +214,7 @@ def compare(config: PipelineConfig) -> dict:
         started = time.perf_counter()
         outcomes = _run_recipes(config, recipes, children, data, config.training.storage or str(root / "ray"), opponent)
         seconds = round(time.perf_counter() - started, 1)
-        rows = []
-        for recipe in recipes:
-            outcome = outcomes[recipe.name]
-            _log_recipe_outcome(children[recipe.name], outcome)
-            completed = outcome["status"] == "completed"
-            rows.append(
-                table.completed_row(recipe.name, recipe.training, outcome["trained"], outcome["evaluation"])
-                if completed
-                else table.failed_row(recipe.name, recipe.training, outcome["reason"])
-            )
+        rows = _rows(recipes, outcomes, children)
         metric = config.comparison.metric
         best = table.best_row(rows, metric)
         png = plot_comparison_curves(
@@ -223,18 +238,7 @@ def compare(config: PipelineConfig) -> dict:
             get_run_logger().info("best recipe by %s: %s (%s)", metric, best["recipe"], best[metric])
         if best and config.comparison.register_best:
             recipe = next(r for r in recipes if r.name == best["recipe"])
-            child = children[recipe.name]
-            child = RunBook(
-                child.tracking,
-                child.run_id,
-                {**child.tags, "recipe": recipe.name, "method": table.stages_label(recipe.training)},
-                child.run_prefix,
-                child.scratch,
-                child.ray_address,
-                child.flow_run_url,
-            )
-            won = outcomes[recipe.name]
-            registration = register(config.registry, child, won["trained"].model, won["evaluation"], opponent)
+            registration = _register_best(config, recipe, children[recipe.name], outcomes[recipe.name], opponent)
             mlflow_runs.set_tags(book.tracking, book.run_id, {"compare.registered_version": registration.version})
     return {
         "mlflow_run_id": book.run_id,

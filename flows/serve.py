@@ -234,38 +234,14 @@ def serve(
         procs.append(server)
         if local_mlflow:
             mlflow_log = logs / "mlflow-ui.log"
-            procs.append(
-                _start(
-                    [
-                        _bin("mlflow"),
-                        "ui",
-                        "--backend-store-uri",
-                        tracking,
-                        "--host",
-                        host,
-                        "--port",
-                        str(mlflow_port),
-                        "--workers",
-                        "1",
-                    ],
-                    mlflow_log,
-                    env,
-                )
-            )
+            procs.append(_start(_mlflow_ui_command(tracking, host, mlflow_port), mlflow_log, env))
         console.print(f"starting the Prefect server (database {os.environ['PREFECT_HOME']}/prefect.db) ...")
         _wait_http(f"{api}/health", server, server_log, timeout=180)
         names = deploy_all(profile, overrides)
         procs.append(_start([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"], None, env))
         if local_mlflow:
             _wait_http(f"{mlflow_ui}/health", procs[1], mlflow_log, timeout=120)
-        console.print(
-            f"\n[bold]alignflow serve[/bold] (state {root})\n"
-            f"  Prefect UI   {ui}   deployments: {', '.join(names)}\n"
-            f"  MLflow UI    {mlflow_ui if local_mlflow else tracking}\n"
-            f"  worker       pool {WORK_POOL!r}, output below; server log {server_log}\n"
-            "Ctrl-C stops all of them."
-        )
-        console.print("alignflow serve: ready", highlight=False)
+        _announce(root, ui, names, mlflow_ui if local_mlflow else tracking, server_log)
         while True:
             for proc in procs:
                 if proc.poll() is not None:
@@ -280,6 +256,32 @@ def serve(
         _stop(procs)
     if not stopping:
         raise typer.Exit(1)
+
+
+def _mlflow_ui_command(tracking: str, host: str, port: int) -> list[str]:
+    return [
+        _bin("mlflow"),
+        "ui",
+        "--backend-store-uri",
+        tracking,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+def _announce(root: Path, ui: str, names: list[str], mlflow_ui: str, server_log: Path) -> None:
+    console.print(
+        f"\n[bold]alignflow serve[/bold] (state {root})\n"
+        f"  Prefect UI   {ui}   deployments: {', '.join(names)}\n"
+        f"  MLflow UI    {mlflow_ui}\n"
+        f"  worker       pool {WORK_POOL!r}, output below; server log {server_log}\n"
+        "Ctrl-C stops all of them."
+    )
+    console.print("alignflow serve: ready", highlight=False)
 
 
 def deploy(overrides: OverridesArg = None, profile: ProfileOption = None) -> None:

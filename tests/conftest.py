@@ -19,8 +19,8 @@ from alignflow.conf.schema import PipelineConfig
 STATE = Path(tempfile.mkdtemp(prefix="alignflow-test-"))
 
 # The fast tests train the tiny model built from nothing (the embedded default's SmolLM2 is ~25 s a DPO step on
-# 2 cores): its shape, and the full-fine-tuning knobs it was tuned with. tests/test_smollm2.py and the
-# real-model flow test (tests/test_flow_real_model.py) take the real model.
+# 2 cores): its shape, and the full-fine-tuning knobs it was tuned with. tests/integration/test_smollm2.py and the
+# real-model flow test (tests/integration/test_flow_real_model.py) take the real model.
 TINY = [
     "training.model_name_or_path=builtin:tiny-llama",
     "registry.model_name=alignflow-tiny",
@@ -97,6 +97,19 @@ def pairs_frame():
     )
 
 
+@pytest.fixture
+def sqlite_model(tmp_path):
+    """A registered model `m` with three versions on a SQLite tracking store of its own."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+    for _ in range(3):
+        client.create_model_version("m", str(tmp_path))
+    return uri, client
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -116,28 +129,11 @@ def prefect_harness():
         yield
 
 
-# Integration tests start Ray, a server (Prefect, MLflow, the fake OpenAI endpoint), a browser, distilabel's
-# step processes or a whole flow; `pytest -m "not integration"` runs the fast unit tests alone. A test file
-# marks itself (pytestmark = pytest.mark.integration), or is marked here by the fixtures it uses or by name.
+# Integration tests (tests/integration/) start Ray, a server (Prefect, MLflow, the fake OpenAI endpoint), a browser,
+# distilabel's step processes or a whole flow; tests/unit/ holds the fast ones (`pytest tests/unit`, about a minute).
+# A test elsewhere that uses a Ray or Prefect fixture is marked integration too.
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 INTEGRATION_FIXTURES = {"ray_session", "prefect_harness"}
-INTEGRATION_MODULES = {
-    "test_compare_flow",
-    "test_deploy_server",
-    "test_flow_e2e",
-    "test_generate_byo",
-    "test_generate_cache",
-    "test_generate_endpoint",
-    "test_generate_ray",
-    "test_generate_stage",
-    "test_notify_webhook",
-    "test_registry_server",
-    "test_sft_stage",
-    "test_train_distributed",
-    "test_train_objectives",
-    "test_train_stage",
-    "test_stack",
-    "test_gpu_kit",
-}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -148,8 +144,8 @@ def pytest_collection_modifyitems(config, items):
         reason="production-stack test: run with `.venv/bin/pytest -m stack` (docs/testing.md)"
     )
     for item in items:
-        module = item.module.__name__.rpartition(".")[2] if item.module else ""
-        if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        in_dir = INTEGRATION_DIR in Path(str(item.path)).parents
+        if in_dir or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
         if "stack" in item.keywords and not stack_asked:
             item.add_marker(skip_stack)

@@ -25,53 +25,30 @@ train stage feeds TRL: every form trains the same way.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from alignflow.tasks.generation.report import GenerationReport
+from alignflow.tasks.runtime.hf_datasets import DATASET_ID, is_dataset_id
 from alignflow.tasks.runtime.state import Ref, sha256_file
 from alignflow.tasks.validation.fields import FORMATS, detect_format
 from alignflow.tasks.validation.layouts import detect_layout
-from alignflow.tasks.validation.readers import SUFFIXES, DatasetError, check_readable, compression, iter_chunks
+from alignflow.tasks.validation.readers import DatasetError, check_readable, compression, iter_chunks
 
 KEY = "generation.preference_data"
-_DATASET_ID = re.compile(r"^(?:hf:)?([A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?::([\w.-]+))?$")
 
 
 class PreferenceDataError(ValueError):
     """The preference data cannot be used; the message names the file and what to do."""
 
 
-def is_dataset_id(source: str | Path) -> bool:
-    """A dataset id for load_dataset (`owner/name[:split]`, `hf:` optional), not a path on this machine."""
-    text = str(source)
-    if text.startswith("hf:"):
-        return _DATASET_ID.match(text) is not None
-    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
-        return False
-    suffix = Path(text.split(":", 1)[0]).suffix.lower()
-    return "/" in text and suffix not in (*SUFFIXES, ".gz") and _DATASET_ID.match(text) is not None
-
-
-def in_hf_cache(source: str, cache_dir: str | Path) -> bool:
-    """Whether the HF datasets cache holds the id (a look at its folder: no `datasets` import, for preflight)."""
-    match = _DATASET_ID.match(source)
-    if match is None:
-        return False
-    *namespace, name = match.group(1).split("/")
-    # datasets' camelcase_to_snakecase, as load_dataset names the folder
-    name = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)).lower()
-    return (Path(cache_dir) / "___".join([*namespace, name])).is_dir()
-
-
 def load_dataset_id(source: str, out_dir: Path) -> tuple[Path, str]:
     """Read a dataset id from the HF cache (offline: nothing is downloaded) into out_dir/pairs.parquet.
 
     Returns the parquet path and the one-line note for reports."""
-    match = _DATASET_ID.match(source)
+    match = DATASET_ID.match(source)
     if match is None:
         raise PreferenceDataError(f"{source}: not a dataset id (owner/name[:split]) ({KEY})")
     name, split = match.groups()
@@ -118,7 +95,7 @@ def _dataset_id_fingerprint(source: str) -> str:
 
     import datasets
 
-    name, split = _DATASET_ID.match(source).groups()  # type: ignore[union-attr]
+    name, split = DATASET_ID.match(source).groups()  # type: ignore[union-attr]
     try:
         data = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
     except (FileNotFoundError, ValueError, ConnectionError) as exc:

@@ -18,13 +18,8 @@ class MissingApiKey(ValueError):
 
 
 def llm_slots(generation: GenerationConfig) -> list[tuple[str, LLMConfig]]:
-    """Every LLM of the stage with its config key: the generators, then the judge's LLM."""
-    slots: list[tuple[str, LLMConfig]] = [
-        (f"generation.generators.{i}", g) for i, g in enumerate(generation.generators)
-    ]
-    if generation.judge.kind != "offline" and generation.judge.llm is not None:
-        slots.append(("generation.judge.llm", generation.judge.llm))
-    return slots
+    """Every LLM of the stage with its config key (GenerationConfig.llm_slots)."""
+    return generation.llm_slots()
 
 
 def api_key(llm: LLMConfig, where: str) -> str:

@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, BUILTIN_PROMPTS
-from alignflow.conf.loader import CONF_DIR
+from alignflow.conf.loader import SHIPPED_EVAL_PROMPTS, SHIPPED_PROMPTS
 from alignflow.tasks.runtime.state import sha256_file, sha256_tree
 
-SHIPPED_PROMPTS = CONF_DIR / "prompts" / "default.jsonl"
 # The promotion gate's evaluation set: its own file, so it is disjoint from the training prompts by construction.
-SHIPPED_SETS = {BUILTIN_PROMPTS: SHIPPED_PROMPTS, BUILTIN_EVAL_PROMPTS: CONF_DIR / "prompts" / "eval.jsonl"}
+SHIPPED_SETS = {BUILTIN_PROMPTS: SHIPPED_PROMPTS, BUILTIN_EVAL_PROMPTS: SHIPPED_EVAL_PROMPTS}
+__all__ = ["SHIPPED_PROMPTS", "SHIPPED_SETS", "load_prompts", "prompts_path", "source_sha256"]
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 
@@ -39,8 +39,10 @@ def load_prompts(
     max_prompts: int | None = None,
     column: str = "prompt",
     reference_column: str = "reference",
+    offset: int = 0,
 ) -> list[dict]:
-    """Rows with `id`, `prompt` and `reference` (used by the offline judge)."""
+    """Rows with `id`, `prompt` and `reference` (used by the offline judge): `max_prompts` of them from row
+    `offset` on, wrapping around to the first rows (the nightly rounds' prompt rotation)."""
     path = prompts_path(source)
     if path.is_dir():
         rows = _from_records(path, _dataset_records(path), column, reference_column, "row")
@@ -52,6 +54,8 @@ def load_prompts(
         rows = _from_jsonl(path, column, reference_column)
     if not rows:
         raise ValueError(f"{path}: no prompts")
+    start = offset % len(rows)
+    rows = rows[start:] + rows[:start]
     return rows[:max_prompts] if max_prompts else rows
 
 

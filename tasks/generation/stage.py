@@ -28,6 +28,7 @@ import json
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
@@ -51,6 +52,33 @@ class GenerationFailed(RuntimeError):
         return (type(self), (str(self), self.report))
 
 
+@dataclass
+class _Plan:
+    """What this attempt must do: the rows judged before are kept, the rest generated (or only judged again)."""
+
+    fingerprint: str
+    paths: list[str | None]
+    earlier: dict[int, dict]
+    previous: dict[int, dict]  # judged rows of an earlier attempt of the same content
+    to_rejudge: list[dict]  # rows whose candidates are there and only the judge failed
+    todo: list[dict]  # rows to generate and judge
+
+
+def _plan(rows: list[dict], generation: GenerationConfig, model_paths: list, out_dir: Path, seed: int) -> _Plan:
+    slots = llm_slots(generation)
+    paths = [*model_paths, *[None] * (len(slots) - len(model_paths))][: len(slots)]
+    rows = [{**r, "row": i} for i, r in enumerate(rows)]
+    fingerprint = sha256_text(
+        candidate_settings(generation), json.dumps(rows, sort_keys=True), json.dumps(paths), str(seed), code_version()
+    )
+    earlier = previous_rows(out_dir, fingerprint)
+    previous = {i: r for i, r in earlier.items() if r.get("scores") is not None}
+    to_rejudge = [r for i, r in sorted(earlier.items()) if i not in previous and only_the_judge_failed(r)]
+    rejudge_ids = {r["row"] for r in to_rejudge}
+    todo = [r for r in rows if r["row"] not in previous and r["row"] not in rejudge_ids]
+    return _Plan(fingerprint, paths, earlier, previous, to_rejudge, todo)
+
+
 def generate_preferences(
     rows: list[dict],
     generation: GenerationConfig,
@@ -65,51 +93,69 @@ def generate_preferences(
     Raises GenerationFailed, after writing every file, when the success rate is too low.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    slots = llm_slots(generation)
     check_api_keys(generation)  # before anything starts: a missing key fails in a second, naming the key
-    paths = [*model_paths, *[None] * (len(slots) - len(model_paths))][: len(slots)]
-    rows = [{**r, "row": i} for i, r in enumerate(rows)]
-    fingerprint = sha256_text(
-        candidate_settings(generation), json.dumps(rows, sort_keys=True), json.dumps(paths), str(seed), code_version()
-    )
-    earlier = previous_rows(out_dir, fingerprint)
-    previous = {i: r for i, r in earlier.items() if r.get("scores") is not None}
-    # Rows whose candidates are all there and only the judge failed: the judge alone runs again.
-    to_rejudge = [r for i, r in sorted(earlier.items()) if i not in previous and only_the_judge_failed(r)]
-    rejudge_ids = {r["row"] for r in to_rejudge}
-    todo = [r for r in rows if r["row"] not in previous and r["row"] not in rejudge_ids]
-
+    plan = _plan(rows, generation, model_paths, out_dir, seed)
     started = time.perf_counter()
     new: list[dict] = []
     rejudged: list[dict] = []
-    if todo or to_rejudge:
+    if plan.todo or plan.to_rejudge:
         address = ray_gcs_address(ray_address) if generation.ray else None
-        if to_rejudge:
-            rejudged = _run(to_rejudge, generation, paths, out_dir, seed, address, judge_only=True)
-            rejudged = [{**earlier[r["row"]], **r} for r in rejudged]  # the earlier row's columns, judged anew
-        if todo:
-            new = _run(todo, generation, paths, out_dir, seed, address)
+        if plan.to_rejudge:
+            rejudged = _run(plan.to_rejudge, generation, plan.paths, out_dir, seed, address, judge_only=True)
+            rejudged = [{**plan.earlier[r["row"]], **r} for r in rejudged]  # the earlier row's columns, judged anew
+        if plan.todo:
+            new = _run(plan.todo, generation, plan.paths, out_dir, seed, address)
         # The attempt finished and its rows are in scored.parquet: distilabel's cache would only
         # replay the same failures on a re-run (its key is the same), so it goes.
         shutil.rmtree(out_dir / "distilabel-cache", ignore_errors=True)
     generated_s = time.perf_counter() - started
+    scored = sorted([*plan.previous.values(), *rejudged, *new], key=lambda r: r["row"])
+    failed_lines, failed_file = _write_scored(scored, plan, {r["row"] for r in (*new, *rejudged)}, out_dir)
+    binarized = binarize_rows(scored, generation, seed)
+    pairs_ref, lineage = _write_pairs(binarized.pairs, generation, out_dir, seed)
+    report = _report(generation, plan, scored, new, binarized, lineage, generated_s)
+    pairs_dir = pairs_ref.path.parent
+    shutil.copyfile(failed_file, pairs_dir / "failed_rows.jsonl")
+    (pairs_dir / "report.json").write_text(json.dumps(report.model_dump(), indent=2))
+    if report.status == "failed":
+        top = Counter(f"{f['step']}: {f['reason'][:80]}" for f in failed_lines if f["row_failed"]).most_common(3)
+        raise GenerationFailed(
+            f"only {report.judged}/{len(scored)} prompts ({report.success_rate:.1%}) were generated and judged, below "
+            f"generation.min_success_rate={generation.min_success_rate}. Top reasons: "
+            + "; ".join(f"{reason} (x{n})" for reason, n in top)
+            + f". Every failure with its reason: {failed_file}. What was generated is kept in {out_dir}: fix the "
+            "cause (endpoint, key, time-out) and run again, and only the failed rows are retried.",
+            report,
+        )
+    return pairs_ref, report
 
-    scored = sorted([*previous.values(), *rejudged, *new], key=lambda r: r["row"])
+
+def _write_scored(scored: list[dict], plan: _Plan, attempted: set[int], out_dir: Path) -> tuple[list[dict], Path]:
+    """scored.parquet (what a re-run resumes from), candidates.parquet, and the failures: failed_rows.jsonl (the
+    latest) and each attempt's under failed_rows/."""
     write_rows(scored, out_dir / "scored.parquet")
-    (out_dir / "scored.fingerprint").write_text(fingerprint)
+    (out_dir / "scored.fingerprint").write_text(plan.fingerprint)
     write_rows([{k: v for k, v in r.items() if k not in ("row",)} for r in scored], out_dir / "candidates.parquet")
     failed_lines = failures(scored)
     failed_file = out_dir / "failed_rows.jsonl"
     failed_file.write_text(_jsonl(failed_lines))
-    if todo or to_rejudge:  # each attempt's failures stay, under failed_rows/ (the file above is the latest)
-        attempted = {r["row"] for r in (*new, *rejudged)}
+    if plan.todo or plan.to_rejudge:
         history = out_dir / "failed_rows"
         history.mkdir(exist_ok=True)
         number = len(list(history.glob("attempt-*.jsonl"))) + 1
         (history / f"attempt-{number}.jsonl").write_text(_jsonl([f for f in failed_lines if f["row"] in attempted]))
+    return failed_lines, failed_file
 
-    binarized = binarize_rows(scored, generation, seed)
-    pairs_ref, lineage = _write_pairs(binarized.pairs, generation, out_dir, seed)
+
+def _report(
+    generation: GenerationConfig,
+    plan: _Plan,
+    scored: list[dict],
+    new: list[dict],
+    binarized,
+    lineage: dict,
+    generated_s: float,
+) -> GenerationReport:
     new_candidates = sum(len(r["candidates"] or []) for r in new)
     spans = [(r["generation_started"], r["generation_finished"]) for r in new if r.get("generation_started")]
     # First generator batch started to last one finished: generation without start-up and judging.
@@ -117,8 +163,8 @@ def generate_preferences(
     tokens = sum(r.get("output_tokens") or 0 for r in new)
     ok = sum(1 for r in scored if r.get("scores") is not None)
     success_rate = round(ok / len(scored), 4) if scored else 0.0
-    judge = generation.judge
-    report = GenerationReport(
+    judge, ran = generation.judge, bool(plan.todo or plan.to_rejudge)
+    return GenerationReport(
         prompts=len(scored),
         candidates=sum(len(r["candidates"] or []) for r in scored),
         pairs=binarized.outcomes["pair"],
@@ -137,31 +183,17 @@ def generate_preferences(
         success_rate=success_rate,
         min_success_rate=generation.min_success_rate,
         failed_generations=sum(len(r.get("generation_errors") or []) for r in scored),
-        reused_rows=len(previous),
-        generated_rows=len(todo),
-        rejudged_rows=len(to_rejudge),
-        executor=("ray" if generation.ray else "local") if todo or to_rejudge else "reused",
+        reused_rows=len(plan.previous),
+        generated_rows=len(plan.todo),
+        rejudged_rows=len(plan.to_rejudge),
+        executor=("ray" if generation.ray else "local") if ran else "reused",
         seconds=round(generated_s, 1),
-        responses_per_s=round(new_candidates / generated_s, 2) if todo and generated_s else None,
+        responses_per_s=round(new_candidates / generated_s, 2) if plan.todo and generated_s else None,
         output_tokens=tokens,
-        tokens_per_s=round(tokens / generated_s, 1) if todo and generated_s else None,
+        tokens_per_s=round(tokens / generated_s, 1) if plan.todo and generated_s else None,
         generation_phase_s=round(phase, 2) if phase else None,
         status="ok" if success_rate >= generation.min_success_rate else "failed",
     )
-    pairs_dir = pairs_ref.path.parent
-    shutil.copyfile(failed_file, pairs_dir / "failed_rows.jsonl")
-    (pairs_dir / "report.json").write_text(json.dumps(report.model_dump(), indent=2))
-    if report.status == "failed":
-        top = Counter(f"{f['step']}: {f['reason'][:80]}" for f in failed_lines if f["row_failed"]).most_common(3)
-        raise GenerationFailed(
-            f"only {ok}/{len(scored)} prompts ({success_rate:.1%}) were generated and judged, below "
-            f"generation.min_success_rate={generation.min_success_rate}. Top reasons: "
-            + "; ".join(f"{reason} (x{n})" for reason, n in top)
-            + f". Every failure with its reason: {failed_file}. What was generated is kept in {out_dir}: fix the "
-            "cause (endpoint, key, time-out) and run again, and only the failed rows are retried.",
-            report,
-        )
-    return pairs_ref, report
 
 
 def only_the_judge_failed(row: dict) -> bool:

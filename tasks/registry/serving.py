@@ -167,7 +167,7 @@ def _reject_unknown_params() -> None:
 
     MLflow's pyfunc drops unknown params before the model sees them, with only a server-side
     warning ("Unrecognized params ... are ignored"). Wrapping its check for schemas that are
-    exactly ours keeps other models' behaviour; tests/test_serving.py catches an MLflow upgrade
+    exactly ours keeps other models' behaviour; tests/unit/test_serving.py catches an MLflow upgrade
     that moves the function.
     """
     import logging

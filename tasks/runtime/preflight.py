@@ -204,14 +204,14 @@ def _s3_credentials() -> bool:
 
 
 def _dataset_id(path: str) -> bool:
-    from alignflow.tasks.generation.byo import is_dataset_id  # imported only for bring-your-own data
+    from alignflow.tasks.runtime.hf_datasets import is_dataset_id
 
     return is_dataset_id(path)
 
 
 def check_dataset_id(source: str, hf_home: Path) -> str | None:
     """A dataset id must be in the HF datasets cache: nothing is downloaded."""
-    from alignflow.tasks.generation.byo import in_hf_cache
+    from alignflow.tasks.runtime.hf_datasets import in_hf_cache
 
     cache = Path(os.environ.get("HF_DATASETS_CACHE") or hf_home / "datasets")
     return None if in_hf_cache(source, cache) else f"not in the HF datasets cache {cache} (nothing is downloaded)"
@@ -233,9 +233,7 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
         if path and not path.startswith("builtin:") and "://" not in path:
             found.append((key, path, lambda p=path: None if Path(p).expanduser().exists() else "no such file"))
     if not gen.preference_data:
-        from alignflow.tasks.generation.endpoints import llm_slots
-
-        for key, llm in llm_slots(gen):
+        for key, llm in gen.llm_slots():
             if llm.provider == "openai":
                 target = llm.base_url or "https://api.openai.com/v1"
                 found.append((f"{key}.base_url", target, lambda llm=llm: check_endpoint(llm.base_url, llm.api_key_env)))

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from alignflow.conf.loader import SHIPPED_PROMPTS
 from alignflow.conf.training import TinyModelConfig
-from alignflow.tasks.generation.prompts import SHIPPED_PROMPTS, load_prompts
 from alignflow.tasks.runtime.state import sha256_file, sha256_text
 
 BUILD_VERSION = "1"  # bump when the build below changes what it produces
@@ -45,7 +45,7 @@ def tiny_model_dir(tiny: TinyModelConfig, models_dir: Path, progress: Progress |
 
 def corpus() -> list[str]:
     """The shipped prompts and reference answers as chat transcripts: the tokenizer's and the warm-up's text."""
-    rows = load_prompts()
+    rows = [json.loads(line) for line in SHIPPED_PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [f"<|user|>\n{r['prompt']}<|end|>\n<|assistant|>\n{r['reference']}<|end|>\n" for r in rows]
 
 

@@ -106,6 +106,29 @@ def scaling_kwargs(training: TrainingConfig) -> dict:
     }
 
 
+def worker_inputs(job: TrainJob, stage: str) -> WorkerInputs:
+    """What every worker of the stage gets; staged through remote storage when the workers may not see this disk."""
+    # Reference log-probs depend on the data, the reference model (its folder holds the
+    # tokenizer too) and max_length only: a new run on the same inputs reuses them.
+    reference = sha256_tree(job.model) if Path(job.model).is_dir() else job.model
+    max_length = str(job.training.knob("max_length", object))
+    reference_key = sha256_text(job.train_data.sha256, reference, max_length)[:16]
+    inputs = WorkerInputs(
+        training=job.training,
+        stage=stage,
+        model_path=str(job.model),
+        train_path=str(job.train_data.path),
+        scratch_dir=str(home() / "scratch" / job.run_name),
+        tracking_uri=job.tracking_uri,
+        run_id=job.mlflow_run_id,
+        reference_cache=str(home() / "ref_logps" / reference_key),
+        train_sha256=job.train_data.sha256,
+    )
+    if staging.is_remote(job.storage_path):  # the workers may be on nodes that do not see this machine's disk
+        inputs = staging.stage(inputs, job.storage_path, reference)
+    return inputs
+
+
 def train_model(job: TrainJob, stage: str = "preference") -> TrainResult:
     """Run TorchTrainer for one stage: "preference" (training.method) or "sft" (training.sft).
 
@@ -116,41 +139,16 @@ def train_model(job: TrainJob, stage: str = "preference") -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    training, model_path, train_data, storage_path, run_name = (
-        job.training,
-        job.model,
-        job.train_data,
-        job.storage_path,
-        job.run_name,
-    )
     start_ray(job.ray_address)
-    scaling = training.scaling
-    # Reference log-probs depend on the data, the reference model (its folder holds the
-    # tokenizer too) and max_length only: a new run on the same inputs reuses them.
-    reference = sha256_tree(model_path) if Path(model_path).is_dir() else model_path
-    reference_key = sha256_text(train_data.sha256, reference, str(training.knob("max_length", object)))[:16]
-    inputs = WorkerInputs(
-        training=training,
-        stage=stage,
-        model_path=str(model_path),
-        train_path=str(train_data.path),
-        scratch_dir=str(home() / "scratch" / run_name),
-        tracking_uri=job.tracking_uri,
-        run_id=job.mlflow_run_id,
-        reference_cache=str(home() / "ref_logps" / reference_key),
-        train_sha256=train_data.sha256,
-    )
-    if staging.is_remote(storage_path):  # the workers may be on nodes that do not see this machine's disk
-        inputs = staging.stage(inputs, storage_path, reference)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"inputs": inputs},
-        scaling_config=ScalingConfig(**scaling_kwargs(training)),
+        train_loop_config={"inputs": worker_inputs(job, stage)},
+        scaling_config=ScalingConfig(**scaling_kwargs(job.training)),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
+            name=job.run_name,
+            storage_path=job.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=training.max_failures),
+            failure_config=FailureConfig(max_failures=job.training.max_failures),
             logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
     )
@@ -158,20 +156,29 @@ def train_model(job: TrainJob, stage: str = "preference") -> TrainResult:
     fit = trainer.fit()
     wall = time.perf_counter() - started
     if fit.checkpoint is None:
-        raise RuntimeError(f"training run {run_name!r} finished without a final checkpoint")
-    with fit.checkpoint.as_directory() as final:
+        raise RuntimeError(f"training run {job.run_name!r} finished without a final checkpoint")
+    result = _result(job, stage, fit.checkpoint, wall)
+    fs, marker = _marker(job.storage_path, job.run_name)
+    with fs.open(marker, "w") as fh:
+        fh.write(result.model_dump_json())
+    return result
+
+
+def _result(job: TrainJob, stage: str, checkpoint, wall: float) -> TrainResult:
+    """The stage's result from its final checkpoint (a local copy of the model when the storage is remote)."""
+    with checkpoint.as_directory() as final:
         local = Path(final)
         done = json.loads((local / RESULT_FILE).read_text())
-        if staging.is_remote(storage_path):  # remote storage: keep a local copy the next stages can read
-            target = home() / "models" / run_name
+        if staging.is_remote(job.storage_path):  # remote storage: keep a local copy the next stages can read
+            target = home() / "models" / job.run_name
             shutil.copytree(local / FINAL_MODEL_DIR, target / FINAL_MODEL_DIR, dirs_exist_ok=True)
             local = target
         model_dir = local / FINAL_MODEL_DIR
         ref = Ref(uri=model_dir.as_uri(), sha256=sha256_tree(model_dir))
-    result = TrainResult(
+    return TrainResult(
         model=ref,
-        stage=SFT if stage == SFT else training.method,
-        run_name=run_name,
+        stage=SFT if stage == SFT else job.training.method,
+        run_name=job.run_name,
         steps=int(done.get("step", 0)),
         train_loss=float(done.get("train_loss", 0.0)),
         resumed_from_step=int(done.get("resumed_from_step", 0)),
@@ -179,15 +186,11 @@ def train_model(job: TrainJob, stage: str = "preference") -> TrainResult:
         train_runtime_s=round(float(done.get("train_runtime", 0.0)), 2),
         tokens=int(done.get("num_tokens", 0)),
         wall_s=round(wall, 1),
-        num_workers=int(done.get("world_size", scaling.num_workers)),
-        checkpoint=fit.checkpoint.path,
-        started_from=str(model_path),
+        num_workers=int(done.get("world_size", job.training.scaling.num_workers)),
+        checkpoint=checkpoint.path,
+        started_from=str(job.model),
         cost=done.get("cost", {}),
     )
-    fs, marker = _marker(storage_path, run_name)
-    with fs.open(marker, "w") as fh:
-        fh.write(result.model_dump_json())
-    return result
 
 
 def train_stages(job: TrainJob) -> TrainResult:

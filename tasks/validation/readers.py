@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from alignflow.tasks.runtime.hf_datasets import DATA_SUFFIXES
 from alignflow.tasks.validation.jsonstream import JSONStreamError, iter_array
 
 REQUIRED = ("prompt", "chosen", "rejected")
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+SUFFIXES = DATA_SUFFIXES
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE_BYTES = 64 * 2**20  # one JSON line (or JSON array item) larger than this is refused, memory stays bounded
 

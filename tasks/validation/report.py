@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignflow.tasks.validation.checks import CHECKS, DATASET_CHECKS, GATE_ROW_CHECKS, Level
+from alignflow.conf.checks import CHECKS, DATASET_CHECKS, GATE_ROW_CHECKS, Level
 
 if TYPE_CHECKING:
     from alignflow.conf.validation import ValidationConfig

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from alignflow.conf.checks import DATASET_CHECKS
 from alignflow.tasks.validation import fields, overlap
-from alignflow.tasks.validation.checks import DATASET_CHECKS
 from alignflow.tasks.validation.fields import FORMATS, K_LIST, K_MISSING, K_NULL, K_STR, SURROGATE
 from alignflow.tasks.validation.hashing import combine, hash_texts
 from alignflow.tasks.validation.readers import MISSING, REQUIRED, Chunk
@@ -74,34 +74,77 @@ def hit(level: dict[str, str], check: str, mask: np.ndarray, hits: dict[str, np.
     hits[check] = hits[check] | mask if check in hits else mask.copy()
 
 
+@dataclass
+class _Texts:
+    """A chunk's canonical texts: strings for every format (what the split files hold), None where unusable."""
+
+    tp: list
+    tc: list
+    tr: list
+    conversations: dict[int, tuple]  # row -> (prompt messages, chosen messages, rejected messages)
+
+
 def check_chunk(
     chunk: Chunk, settings: Settings, dataset_format: int | None, counter: Callable[[], TokenCounter] | None
 ) -> ChunkChecks:
     """The chunk's row checks, canonical texts, hashes and lengths. `dataset_format` None: the
     first row that shows one decides (returned in `format`). `counter` gives the TokenCounter
     when rows need measuring (called then, so a file with no measurable rows loads nothing)."""
-    n, cfg, level = chunk.n, settings.config, settings.level
-    cols = chunk.columns
+    n, cfg, level, cols = chunk.n, settings.config, settings.level, chunk.columns
     hits: dict[str, np.ndarray] = {}
+    extra_present = _extra_columns(cols, {*REQUIRED, *cfg.rating_columns, *cfg.allowed_columns}, n, level, hits)
+    P, C, R = (cols[k] if k in cols else [MISSING] * n for k in REQUIRED)
+    decided, ds, format_counts, same, fields_ok = _formats(P, C, R, dataset_format, level, hits)
+    texts = _canonical_texts(P, C, R, np.flatnonzero(fields_ok), ds, n, level, hits)
+    usable = np.fromiter((t is not None for t in texts.tc), dtype=bool, count=n)
+    identical, prompt_hashes, pairs = _text_checks(texts, np.flatnonzero(usable), ds, n, settings, hits)
+    ratings = (0, 0.0)
+    rc, rr = cfg.rating_columns
+    if rc in cols and rr in cols:
+        ratings = _ratings(cols[rc], cols[rr], same, settings, hits)
+    checks = ChunkChecks(
+        n=n,
+        columns=list(cols),
+        extra=extra_present,
+        hits=hits,
+        format=decided,
+        format_counts=format_counts,
+        identical=identical,
+        ratings=ratings,
+        texts=(texts.tp, texts.tc, texts.tr),
+        usable=usable,
+        prompt_hashes=prompt_hashes,
+        pairs=pairs,
+        measured=np.zeros(0, dtype=np.int64),
+        lengths=np.zeros((0, 2), dtype=np.int64),
+        double_bos=np.zeros(0, dtype=bool) if settings.tokens else None,
+        token_stats={},
+        additive=None,
+    )
+    _measure(checks, texts, settings, counter)
+    return checks
 
-    def column(name: str) -> list:
-        return cols[name] if name in cols else [MISSING] * n
 
-    P, C, R = (column(k) for k in REQUIRED)
-    kp, kc, kr = fields.kinds(P), fields.kinds(C), fields.kinds(R)
-
-    known = {*REQUIRED, *cfg.rating_columns, *cfg.allowed_columns}
-    extra_present: list[str] = []
+def _extra_columns(cols: dict, known: set[str], n: int, level: dict[str, str], hits: dict) -> list[str]:
+    """`extra_columns`: the unknown columns some row of the chunk has."""
+    present_in: list[str] = []
     extra = [k for k in cols if k not in known]
     if extra:
         mask = np.zeros(n, dtype=bool)
         for k in extra:
             present = np.fromiter((v is not MISSING for v in cols[k]), dtype=bool, count=n)
             if present.any():
-                extra_present.append(k)
+                present_in.append(k)
             mask |= present
         hit(level, "extra_columns", mask, hits)
+    return present_in
 
+
+def _formats(P: list, C: list, R: list, dataset_format: int | None, level: dict[str, str], hits: dict):
+    """Each row's format against the dataset's (`mixed_format`), and its fields' types (`missing_column`,
+    `null_field`, `wrong_type`): (the format this chunk decided, the dataset's, counts per format, rows of the
+    dataset's format, rows whose fields have the right types)."""
+    kp, kc, kr = fields.kinds(P), fields.kinds(C), fields.kinds(R)
     fmt, known_fmt = fields.formats(kp, kc, kr)
     format_counts = [0] * len(FORMATS)
     for code, count in zip(*np.unique(fmt[known_fmt], return_counts=True), strict=True):
@@ -114,7 +157,6 @@ def check_chunk(
     mixed = known_fmt & (fmt != ds)
     hit(level, "mixed_format", mixed, hits)
     same = ~mixed
-
     want = K_LIST if ds_conv else K_STR
     fields_ok = same.copy()
     for k in ([kp] if ds_explicit else []) + [kc, kr]:
@@ -122,105 +164,92 @@ def check_chunk(
         hit(level, "null_field", same & (k == K_NULL), hits)
         hit(level, "wrong_type", same & (k != want) & (k != K_MISSING) & (k != K_NULL), hits)
         fields_ok &= k == want
+    return decided, ds, format_counts, same, fields_ok
 
-    # Canonical texts: strings for every format (what the split files hold).
-    tp: list = [None] * n
-    tc: list = [None] * n
-    tr: list = [None] * n
-    conversations: dict[int, tuple] = {}
-    ok_rows = np.flatnonzero(fields_ok)
+
+def _canonical_texts(
+    P: list, C: list, R: list, ok_rows: np.ndarray, ds: int, n: int, level: dict[str, str], hits: dict
+) -> _Texts:
+    """Strings for every format; a conversation's structure problems are hits of their own checks."""
+    texts = _Texts([None] * n, [None] * n, [None] * n, {})
     if ds == 0:
         for i in ok_rows:
-            tp[i], tc[i], tr[i] = P[i], C[i], R[i]
-    else:
-        slow: dict[str, list[int]] = {}
-        for i in ok_rows:
-            texts, msgs, reasons = fields.split_row(P[i], C[i], R[i], ds_conv, ds_explicit)
-            for reason in reasons:
-                slow.setdefault(reason, []).append(i)
-            if texts is not None:
-                tp[i], tc[i], tr[i] = texts
-                if msgs is not None:
-                    conversations[i] = msgs
-        for reason, rows in slow.items():
-            mask = np.zeros(n, dtype=bool)
-            mask[rows] = True
-            hit(level, reason, mask, hits)
+            texts.tp[i], texts.tc[i], texts.tr[i] = P[i], C[i], R[i]
+        return texts
+    slow: dict[str, list[int]] = {}
+    for i in ok_rows:
+        split, msgs, reasons = fields.split_row(P[i], C[i], R[i], ds in (1, 3), ds in (0, 1))
+        for reason in reasons:
+            slow.setdefault(reason, []).append(i)
+        if split is not None:
+            texts.tp[i], texts.tc[i], texts.tr[i] = split
+            if msgs is not None:
+                texts.conversations[i] = msgs
+    for reason, rows in slow.items():
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        hit(level, reason, mask, hits)
+    return texts
 
-    usable = np.fromiter((t is not None for t in tc), dtype=bool, count=n)
-    u = np.flatnonzero(usable)
-    lp, lc, lr = [tp[i] for i in u], [tc[i] for i in u], [tr[i] for i in u]
+
+def _text_checks(texts: _Texts, u: np.ndarray, ds: int, n: int, settings: Settings, hits: dict):
+    """The checks on the usable rows' texts (empty, control characters, bad UTF-8, identical pair, prompt in a
+    response, evaluation overlap) and their hashes: (identical counts, prompt hashes per row, pair hashes)."""
+    level = settings.level
     prompt_hashes = np.zeros(n, dtype=np.uint64)
-    identical = (0, 0)
-    pairs = None
+    if not len(u):
+        return (0, 0), prompt_hashes, None
+    tp, tc, tr, conversations = texts.tp, texts.tc, texts.tr, texts.conversations
+    lp, lc, lr = [tp[i] for i in u], [tc[i] for i in u], [tr[i] for i in u]
 
     def scatter(values: np.ndarray) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
         mask[u[values]] = True
         return mask
 
-    if len(u):
-        flags = fields.text_flags((lp, lc, lr), check_prompt=ds_explicit or ds == 3)
-        hit(level, "empty_field", scatter(flags["empty"]), hits)
-        hit(level, "control_chars", scatter(flags["control"]), hits)
-        hit(level, "invalid_utf8", scatter(flags["surrogate"]), hits)
-        for j in np.flatnonzero(flags["surrogate"]):  # keep the text writable: U+FFFD for each bad byte
-            i = u[j]
-            tp[i], tc[i], tr[i] = (SURROGATE.sub("\ufffd", t) for t in (tp[i], tc[i], tr[i]))
-            lp[j], lc[j], lr[j] = tp[i], tc[i], tr[i]
-            if i in conversations:
-                conversations[i] = tuple(
-                    [{**m, "content": SURROGATE.sub("\ufffd", m["content"])} for m in part] for part in conversations[i]
-                )
+    flags = fields.text_flags((lp, lc, lr), check_prompt=ds in (0, 1) or ds == 3)
+    hit(level, "empty_field", scatter(flags["empty"]), hits)
+    hit(level, "control_chars", scatter(flags["control"]), hits)
+    hit(level, "invalid_utf8", scatter(flags["surrogate"]), hits)
+    for j in np.flatnonzero(flags["surrogate"]):  # keep the text writable: U+FFFD for each bad byte
+        i = u[j]
+        tp[i], tc[i], tr[i] = (SURROGATE.sub("\ufffd", t) for t in (tp[i], tc[i], tr[i]))
+        lp[j], lc[j], lr[j] = tp[i], tc[i], tr[i]
+        if i in conversations:
+            conversations[i] = tuple(
+                [{**m, "content": SURROGATE.sub("\ufffd", m["content"])} for m in part] for part in conversations[i]
+            )
+    exact, same_text = fields.identical(lc, lr)
+    identical = (int(exact.sum()), int((same_text & ~exact).sum()))
+    hit(level, "identical_pair", scatter(same_text), hits)
+    hp = hash_texts(lp)
+    prompt_hashes[u] = hp
+    pairs = None
+    if level["duplicate_pair"] != "off" or level["contradiction"] != "off":
+        hc, hr = hash_texts(lc), hash_texts(lr)
+        pairs = (combine(hp, hc, hr), combine(hp, hr, hc), exact)
+    check_eval = level["eval_overlap"] != "off" and settings.eval_prompts
+    if level["prompt_in_response"] != "off" or check_eval:
+        queries = overlap.normalise(overlap.query_texts(u, tp, conversations))
+        if level["prompt_in_response"] != "off":
+            hit(level, "prompt_in_response", scatter(overlap.prompt_in_responses(queries, lc, lr)), hits)
+        if check_eval:
+            hit(level, "eval_overlap", scatter(overlap.in_eval_set(queries, settings.eval_prompts)), hits)
+    return identical, prompt_hashes, pairs
 
-        exact, same_text = fields.identical(lc, lr)
-        identical = (int(exact.sum()), int((same_text & ~exact).sum()))
-        hit(level, "identical_pair", scatter(same_text), hits)
 
-        hp = hash_texts(lp)
-        prompt_hashes[u] = hp
-        if level["duplicate_pair"] != "off" or level["contradiction"] != "off":
-            hc, hr = hash_texts(lc), hash_texts(lr)
-            pairs = (combine(hp, hc, hr), combine(hp, hr, hc), exact)
-        check_eval = level["eval_overlap"] != "off" and settings.eval_prompts
-        if level["prompt_in_response"] != "off" or check_eval:
-            queries = overlap.normalise(overlap.query_texts(u, tp, conversations))
-            if level["prompt_in_response"] != "off":
-                hit(level, "prompt_in_response", scatter(overlap.prompt_in_responses(queries, lc, lr)), hits)
-            if check_eval:
-                hit(level, "eval_overlap", scatter(overlap.in_eval_set(queries, settings.eval_prompts)), hits)
-
-    ratings = (0, 0.0)
-    rc, rr = cfg.rating_columns
-    if rc in cols and rr in cols:
-        ratings = _ratings(cols[rc], cols[rr], same, settings, hits)
-
-    checks = ChunkChecks(
-        n=n,
-        columns=list(cols),
-        extra=extra_present,
-        hits=hits,
-        format=decided,
-        format_counts=format_counts,
-        identical=identical,
-        ratings=ratings,
-        texts=(tp, tc, tr),
-        usable=usable,
-        prompt_hashes=prompt_hashes,
-        pairs=pairs,
-        measured=np.zeros(0, dtype=np.int64),
-        lengths=np.zeros((0, 2), dtype=np.int64),
-        double_bos=np.zeros(0, dtype=bool) if settings.tokens else None,
-        token_stats={},
-        additive=None,
-    )
-    # Rows a cross-row check may still reject are measured too: the merge drops their lengths.
-    measure = np.flatnonzero(~checks.row_errors(level))
+def _measure(
+    checks: ChunkChecks, texts: _Texts, settings: Settings, counter: Callable[[], TokenCounter] | None
+) -> None:
+    """Token lengths (characters without a tokenizer) of the rows no row check of this chunk rejects. Rows a
+    cross-row check may still reject are measured too: the merge drops their lengths."""
+    tp, tc, tr = texts.tp, texts.tc, texts.tr
+    measure = np.flatnonzero(~checks.row_errors(settings.level))
     checks.measured = measure
     if settings.tokens and counter is not None and len(measure):
         token_counter = counter()
         before = dict(token_counter.stats)
-        checks.lengths, checks.double_bos = measure_rows(token_counter, measure, tp, tc, tr, conversations)
+        checks.lengths, checks.double_bos = measure_rows(token_counter, measure, tp, tc, tr, texts.conversations)
         checks.token_stats = {k: v - before.get(k, 0) for k, v in token_counter.stats.items()}
         checks.additive = token_counter.additive
     elif not settings.tokens:
@@ -230,7 +259,6 @@ def check_chunk(
                 np.fromiter((len(tr[i]) for i in measure), dtype=np.int64, count=len(measure)),
             ]
         ).reshape(-1, 2)
-    return checks
 
 
 def _ratings(chosen: list, rejected: list, same: np.ndarray, settings: Settings, hits) -> tuple[int, float]:

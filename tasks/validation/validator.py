@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from alignflow.tasks.validation.checks import CHECKS, DATASET_CHECKS
+from alignflow.conf.checks import CHECKS, DATASET_CHECKS
 from alignflow.tasks.validation.fields import FORMATS
 from alignflow.tasks.validation.hashing import HashIndex
 from alignflow.tasks.validation.readers import Chunk

@@ -17,7 +17,7 @@ import yaml
 
 from alignflow.conf.loader import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 ALIGNFLOW = str(REPO / ".venv" / "bin" / "alignflow")
 

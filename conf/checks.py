@@ -2,8 +2,8 @@
 
 Everything else derives from this list: conf/validation.py builds the config's Literal of
 check ids and its default levels from it, the validator its report entries, and
-tests/test_validation_registry.py holds conf/pipeline.yaml's `errors`/`warnings` equal to it.
-It is plain Python and imports nothing from alignflow, so conf can import it without a cycle.
+tests/unit/test_validation_registry.py holds conf/pipeline.yaml's `errors`/`warnings` equal to it.
+It is plain Python and imports nothing from alignflow: it lives in conf, which the config and the validation stage both import.
 
 Kinds: an error-level `row` check quarantines the rows it hits (valid + quarantined == input);
 a `dataset` check is about the file as a whole, never quarantines, and fails the gate instead.

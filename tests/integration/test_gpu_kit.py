@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "bench" / "gpu" / "kit.py"
 RUNNER = ROOT / "bench" / "gpu" / "run.py"
 MiB = 2**20

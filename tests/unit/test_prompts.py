@@ -154,3 +154,13 @@ def test_source_hash_tracks_a_folder_content(tmp_path):
     assert source_sha256(tmp_path / "other") != before
     with pytest.raises(FileNotFoundError):
         source_sha256(tmp_path / "nope")
+
+
+def test_a_round_takes_the_next_prompts_wrapping_around_the_set():
+    every = load_prompts()
+    first = load_prompts(max_prompts=96)
+    second = load_prompts(max_prompts=96, offset=96)
+    third = load_prompts(max_prompts=96, offset=192)
+    assert [r["id"] for r in first] == [r["id"] for r in every[:96]]
+    assert not {r["id"] for r in first} & {r["id"] for r in second}
+    assert [r["id"] for r in third] == [r["id"] for r in every[192:] + every[: 96 - len(every[192:])]]

@@ -12,58 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import SMALL, STATE, small_config
+from preference_files import ROWS, bad, lenient, turn, ultrafeedback, write  # noqa: E402
 
-from alignflow.conf.validation import ValidationConfig
 from alignflow.tasks.generation.byo import PreferenceDataError, import_preference_data, is_dataset_id
-from alignflow.tasks.generation.prompts import load_prompts
 from alignflow.tasks.validation.readers import DatasetError, check_readable, read_pairs
 from alignflow.tasks.validation.stage import validate_file, validate_pairs
-
-ROWS = load_prompts(max_prompts=24)
-
-
-def lenient(**kw) -> ValidationConfig:
-    return ValidationConfig(**{"min_pairs": 1, "max_rejected_fraction": 1.0, **kw})
-
-
-def bad(text: str) -> str:
-    return " ".join(text.split()[::-1][:12])
-
-
-def turn(role: str, content: str) -> dict:
-    return {"content": content, "role": role}  # the key order the Hub's parquet files have
-
-
-def ultrafeedback(rows: list[dict] = ROWS) -> list[dict]:
-    """Rows in the layout of HuggingFaceH4/ultrafeedback_binarized (train_prefs)."""
-    out = []
-    for i, r in enumerate(rows):
-        chosen = [turn("user", r["prompt"]), turn("assistant", r["reference"])]
-        out.append(
-            {
-                "prompt": r["prompt"],
-                "prompt_id": f"{i:064x}",
-                "chosen": chosen,
-                "rejected": [turn("user", r["prompt"]), turn("assistant", bad(r["reference"]))],
-                "messages": chosen,
-                "score_chosen": 8.0,
-                "score_rejected": 3.5,
-            }
-        )
-    return out
-
-
-def write(path: Path, rows: list[dict]) -> Path:
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    if path.name.endswith(".json.gz"):
-        path.write_bytes(gzip.compress(json.dumps(rows).encode()))
-    elif path.suffix == ".gz":
-        path.write_bytes(gzip.compress(text.encode()))
-    elif path.suffix == ".parquet":
-        pd.DataFrame(rows).to_parquet(path)
-    else:
-        path.write_text(text)
-    return path
 
 
 def split_rows(report) -> pd.DataFrame:
@@ -301,38 +254,3 @@ def test_preflight_looks_for_a_dataset_id_in_the_cache(hf_cache):
 # ---- through the whole flow -------------------------------------------------------------------------------
 
 EVAL = ["evaluation.max_prompts=12", "evaluation.samples_per_prompt=2", "evaluation.max_new_tokens=12"]
-
-
-def plain(rows: list[dict] = ROWS) -> list[dict]:
-    return [{"prompt": r["prompt"], "chosen": r["reference"], "rejected": bad(r["reference"])} for r in rows]
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize(
-    ("name", "rows"),
-    # The UltraFeedback layout through the flow gzipped (reading .jsonl, .json.gz and .parquet alike is checked
-    # above without a flow: each whole flow costs ~35 s here).
-    [("pairs.jsonl", plain), ("uf.jsonl.gz", ultrafeedback)],
-    ids=["plain", "ultrafeedback-gz"],
-)
-def test_run_with_preference_data_registers_a_version(tmp_path, prefect_harness, ray_session, name, rows):
-    """`alignflow run generation.preference_data=FILE`: generate skipped, validate (0 quarantined), train,
-    evaluate, register."""
-    from mlflow import MlflowClient
-    from typer.testing import CliRunner
-
-    from alignflow.flows.cli import app
-    from alignflow.tasks.runtime.state import tracking_uri
-
-    path = write(tmp_path / name, rows())
-    model = f"test-byo-{name.replace('.', '-')}"
-    args = ["run", *SMALL, f"generation.preference_data={path}", f"registry.model_name={model}", *EVAL]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert len(MlflowClient(tracking_uri(small_config())).search_model_versions(f"name='{model}'")) == 1
-    # The generate stage's folder holds the snapshot's report (source = the file given) and the validation.
-    folders = [
-        p.parent for p in STATE.glob("datasets/*/report.json") if json.loads(p.read_text()).get("source") == str(path)
-    ]
-    reports = [json.loads(p.read_text()) for folder in folders for p in folder.glob("validation/*/report.json")]
-    assert reports and all(r["valid"] == len(ROWS) and r["quarantined"] == 0 for r in reports), reports

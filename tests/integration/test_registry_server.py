@@ -29,7 +29,7 @@ from alignflow.tasks.registry.versions import (
     tag_and_alias,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 NAME = "test-server"
 

@@ -22,7 +22,7 @@ import pytest
 from alignflow.conf.loader import load_config
 from alignflow.tasks.runtime import preflight as pf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # No credentials and no instance metadata: a storage check must say so, never ask a cloud address.
 NO_CLOUD = {"AWS_EC2_METADATA_DISABLED": "true", "HF_HUB_OFFLINE": "1"}
 

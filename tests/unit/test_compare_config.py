@@ -12,7 +12,7 @@ from alignflow.conf.comparison import expand_recipes, grid_points, knob_label
 from alignflow.conf.loader import ConfigError, load_config
 from alignflow.tasks.evaluation.comparison import best_row, cost_ratio, failed_row, short_reason, slug
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPARE = REPO / "conf" / "compare.yaml"
 ALIGNFLOW = REPO / ".venv" / "bin" / "alignflow"
 

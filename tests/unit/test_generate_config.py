@@ -77,7 +77,7 @@ def test_cli_exits_2_naming_the_key_when_an_endpoint_key_variable_is_unset(tmp_p
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "ALIGNFLOW_TEST_UNSET_KEY"}
     env.update(ALIGNFLOW_HOME=str(tmp_path / "home"), COLUMNS="200")
     override = "generation.judge={kind: ultrafeedback, llm: {provider: openai, model: m, api_key_env: ALIGNFLOW_TEST_UNSET_KEY}}"

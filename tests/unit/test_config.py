@@ -15,7 +15,7 @@ from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, apply_override, 
 from alignflow.conf.schema import PipelineConfig
 from alignflow.conf.training import TrainingConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALIGNFLOW = REPO / ".venv" / "bin" / "alignflow"
 
 

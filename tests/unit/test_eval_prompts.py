@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "conf" / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "prompts"
 EVAL = PROMPTS_DIR / "eval.jsonl"
 DEFAULT = PROMPTS_DIR / "default.jsonl"
 

@@ -15,8 +15,8 @@ import pandas as pd
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from alignflow.conf.checks import CHECKS, DATASET_CHECKS
 from alignflow.conf.validation import ValidationConfig
-from alignflow.tasks.validation.checks import CHECKS, DATASET_CHECKS
 from alignflow.tasks.validation.stage import validate_file, validate_pairs
 
 TEXT = st.text(alphabet=st.sampled_from(list("ab \n\t\x01é")), max_size=6)

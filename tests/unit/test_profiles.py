@@ -9,7 +9,7 @@ import pytest
 from alignflow.conf.loader import flatten, load_config
 from alignflow.conf.schema import PipelineConfig
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 PROFILES = sorted([CONF / "pipeline.yaml", *(CONF / "recipes").glob("*.yaml")])
 
 

@@ -28,7 +28,7 @@ import pytest
 import requests
 from conftest import SMALL, STATE, small_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 # A small head-to-head: three flow runs share two cores here (the default is 120 prompts x 4 samples a side).
 EVAL = ["evaluation.max_prompts=8", "evaluation.samples_per_prompt=1", "evaluation.max_new_tokens=8"]

@@ -1,4 +1,4 @@
-"""The check registry (tasks/validation/checks.py) is the one list of check ids: the config and the
+"""The check registry (conf/checks.py) is the one list of check ids: the config and the
 shipped profile agree with it."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from typing import get_args
 
 import yaml
 
-from alignflow.conf.validation import ValidationCheck, ValidationConfig
-from alignflow.tasks.validation.checks import (
+from alignflow.conf.checks import (
     CHECK_IDS,
     CHECKS,
     DATASET_CHECKS,
@@ -18,8 +17,9 @@ from alignflow.tasks.validation.checks import (
     DEFAULT_WARNINGS,
     STRUCTURAL_CHECKS,
 )
+from alignflow.conf.validation import ValidationCheck, ValidationConfig
 
-PIPELINE_YAML = Path(__file__).resolve().parents[1] / "conf" / "pipeline.yaml"
+PIPELINE_YAML = Path(__file__).resolve().parents[2] / "conf" / "pipeline.yaml"
 
 
 def _yaml_list_items(text: str, section: str, key: str) -> dict[str, str]:

@@ -8,23 +8,12 @@ serve`, and asks it over HTTP.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
+from serving_requests import ALLOWED_FIELDS, ALLOWED_PARAMS, CHAT, PROMPT, assert_completion_only  # noqa: E402
 
 from alignflow.tasks.registry.serving import DEFAULTS, HF_ARTIFACT, ServingModel, model_defaults
-
-PROMPT = "Why is the sky blue?"
-CHAT = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PROMPT}]
-ALLOWED_FIELDS = "allowed: prompt, messages, max_new_tokens, temperature, top_p, do_sample"
-ALLOWED_PARAMS = "allowed: max_new_tokens, temperature, top_p, do_sample"
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +26,6 @@ def served(tiny_model_path) -> ServingModel:
     )
     model.load_context(context)
     return model
-
-
-def assert_completion_only(text: object) -> None:
-    """No prompt echoed, no chat-template markers, no surrounding whitespace."""
-    assert isinstance(text, str)
-    assert text == text.strip()
-    assert not text.startswith(PROMPT[:8]) and PROMPT not in text
-    assert "<|" not in text and "|>" not in text and "Answer briefly" not in text
 
 
 def sampled(model: ServingModel, request: dict, seeds: range = range(6)) -> list[str]:
@@ -129,89 +110,3 @@ def test_defaults_are_the_models_generation_config_within_bounds(tiny_model_path
     (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": 4096, "top_p": 0.9}))
     assert model_defaults(tmp_path) == {**DEFAULTS, "top_p": 0.9}
     assert model_defaults(tmp_path / "missing") == DEFAULTS
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ping(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"mlflow models serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-@pytest.mark.integration
-def test_mlflow_models_serve_answers_a_chat_with_the_completion_alone(tiny_model_path, state_dir, tmp_path):
-    import requests
-    from mlflow import MlflowClient
-
-    from alignflow.tasks.registry.tracking import start_run
-    from alignflow.tasks.registry.versions import export_champion, log_model_version
-
-    name, root = "test-serving", state_dir / "serving"
-    root.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    run_id = start_run(uri, name, "serving", {}, {}, (root / "artifacts").as_uri())
-    version = log_model_version(uri, run_id, name, tiny_model_path)
-    MlflowClient(uri).set_registered_model_alias(name, "champion", version)
-    exported = export_champion(uri, name, tmp_path / "champion")
-    assert exported is not None and (exported / "config.json").is_file() and (exported / "tokenizer.json").is_file()
-
-    port, log = _free_port(), tmp_path / "serve.log"
-    bin_dir = Path(sys.executable).parent  # uvicorn, started by `mlflow models serve`, lives there
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion"]
-            + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=tmp_path,
-            env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-        )
-    url = f"http://127.0.0.1:{port}/invocations"
-    try:
-        _wait_ping(f"http://127.0.0.1:{port}/ping", proc, log, timeout=600)
-        started = time.perf_counter()
-        answer = requests.post(url, json={"messages": CHAT, "max_new_tokens": 16}, timeout=120)
-        print(f"served chat request: {time.perf_counter() - started:.3f}s")
-        assert answer.status_code == 200, answer.text
-        assert_completion_only(answer.json())  # a bare JSON string
-
-        batch = requests.post(url, json={"inputs": [{"messages": CHAT, "do_sample": True}] * 4}, timeout=120)
-        assert batch.status_code == 200, batch.text
-        completions = batch.json()["predictions"]
-        assert len(completions) == 4 and any(completions)
-        for text in completions:
-            assert_completion_only(text)
-
-        for body, message in [
-            ({"messages": CHAT, "max_tokens": 5}, f"unknown field(s) in request: max_tokens; {ALLOWED_FIELDS}"),
-            (
-                {"inputs": [{"messages": CHAT}], "params": {"max_tokens": 5}},
-                f"unknown params: max_tokens; {ALLOWED_PARAMS}",
-            ),
-        ]:
-            refused = requests.post(url, json=body, timeout=120)
-            assert 400 <= refused.status_code < 500, refused.text
-            assert message in refused.json()["message"]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alignflow.conf.checks import CHECKS
 from alignflow.conf.validation import ValidationConfig
-from alignflow.tasks.validation.checks import CHECKS
 from alignflow.tasks.validation.readers import DatasetError, read_pairs
 from alignflow.tasks.validation.stage import split_by_prompt, validate_file, validate_pairs
 

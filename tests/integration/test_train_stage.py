@@ -18,7 +18,7 @@ def train_ref(pairs_frame, tmp_path_factory) -> Ref:
     return Ref(uri=path.as_uri(), sha256=sha256_file(path))
 
 
-# DPO on two workers, with the same checks, is tests/test_train_distributed.py's 1-vs-2 workers test (one Ray
+# DPO on two workers, with the same checks, is tests/integration/test_train_distributed.py's 1-vs-2 workers test (one Ray
 # fit costs ~30 s here, most of it Ray Train's start-up: each method/worker case is trained once in the suite).
 @pytest.mark.parametrize(("method", "workers"), [("orpo", 1)])
 def test_train_runs_on_ray_and_logs_to_mlflow(method, workers, ray_session, tiny_model_path, train_ref, state_dir):
