@@ -118,7 +118,13 @@ class GenerationConfig(Section):
     reference_column: str = Field(
         "reference", min_length=1, description="Column with a reference answer (offline judge), used when present."
     )
-    max_prompts: int | None = Field(96, ge=1, description="Use only the first N prompts (None: all).")
+    max_prompts: int | None = Field(96, ge=1, description="Use N prompts of the set per run (None: all).")
+    rotate_prompts: bool = Field(
+        True,
+        description="Each run takes the next max_prompts prompts (wrapping around the set): round k starts at "
+        "k x max_prompts, k the versions registered so far, so each night's round trains on prompts the champion "
+        "has not seen (disjoint prompt batches per iteration, as in iterative DPO). False: the first max_prompts.",
+    )
     preference_data: str | None = Field(
         None,
         description="Bring your own pairs and skip generation: a .jsonl/.json/.parquet/.csv file or a `datasets` "

@@ -20,7 +20,8 @@ from alignflow.tasks.generation.endpoints import llm_slots
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
 from alignflow.tasks.generation.report import GenerationReport
-from alignflow.tasks.runtime.state import Ref, sha256_text
+from alignflow.tasks.registry import versions
+from alignflow.tasks.runtime.state import Ref, sha256_text, tracking_uri
 from alignflow.tasks.validation import stage as validation
 from alignflow.tasks.validation.report import ValidationReport
 
@@ -67,11 +68,21 @@ def _generator_models(config: PipelineConfig, root: Path, base: Ref, champion: R
     return models
 
 
+def prompt_offset(config: PipelineConfig) -> int:
+    """Where this round's prompts start: with generation.rotate_prompts, after the max_prompts of each round
+    registered so far (one version each), so that every night trains on prompts the champion has not seen."""
+    gen = config.generation
+    if not gen.rotate_prompts or not gen.max_prompts or gen.preference_data:
+        return 0
+    return versions.version_count(tracking_uri(config), config.registry.model_name) * gen.max_prompts
+
+
 def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) -> tuple[Ref, GenerationReport, str]:
     """Stage 1, the `generate` task in the dataset folder of its content key: the pairs, the report and the key.
 
     `models`: each generator's local model (_generator_models), none for your own preference data."""
     gen = config.generation
+    offset = prompt_offset(config)
     key, source_file = (
         ("generation.preference_data", Path(gen.preference_data).expanduser())
         if gen.preference_data
@@ -91,10 +102,11 @@ def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) 
         source.sha256,
         code_version(),
         str(config.runtime.seed),
+        str(offset),
         *(m.sha256 for m in models if m is not None),
     )[:16]
     pairs, generated = generate(
-        gen, source, models, root / "datasets" / data_key, config.runtime.seed, config.runtime.ray_address
+        gen, source, models, root / "datasets" / data_key, config.runtime.seed, config.runtime.ray_address, offset
     )
     return pairs, generated, data_key
 

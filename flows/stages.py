@@ -104,8 +104,10 @@ def generate(
     out_dir: Path,
     seed: int,
     ray_address: str | None = None,
+    offset: int = 0,
 ) -> tuple[Ref, GenerationReport]:
-    """Synthetic pairs from the prompts (or the user's own pairs, snapshotted), and the stage's report."""
+    """Synthetic pairs from the prompts (from prompt `offset` on: the round's prompts), or the user's own pairs
+    snapshotted; and the stage's report."""
     logger = get_run_logger()
     if generation.preference_data:
         pairs, report = import_preference_data(
@@ -114,7 +116,7 @@ def generate(
         logger.info("using %s preference rows (%s) from %s: generation skipped", report.rows, report.format, source.uri)
     else:
         rows = load_prompts(
-            generation.prompts, generation.max_prompts, generation.prompt_column, generation.reference_column
+            generation.prompts, generation.max_prompts, generation.prompt_column, generation.reference_column, offset
         )
         try:
             pairs, report = generate_preferences(

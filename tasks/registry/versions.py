@@ -28,6 +28,11 @@ def current_champion(tracking_uri: str, name: str) -> ModelVersion | None:
         return None
 
 
+def version_count(tracking_uri: str, name: str) -> int:
+    """How many versions of `name` the registry holds (0 when there is no such model): the rounds run so far."""
+    return len(mlflow_client(tracking_uri).search_model_versions(f"name = '{name}'"))
+
+
 def export_champion(tracking_uri: str, name: str, dest: Path) -> Path | None:
     """Save the champion's weights and tokenizer as a plain HF folder (for evaluation).
 
