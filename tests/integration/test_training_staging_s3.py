@@ -6,6 +6,8 @@ import uuid
 
 import pytest
 
+# The training runs in a process of its own, so that its local Ray starts with the S3 credentials in its
+# workers' environment.
 S3_TRAINING = """
 import json, sys
 from alignflow.conf.loader import load_config

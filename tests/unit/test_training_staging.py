@@ -120,20 +120,3 @@ def test_the_same_content_under_another_name_is_the_first_upload(storage, driver
     assert sorted(p.name for p in copy.rglob("*") if p.is_file()) == ["config.json", "weights.bin"]
     with pytest.raises(FileNotFoundError, match="not in storage"):
         staging.fetch(first.replace("m" * 64, "x" * 64), "x" * 64, tmp_path / "node")
-
-
-# A training on S3 storage (SeaweedFS, as `alignflow stack up` runs it) in a process of its own, so that its
-# local Ray starts with the S3 credentials in its workers' environment.
-S3_TRAINING = """
-import json, sys
-from alignflow.conf.loader import load_config
-from alignflow.tasks.runtime.state import Ref, configure_environment, sha256_file
-from alignflow.tasks.training.driver import train_model
-from alignflow.tasks.training.job import TrainJob
-overrides, model, data, storage = json.loads(sys.argv[1])
-cfg = load_config(None, overrides)
-configure_environment(cfg)
-ref = Ref(uri="file://" + data, sha256=sha256_file(data))
-result = train_model(TrainJob(cfg.training, model, ref, storage, "s3-staging", f"sqlite:///{cfg.runtime.home}/mlflow.db"))
-print("RESULT " + json.dumps({"steps": result.steps, "model": result.model.uri}))
-"""
