@@ -16,7 +16,6 @@ from alignflow.flows import artifacts
 from alignflow.flows.stages import base_model, generate, validate
 from alignflow.tasks.generation.byo import is_dataset_id
 from alignflow.tasks.generation.byo import source_sha256 as dataset_sha256
-from alignflow.tasks.generation.endpoints import llm_slots
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
 from alignflow.tasks.generation.report import GenerationReport
@@ -54,7 +53,7 @@ class PreparedData:
 def _generator_models(config: PipelineConfig, root: Path, base: Ref, champion: Ref | None) -> list[Ref | None]:
     """Each generator's local model (None for an endpoint: its identity is in the settings)."""
     models: list[Ref | None] = []
-    for _, llm in llm_slots(config.generation):
+    for _, llm in config.generation.llm_slots():
         if llm.provider != "transformers":
             models.append(None)
         elif llm.model == CHAMPION_MODEL:

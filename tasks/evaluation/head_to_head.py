@@ -11,6 +11,7 @@ bootstrap over prompts and the length-controlled estimate from tasks/evaluation/
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -174,9 +175,10 @@ def cached_answers(
         return json.loads(path.read_text())
     answers = sample_answers(model_dir, eval_set.prompts, *settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_suffix(".partial")
-    scratch.write_text(json.dumps(answers))
-    scratch.replace(path)  # atomic: a half-written file is never read
+    # A comparison evaluates recipes in threads: each writer has its own scratch file, and the rename is atomic.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".partial", delete=False) as scratch:
+        scratch.write(json.dumps(answers))
+    Path(scratch.name).replace(path)
     return answers
 
 
@@ -189,10 +191,9 @@ def head_to_head(
     judge: PairJudge,
     judge_name: str,
 ) -> HeadToHead:
-    """Sample both sides, judge every pair in both orders, and summarise with intervals."""
-    settings = (config.samples_per_prompt, config.max_new_tokens, config.temperature, config.seed)
-    mine = sample_answers(candidate, eval_set.prompts, *settings)
-    theirs = sample_answers(opponent, eval_set.prompts, *settings)
+    """Sample both sides (nothing cached), judge every pair in both orders, and summarise with intervals."""
+    mine = cached_answers(candidate, None, eval_set, config, None)
+    theirs = cached_answers(opponent, None, eval_set, config, None)
     return judge_match(mine, theirs, against, eval_set, config, judge, judge_name)
 
 

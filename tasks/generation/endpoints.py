@@ -17,11 +17,6 @@ class MissingApiKey(ValueError):
     """An endpoint's key variable is not set; the message names the config key and the variable."""
 
 
-def llm_slots(generation: GenerationConfig) -> list[tuple[str, LLMConfig]]:
-    """Every LLM of the stage with its config key (GenerationConfig.llm_slots)."""
-    return generation.llm_slots()
-
-
 def api_key(llm: LLMConfig, where: str) -> str:
     """The key from the environment variable `llm.api_key_env` names (NO_KEY when it names none)."""
     if llm.api_key_env is None:
@@ -39,6 +34,6 @@ def check_api_keys(generation: GenerationConfig) -> None:
     """Fail before anything starts when an endpoint's key variable is missing (no LLM runs on your own data)."""
     if generation.preference_data:
         return
-    for where, llm in llm_slots(generation):
+    for where, llm in generation.llm_slots():
         if llm.provider == "openai":
             api_key(llm, where)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
-from alignflow.tasks.generation.endpoints import llm_slots
 from alignflow.tasks.generation.limits import concurrency_shares
 from alignflow.tasks.runtime.state import sha256_text
 
@@ -95,7 +94,7 @@ def build_pipeline(
     from alignflow.tasks.generation.llms import build_llm, cpu_threads_each
     from alignflow.tasks.generation.steps import CollectCandidates, TrackedTextGeneration
 
-    slots = llm_slots(generation)
+    slots = generation.llm_slots()
     shares = concurrency_shares([llm for _, llm in slots], generation.max_concurrency)
     batches = step_batches(generation, shares)
     gen_batch = max(batches[: len(generation.generators)])  # the prompts' and candidates' batches
@@ -162,7 +161,7 @@ def preload_modules(generation: GenerationConfig) -> list[str]:
     """What distilabel's step processes import, for the fork server to import once."""
     # distilabel.pipeline: the pool's worker initializer lives there
     modules = ["distilabel.pipeline", "alignflow.tasks.generation.steps", "alignflow.tasks.generation.llms"]
-    providers = {llm.provider for _, llm in llm_slots(generation)}
+    providers = {llm.provider for _, llm in generation.llm_slots()}
     if "openai" in providers:
         modules.append("openai")
     if "transformers" in providers:

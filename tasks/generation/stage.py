@@ -33,7 +33,7 @@ from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
 from alignflow.tasks.generation.binarize import binarize_rows
-from alignflow.tasks.generation.endpoints import check_api_keys, llm_slots
+from alignflow.tasks.generation.endpoints import check_api_keys
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
 from alignflow.tasks.generation.pipeline import PipelineJob, ray_gcs_address, run_in_worker
 from alignflow.tasks.generation.report import GenerationReport
@@ -65,7 +65,7 @@ class _Plan:
 
 
 def _plan(rows: list[dict], generation: GenerationConfig, model_paths: list, out_dir: Path, seed: int) -> _Plan:
-    slots = llm_slots(generation)
+    slots = generation.llm_slots()
     paths = [*model_paths, *[None] * (len(slots) - len(model_paths))][: len(slots)]
     rows = [{**r, "row": i} for i, r in enumerate(rows)]
     fingerprint = sha256_text(

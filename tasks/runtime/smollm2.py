@@ -61,8 +61,7 @@ def locate_gguf() -> Path:
     return path
 
 
-def gguf_source() -> GgufSource:
-    path = locate_gguf()
+def gguf_source(path: Path) -> GgufSource:
     return GgufSource(PACKAGE, metadata.version(PACKAGE), GGUF_FILE, _cached_sha256(path))
 
 
@@ -80,10 +79,11 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 def ensure_smollm2(models_dir: Path, say=None) -> Path:
     """The converted HF folder under models_dir, converting on first use (~30-40 s on 2 cores)."""
-    source = gguf_source()
+    gguf = locate_gguf()
+    source = gguf_source(gguf)
     target = Path(models_dir) / f"smollm2-135m-instruct-{source.sha256[:12]}-b{BUILD_VERSION}"
     if not (target / "alignflow_build.json").exists():
-        convert(source, locate_gguf(), target, say)
+        convert(source, gguf, target, say)
     return target
 
 

@@ -26,13 +26,12 @@ def generate_only(prefect_harness, state_dir):
     from prefect import flow
 
     from alignflow.flows.data import generate_data
-    from alignflow.tasks.generation.endpoints import llm_slots
 
     @flow(name="generate-only")
     def generate_only(config):
         # What the flow passes: no models for your own data, None for each endpoint (every LLM here is one).
         gen = config.generation
-        models = [] if gen.preference_data else [None] * len(llm_slots(gen))
+        models = [] if gen.preference_data else [None] * len(gen.llm_slots())
         return generate_data(config, state_dir, models)
 
     return generate_only

@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from servers import free_port, wait_http
 from serving_requests import ALLOWED_FIELDS, ALLOWED_PARAMS, CHAT, assert_completion_only
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ping(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"mlflow models serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.integration
@@ -52,7 +31,7 @@ def test_mlflow_models_serve_answers_a_chat_with_the_completion_alone(tiny_model
     exported = export_champion(uri, name, tmp_path / "champion")
     assert exported is not None and (exported / "config.json").is_file() and (exported / "tokenizer.json").is_file()
 
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     bin_dir = Path(sys.executable).parent  # uvicorn, started by `mlflow models serve`, lives there
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -66,7 +45,7 @@ def test_mlflow_models_serve_answers_a_chat_with_the_completion_alone(tiny_model
         )
     url = f"http://127.0.0.1:{port}/invocations"
     try:
-        _wait_ping(f"http://127.0.0.1:{port}/ping", proc, log, timeout=600)
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, 600, log)
         started = time.perf_counter()
         answer = requests.post(url, json={"messages": CHAT, "max_new_tokens": 16}, timeout=120)
         print(f"served chat request: {time.perf_counter() - started:.3f}s")
