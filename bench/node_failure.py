@@ -4,7 +4,7 @@ until training goes on, with a replacement node (fixed num_workers) and without 
     .venv/bin/python bench/node_failure.py [--runs 2] [--cases replacement,elastic] [--max-steps 24] [--s3]
 
 A 2-node Ray cluster of its own on 127.0.0.1 (a head and a second node, one CPU each, free ports, a temporary
-folder; flows/stack_services.py's node arguments), a small DPO run through alignflow's own driver
+folder; flows/ops/stack_services.py's node arguments), a small DPO run through alignflow's own driver
 (`train_model`, the tiny model, two workers: one per node) with a checkpoint every `--save-steps` steps.
 After step `--kill-after` the second node is killed outright (SIGKILL to `ray start` and every process below
 it: the raylet, its agents, the Ray Train worker), as a lost machine is. Then:
@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alignflow.conf.loader import load_config  # noqa: E402
-from alignflow.flows.processes import HOST, alive, descendants, free_ports, spawn, terminate, wait_for  # noqa: E402
-from alignflow.flows.stack_services import NODE_ENV, Ports, ray_node_args, ray_node_count  # noqa: E402
+from alignflow.flows.ops.processes import HOST, alive, descendants, free_ports, spawn, terminate, wait_for  # noqa: E402
+from alignflow.flows.ops.stack_services import NODE_ENV, Ports, ray_node_args, ray_node_count  # noqa: E402
 from alignflow.tasks.runtime.state import Ref, configure_environment, sha256_file  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "stack.json"
@@ -326,11 +326,11 @@ def main() -> None:
 
 
 def start_s3_store(root: Path) -> dict:
-    """flows/stack_services.py's SeaweedFS on a free port, data under root; its endpoint and a fresh identity
+    """flows/ops/stack_services.py's SeaweedFS on a free port, data under root; its endpoint and a fresh identity
     into os.environ (the driver's S3 clients, and the Ray nodes started after this)."""
     import secrets
 
-    from alignflow.flows.stack_services import start_s3
+    from alignflow.flows.ops.stack_services import start_s3
 
     port = free_ports(1)[0]
     os.environ.update(

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignflow.flows.processes import free_ports, http_status
-from alignflow.flows.stack import stack_down, stack_up
-from alignflow.flows.stack_services import Ports, ray_node_count
+from alignflow.flows.ops.processes import free_ports, http_status
+from alignflow.flows.ops.stack import stack_down, stack_up
+from alignflow.flows.ops.stack_services import Ports, ray_node_count
 
 REPO = Path(__file__).resolve().parents[1]
 

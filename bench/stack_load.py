@@ -45,10 +45,10 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignflow.flows.processes import free_ports  # noqa: E402
-from alignflow.flows.serve import WORK_POOL  # noqa: E402
-from alignflow.flows.stack import stack_dir, stack_down, stack_up  # noqa: E402
-from alignflow.flows.stack_services import Ports, s3_client  # noqa: E402
+from alignflow.flows.ops.processes import free_ports  # noqa: E402
+from alignflow.flows.ops.serve import WORK_POOL  # noqa: E402
+from alignflow.flows.ops.stack import stack_dir, stack_down, stack_up  # noqa: E402
+from alignflow.flows.ops.stack_services import Ports, s3_client  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "stack.json"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

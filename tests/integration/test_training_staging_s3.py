@@ -35,9 +35,9 @@ def test_a_training_on_s3_storage_gets_its_inputs_through_it(tmp_path, tiny_mode
     pytest.importorskip("boto3", reason="the stack extra is not installed")
     from conftest import SMALL
 
-    from alignflow.flows.processes import HOST, free_ports, terminate
-    from alignflow.flows.serve import _bin
-    from alignflow.flows.stack_services import Ports, s3_client, start_s3
+    from alignflow.flows.ops.processes import HOST, free_ports, terminate
+    from alignflow.flows.ops.serve import _bin
+    from alignflow.flows.ops.stack_services import Ports, s3_client, start_s3
     from alignflow.tasks.runtime.state import sha256_file, sha256_tree
 
     if not shutil.which(_bin("weed")):

@@ -31,7 +31,9 @@ def test_without_git_the_package_version_and_a_hash_of_the_code(tmp_path, monkey
     first = cv.code_version()
     assert re.fullmatch(r"\d[\w.]*\+sha256\.[0-9a-f]{12}", first), first
     assert "mlflow.source.git.commit" not in cv.context_tags()
-    (copy / "flows" / "stack.py").write_text((copy / "flows" / "stack.py").read_text() + "\n# changed\n")
+    (copy / "flows" / "ops" / "stack.py").write_text(
+        (copy / "flows" / "ops" / "stack.py").read_text() + "\n# changed\n"
+    )
     cv.code_version.cache_clear()
     assert cv.code_version() != first  # another code, another version
     cv.code_version.cache_clear()

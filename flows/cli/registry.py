@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alignflow.conf.loader import ConfigError, load_config
-
-console = Console(stderr=True, soft_wrap=True)
+from alignflow.flows.cli.common import console
 
 TrackingOption = Annotated[
     str | None,

@@ -1,6 +1,6 @@
 """Detached service processes: start one with a log and a record, wait for it to answer, stop it and its tree.
 
-The stack (flows/stack.py) outlives the command that started it, so each process runs in a session of its
+The stack (flows/ops/stack.py) outlives the command that started it, so each process runs in a session of its
 own and is recorded in `pids.json` under the stack's folder the moment it starts: `stack down` (or a
 failed `stack up`) stops exactly the processes it started, by id, and everything below them.
 """

@@ -1,7 +1,7 @@
 """The stack's services, one function each: Postgres, the S3 store, MLflow, Prefect, the Ray nodes.
 
-Each starts its process (flows/processes.py records it at once), waits until it answers, and fails with
-its log's tail when it does not. Credentials come in as `creds` (flows/stack.py reads them from the
+Each starts its process (flows/ops/processes.py records it at once), waits until it answers, and fails with
+its log's tail when it does not. Credentials come in as `creds` (flows/ops/stack.py reads them from the
 environment); secrets reach the servers through environment variables or files of mode 600 under the
 stack's folder, never through argv (which `ps` shows).
 """
@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignflow.flows.processes import (
+from alignflow.flows.ops.processes import (
     HOST,
     descendants,
     free_ports,
@@ -27,7 +27,7 @@ from alignflow.flows.processes import (
     terminate,
     wait_for,
 )
-from alignflow.flows.serve import LOCAL_SERVER_ENV, _bin
+from alignflow.flows.ops.serve import LOCAL_SERVER_ENV, _bin
 
 BUCKETS = ("mlflow", "alignflow")  # artifacts, checkpoints
 DATABASES = ("prefect", "mlflow", "mlflow_auth")

@@ -1,9 +1,5 @@
-"""`alignflow stack up|down|status|env`: the production topology on one machine, from native parts.
-
-    alignflow stack up [--home DIR] [--*-port P]   start it in the background; prints the URLs
-    alignflow stack down [--home DIR]              stop every process it started; the data stays
-    alignflow stack status [--home DIR]            what runs, and where (exit 1 when something is down)
-    alignflow stack env [--home DIR]               `export` lines: eval "$(alignflow stack env)"
+"""The production topology on one machine, from native parts: what `alignflow stack up|down|status|env`
+runs (the commands are flows/cli/stack.py's).
 
 The services of deploy/docker-compose.yml, each a process instead of a container (no Docker here), with
 every byte of data under DIR/stack (DIR: --home, else $ALIGNFLOW_HOME, else ./.alignflow):
@@ -31,18 +27,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
 
-import typer
-from rich.console import Console
-
-from alignflow.flows.processes import HOST, alive, forget, port_free, records, terminate
-from alignflow.flows.serve import WORK_POOL
-from alignflow.flows.stack_services import (
+from alignflow.flows.ops.processes import HOST, alive, forget, port_free, records, terminate
+from alignflow.flows.ops.serve import WORK_POOL, deploy_all
+from alignflow.flows.ops.stack_services import (
     BUCKETS,
     DATABASES,
     WORKER_RESOURCE,
@@ -58,7 +48,6 @@ from alignflow.flows.stack_services import (
     stop_postgres,
 )
 
-console = Console(stderr=True, soft_wrap=True)
 # Names of the stack's credentials (as its clients read them) -> how to make one when the environment has none.
 CREDENTIALS = {
     "PREFECT_API_AUTH_STRING": lambda: f"alignflow:{secrets.token_urlsafe(18)}",
@@ -167,8 +156,6 @@ def stack_up(home: Path, ports: Ports | None = None, deploy: bool = True, ray: b
             if record["name"].startswith("ray-"):
                 normal_priority(record)  # the head too: it answered the worker's registration at that priority
         if deploy and "prefect-worker" not in running:
-            from alignflow.flows.serve import deploy_all
-
             os.environ.update(env)  # before prefect is imported: its settings read the environment
             deploy_all(profile="stack", overrides=profile_overrides(ports))
             start_prefect_worker(root, WORK_POOL, full)
@@ -191,107 +178,25 @@ def stack_down(home: Path) -> list[str]:
     return stopped
 
 
-# ---- the commands ---------------------------------------------------------------------------------------
-
-stack_app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="The production topology on this machine: Postgres, S3, MLflow, Prefect, Ray (alignflow stack up).",
-)
-HomeOption = Annotated[
-    Path | None, typer.Option("--home", help="State directory (default: $ALIGNFLOW_HOME or ./.alignflow).")
-]
-
-
-def _home(home: Path | None) -> Path:
-    from alignflow.tasks.runtime.state import home as state_home
-
-    return home.expanduser().resolve() if home else state_home()
-
-
-def _ports(root: Path) -> Ports:
+def saved_ports(root: Path) -> Ports:
+    """The ports the last `up` used (root: the stack folder), else the defaults."""
     file = root / "ports.json"
     return Ports(**json.loads(file.read_text())) if file.exists() else Ports()
 
 
-@stack_app.command("up")
-def up(
-    home: HomeOption = None,
-    postgres_port: Annotated[int, typer.Option("--postgres-port")] = Ports.postgres,
-    s3_port: Annotated[int, typer.Option("--s3-port")] = Ports.s3,
-    mlflow_port: Annotated[int, typer.Option("--mlflow-port")] = Ports.mlflow,
-    prefect_port: Annotated[int, typer.Option("--prefect-port")] = Ports.prefect,
-    ray_port: Annotated[int, typer.Option("--ray-port")] = Ports.ray,
-    no_ray: Annotated[bool, typer.Option("--no-ray", help="Start no Ray nodes (bring your own cluster).")] = False,
-) -> None:
-    """Start the stack in the background (a second `up` starts only what is not running)."""
-    root_home = _home(home)
-    root = stack_dir(root_home)
-    ports = Ports(postgres_port, s3_port, mlflow_port, prefect_port, ray_port)
+def busy_ports(root: Path, ports: Ports, ray: bool = True) -> list[str]:
+    """The ports `up` would bind that something other than the stack holds, as "<service> port <n>"."""
     running = {r["name"] for r in records(root) if alive(r["pid"])}
     wanted = {
-        "postgres": postgres_port,
-        "s3": s3_port,
-        "mlflow": mlflow_port,
-        "prefect-server": prefect_port,
-        "ray-head": ray_port,
+        "postgres": ports.postgres,
+        "s3": ports.s3,
+        "mlflow": ports.mlflow,
+        "prefect-server": ports.prefect,
+        **({"ray-head": ports.ray} if ray else {}),
     }
     pg_running = (root / "postgres" / "postmaster.pid").exists()
-    busy = [
+    return [
         f"{name} port {port}"
         for name, port in wanted.items()
-        if name not in running
-        and not (name == "postgres" and pg_running)
-        and not port_free(port)
-        and not (no_ray and name == "ray-head")
+        if name not in running and not (name == "postgres" and pg_running) and not port_free(port)
     ]
-    if busy:
-        console.print(f"[red]in use[/red]: {', '.join(busy)}; stop what holds it or pick another port (--*-port)")
-        raise typer.Exit(2)
-    started = time.monotonic()
-    try:
-        stack_up(root_home, ports, ray=not no_ray)
-    except Exception as exc:
-        console.print(f"[red]stack up failed[/red] (everything it started is stopped again): {exc}")
-        raise typer.Exit(1) from None
-    console.print(f"[bold]alignflow stack[/bold] up in {time.monotonic() - started:.0f}s (state {root})")
-    console.print(urls(root, ports), highlight=False)
-    console.print("Stop it with: alignflow stack down\nalignflow stack: ready", highlight=False)
-
-
-@stack_app.command("down")
-def down(home: HomeOption = None) -> None:
-    """Stop every process of the stack; its data stays in the state directory."""
-    stopped = stack_down(_home(home))
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-
-
-@stack_app.command("status")
-def status(home: HomeOption = None) -> None:
-    """Which services run, and where; exit 1 when one is down."""
-    root = stack_dir(_home(home))
-    found = records(root)
-    for record in found:
-        state = "[green]running[/green]" if alive(record["pid"]) else "[red]stopped[/red]"
-        console.print(f"  {record['name']:<16} pid {record['pid']:<8} {state}")
-    postgres = (root / "postgres" / "postmaster.pid").exists()
-    console.print(f"  {'postgres':<16} {'':<12} {'[green]running[/green]' if postgres else '[red]stopped[/red]'}")
-    if found:
-        console.print(urls(root, _ports(root)), highlight=False)
-    if not found or not postgres or not all(alive(r["pid"]) for r in found):
-        raise typer.Exit(1)
-
-
-@stack_app.command("env")
-def env(home: HomeOption = None) -> None:
-    """`export` lines for a shell that talks to the stack: eval "$(alignflow stack env)"."""
-    file = stack_dir(_home(home)) / "env.sh"
-    if not file.exists():
-        console.print("[red]no stack here[/red]: run `alignflow stack up` first")
-        raise typer.Exit(1)
-    sys.stdout.write(file.read_text())
-
-
-def add_commands(app: typer.Typer) -> None:
-    app.add_typer(stack_app, name="stack")

@@ -1,0 +1,5 @@
+"""`python -m alignflow.flows.cli`: the `alignflow` command without its console script."""
+
+from alignflow.flows.cli import main
+
+main()
