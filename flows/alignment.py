@@ -9,10 +9,6 @@ training starts from it, and the new model must beat it head to head to replace 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
@@ -20,14 +16,14 @@ from pydantic import BaseModel
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows import artifacts
 from alignflow.flows.bookkeeping import open_book
-from alignflow.flows.data import GateFailed, prepare_data
+from alignflow.flows.data import GateFailed
 from alignflow.flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
 from alignflow.flows.notify import failure_hook
+from alignflow.flows.preamble import StageClock, preamble
 from alignflow.flows.runbook import RunBook
-from alignflow.flows.stages import Registration, base_model, champion, evaluate, register, train
+from alignflow.flows.stages import Registration, evaluate, register, train
 from alignflow.tasks.evaluation.stage import Evaluation
 from alignflow.tasks.registry import trajectory
-from alignflow.tasks.runtime.state import configure_environment, tracking_uri
 from alignflow.tasks.training.driver import TrainResult
 
 __all__ = ["GateFailed", "RunSummary", "alignment"]
@@ -57,21 +53,6 @@ class RunSummary(BaseModel):
     champions: list[dict[str, str]] = []
 
 
-class StageClock:
-    """Wall seconds per stage, for the summary and MLflow (`seconds/<stage>`)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 1)
-
-
 def _config_from_parameters(parameters: dict) -> PipelineConfig:
     return PipelineConfig.model_validate(parameters["config"])
 
@@ -86,21 +67,16 @@ def _config_from_parameters(parameters: dict) -> PipelineConfig:
 )
 def alignment(config: PipelineConfig) -> RunSummary:
     """One alignment run, from prompts to a registered model version and the gate's decision."""
-    root = configure_environment(config)
     clock = StageClock()
-    with clock("base_model"):
-        base = base_model(config.training, root / "models")
-    with clock("champion"):
-        opponent = champion(config.registry, tracking_uri(config), root / "champions" / _run_key())
-    with clock("data"):
-        data = prepare_data(config, root, base, opponent.model if opponent else None)
-    with open_book(config, data, f"{config.name}-{flow_run.name or _run_key()}") as book:
+    prep = preamble(config, clock)  # base model, champion, data: timed as base_model, champion, data
+    data, opponent = prep.data, prep.opponent
+    with open_book(config, data, f"{config.name}-{flow_run.name or prep.run_key}") as book:
         with clock("train"):
-            trained = train(config.training, data.start, data.train, _storage(config, root), book)
+            trained = train(config.training, data.start, data.train, prep.storage, book)
         with clock("evaluate"):
             beta = config.training.knob("beta", float)
             evaluation = evaluate(
-                config.evaluation, beta, trained.model, base, data.split, opponent, root / "eval-answers"
+                config.evaluation, beta, trained.model, prep.base, data.split, opponent, prep.root / "eval-answers"
             )
         with clock("register"):
             outcome = register(config.registry, book, trained.model, evaluation, opponent)
@@ -109,14 +85,6 @@ def alignment(config: PipelineConfig) -> RunSummary:
         artifacts.champions(champions, outcome.model)
     summary = _summary(book, evaluation, outcome, trained, data.pairs.sha256, clock.seconds)
     return summary.model_copy(update={"champions": champions})
-
-
-def _run_key() -> str:
-    return (flow_run.id or "local")[:8]
-
-
-def _storage(config: PipelineConfig, root) -> str:
-    return config.training.storage or str(root / "ray")
 
 
 def _report(

@@ -1,6 +1,6 @@
 """The comparison flow: one validated dataset, several recipes trained side by side, one table.
 
-    prepare_data (base model, generate, validate: the alignment flow's, so the same cache)
+    preamble (base model, champion, generate, validate: the alignment flow's, so the same cache)
       -> for each recipe of `comparison.recipes` (grids expanded), at most `max_parallel` at once:
            train-recipe (optional SFT stage, then the preference stage; Ray Train, its own resources)
            -> evaluate + win-rate (the alignment flow's tasks, same held-out pairs and prompts)
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -29,15 +28,16 @@ from alignflow.conf.comparison import Recipe, expand_recipes
 from alignflow.conf.loader import ConfigError, flatten, load_config
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.bookkeeping import open_book
-from alignflow.flows.data import PreparedData, prepare_data
+from alignflow.flows.data import PreparedData
 from alignflow.flows.notify import failure_hook
+from alignflow.flows.preamble import StageClock, preamble
 from alignflow.flows.profiles import profile_path
 from alignflow.flows.runbook import RunBook
-from alignflow.flows.stages import Champion, Registration, base_model, champion, evaluate, fit, register
+from alignflow.flows.stages import Champion, Registration, evaluate, fit, register
 from alignflow.tasks.evaluation import comparison as table
 from alignflow.tasks.registry import tracking as mlflow_runs
 from alignflow.tasks.runtime.ray import start_ray
-from alignflow.tasks.runtime.state import Ref, artifact_root, configure_environment, home, tracking_uri
+from alignflow.tasks.runtime.state import Ref, artifact_root, home
 from alignflow.tasks.training.curves import plot_comparison_curves
 from alignflow.tasks.training.driver import TrainResult
 from alignflow.tasks.training.recipe import preload_trainers
@@ -197,30 +197,27 @@ def compare(config: PipelineConfig) -> dict:
     recipes = expand_recipes(config.comparison.recipes)
     if not recipes:
         raise ConfigError("comparison.recipes: no recipes to compare (see conf/compare.yaml)")
-    root = configure_environment(config)
-    run_key = (flow_run.id or "local")[:8]
-    base = base_model(config.training, root / "models")
-    opponent = champion(config.registry, tracking_uri(config), root / "champions" / run_key)
-    data = prepare_data(config, root, base, opponent.model if opponent else None)
+    clock = StageClock()
+    prep = preamble(config, clock)  # the alignment flow's: the same base model, champion and data
+    opponent = prep.opponent
     params = {k: v for k, v in flatten(config).items() if not k.startswith("comparison.recipes.")}
-    name = f"{config.name}-compare-{flow_run.name or run_key}"
+    name = f"{config.name}-compare-{flow_run.name or prep.run_key}"
     with open_book(
-        config, data, name, params, **{"comparison.recipes": json.dumps([r.name for r in recipes])[:5000]}
+        config, prep.data, name, params, **{"comparison.recipes": json.dumps([r.name for r in recipes])[:5000]}
     ) as book:
         # Once, in this thread, before recipes train from several threads: Ray's start and trl's lazy imports.
         start_ray(config.runtime.ray_address)
         preload_trainers([r.training for r in recipes])
         children = _start_child_runs(config, recipes, book)
-        started = time.perf_counter()
-        outcomes = _run_recipes(config, recipes, children, data, config.training.storage or str(root / "ray"), opponent)
-        seconds = round(time.perf_counter() - started, 1)
+        with clock("recipes"):
+            outcomes = _run_recipes(config, recipes, children, prep.data, prep.storage, opponent)
         rows = _rows(recipes, outcomes, children)
         metric = config.comparison.metric
         best = table.best_row(rows, metric)
         png = plot_comparison_curves(
             book.tracking,
             {name: child.run_id for name, child in children.items()},
-            root / "scratch" / f"compare-{run_key}" / "curves.png",
+            prep.root / "scratch" / f"compare-{prep.run_key}" / "curves.png",
             f"{config.name}: {len(recipes)} recipes",
         )
         _artifacts(rows, best, metric, png, book)
@@ -228,7 +225,8 @@ def compare(config: PipelineConfig) -> dict:
             {
                 "compare/recipes": len(rows),
                 "compare/failed": sum(r["status"] == "failed" for r in rows),
-                "compare/seconds": seconds,
+                "compare/seconds": clock.seconds["recipes"],
+                **{f"seconds/{k}": v for k, v in clock.seconds.items()},  # the alignment flow's names
                 **({f"compare/best/{metric}": best[metric]} if best else {}),
             }
         )
@@ -243,7 +241,7 @@ def compare(config: PipelineConfig) -> dict:
     return {
         "mlflow_run_id": book.run_id,
         "flow_run_id": str(flow_run.id),
-        "dataset": data.pairs.model_dump(),
+        "dataset": prep.data.pairs.model_dump(),
         "recipes": rows,
         "children": dict(book.children),
         "best": best and best["recipe"],
@@ -256,7 +254,7 @@ def compare(config: PipelineConfig) -> dict:
             "reason": registration.decision.reason,
         },
         "curves": str(png) if png else None,
-        "seconds": {"recipes": seconds},
+        "seconds": clock.seconds,
     }
 
 
