@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from alignflow.conf.comparison import Recipe, expand_recipes
 from alignflow.conf.loader import ConfigError, flatten, load_config
@@ -43,6 +45,32 @@ from alignflow.tasks.training.driver import TrainResult
 from alignflow.tasks.training.recipe import preload_trainers
 
 DEFAULT_COMPARISON = "compare"  # conf/compare.yaml
+
+
+class RegisteredBest(BaseModel):
+    """The best recipe's model version and the gate's decision on it (comparison.register_best)."""
+
+    model: str
+    version: str
+    promoted: bool
+    reason: str
+
+
+class ComparisonSummary(BaseModel):
+    """What `alignflow compare` prints and a caller reads: the table, the best recipe, what the registry did."""
+
+    mlflow_run_id: str  # the parent run
+    flow_run_id: str
+    dataset: Ref  # the pairs every recipe trained on
+    # One row per recipe in the recipes' order, the columns of tasks/evaluation/comparison.py (COLUMNS); a
+    # failed recipe is a row with status "failed" and its reason in "detail".
+    recipes: list[dict[str, Any]]
+    children: dict[str, str]  # recipe name -> its child MLflow run
+    best: str | None  # the best recipe by `metric`; None when none completed
+    metric: str
+    registry: RegisteredBest | None = None  # None unless the best went through the gate
+    curves: str | None = None  # the PNG of every recipe's training curves on shared axes
+    seconds: dict[str, float]  # wall seconds per stage: base_model, champion, data, recipes
 
 
 # No retries (a retry would redo every step; a re-run of the flow resumes from checkpoints instead:
@@ -192,7 +220,7 @@ def _config_from_parameters(parameters: dict) -> PipelineConfig:
     on_failure=[failure_hook(_config_from_parameters)],
     on_crashed=[failure_hook(_config_from_parameters)],
 )
-def compare(config: PipelineConfig) -> dict:
+def compare(config: PipelineConfig) -> ComparisonSummary:
     """Compare the recipes of `config.comparison` on the same data; the table, the best, the registry outcome."""
     recipes = expand_recipes(config.comparison.recipes)
     if not recipes:
@@ -238,24 +266,25 @@ def compare(config: PipelineConfig) -> dict:
             recipe = next(r for r in recipes if r.name == best["recipe"])
             registration = _register_best(config, recipe, children[recipe.name], outcomes[recipe.name], opponent)
             mlflow_runs.set_tags(book.tracking, book.run_id, {"compare.registered_version": registration.version})
-    return {
-        "mlflow_run_id": book.run_id,
-        "flow_run_id": str(flow_run.id),
-        "dataset": prep.data.pairs.model_dump(),
-        "recipes": rows,
-        "children": dict(book.children),
-        "best": best and best["recipe"],
-        "metric": metric,
-        "registry": registration
-        and {
-            "model": registration.model,
-            "version": registration.version,
-            "promoted": registration.promoted,
-            "reason": registration.decision.reason,
-        },
-        "curves": str(png) if png else None,
-        "seconds": clock.seconds,
-    }
+    return ComparisonSummary(
+        mlflow_run_id=book.run_id,
+        flow_run_id=str(flow_run.id),
+        dataset=prep.data.pairs,
+        recipes=rows,
+        children=dict(book.children),
+        best=best["recipe"] if best else None,
+        metric=metric,
+        registry=RegisteredBest(
+            model=registration.model,
+            version=registration.version,
+            promoted=registration.promoted,
+            reason=registration.decision.reason,
+        )
+        if registration
+        else None,
+        curves=str(png) if png else None,
+        seconds=clock.seconds,
+    )
 
 
 def _comparison_config(comparison: str, overrides: list[str] | None) -> PipelineConfig:
@@ -272,7 +301,7 @@ def _comparison_config(comparison: str, overrides: list[str] | None) -> Pipeline
         failure_hook(lambda p: _comparison_config(p.get("comparison", DEFAULT_COMPARISON), p.get("overrides")))
     ],
 )
-def run_comparison(comparison: str = DEFAULT_COMPARISON, overrides: list[str] | None = None) -> dict:
+def run_comparison(comparison: str = DEFAULT_COMPARISON, overrides: list[str] | None = None) -> ComparisonSummary:
     """Deployment entry: load a comparison profile with overrides, then compare its recipes.
 
     Args:

@@ -22,6 +22,7 @@ from alignflow.flows.cli.common import ConfigOption, config_error, console, load
 
 if TYPE_CHECKING:
     from alignflow.flows.alignment import RunSummary
+    from alignflow.flows.compare import ComparisonSummary
 
 
 def _check_trl(cfg: PipelineConfig) -> None:
@@ -183,11 +184,11 @@ def compare(
         console.print(f"[red]comparison failed[/red]: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     _print_comparison(result, time.perf_counter() - started, root)
-    if result["best"] is None:
+    if result.best is None:
         raise typer.Exit(1)
 
 
-def _print_comparison(result: dict, wall: float, root: Path) -> None:
+def _print_comparison(result: ComparisonSummary, wall: float, root: Path) -> None:
     from alignflow.tasks.evaluation.comparison import COST_COLUMNS, HEADERS, QUALITY_COLUMNS
 
     def cell(value) -> str:
@@ -195,28 +196,25 @@ def _print_comparison(result: dict, wall: float, root: Path) -> None:
 
     # Two narrow tables read better in a terminal than one of 17 columns (the full table is in MLflow), and
     # at least 140 characters wide so that recipe names are never cut, in a log file too.
-    best = result["best"]
-    titles = (f"held-out quality (best by {result['metric']}: {best})", "training cost (measured on the workers)")
+    titles = (f"held-out quality (best by {result.metric}: {result.best})", "training cost (measured on the workers)")
     for title, columns in zip(titles, (QUALITY_COLUMNS, COST_COLUMNS), strict=True):
         table = Table(title=escape(title))
         for column in columns:
             left, header = column in ("recipe", "status", "stages"), HEADERS.get(column, column)
             table.add_column(header, justify="left" if left else "right", no_wrap=left, min_width=len(header))
-        for row in result["recipes"]:
-            table.add_row(*(cell(row[c]) for c in columns), style="bold" if row["recipe"] == best else None)
+        for row in result.recipes:
+            table.add_row(*(cell(row[c]) for c in columns), style="bold" if row["recipe"] == result.best else None)
         Console(stderr=True, width=max(console.width, 140)).print(table)
-    for row in result["recipes"]:
+    for row in result.recipes:
         if row["status"] == "failed" or " -> " in row["stages"]:
             console.print(f"  {escape(row['recipe'])}: {escape(row['detail'] or '')}")
-    reg = result["registry"]
+    reg = result.registry
     if reg:
-        verdict = "[green]promoted to champion[/green]" if reg["promoted"] else "[yellow]not promoted[/yellow]"
-        console.print(
-            f"{escape(result['best'])} -> {reg['model']} version {reg['version']}: {verdict} ({reg['reason']})"
-        )
+        verdict = "[green]promoted to champion[/green]" if reg.promoted else "[yellow]not promoted[/yellow]"
+        console.print(f"{escape(result.best or '')} -> {reg.model} version {reg.version}: {verdict} ({reg.reason})")
     console.print(
-        f"done in {wall:.0f}s. MLflow parent run {result['mlflow_run_id']} (one child run per recipe); "
-        f"curves: {result['curves']}\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
+        f"done in {wall:.0f}s. MLflow parent run {result.mlflow_run_id} (one child run per recipe); "
+        f"curves: {result.curves}\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}"
     )
 
 

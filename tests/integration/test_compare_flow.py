@@ -38,7 +38,7 @@ def compared(prefect_harness, ray_session):
 
 
 def test_recipes_fill_every_column(compared):
-    rows = {r["recipe"]: r for r in compared["recipes"]}
+    rows = {r["recipe"]: r for r in compared.recipes}
     assert list(rows) == ["sft-dpo", "orpo", "broken"]
     for name in ("sft-dpo", "orpo"):
         row = rows[name]
@@ -54,11 +54,11 @@ def test_recipes_fill_every_column(compared):
     assert rows["orpo"]["forward_passes_per_example"] == 2.0 and rows["orpo"]["forward_calls_per_step"] == 1.0
     assert rows["sft-dpo"]["forward_passes_per_example"] == 5.0
     assert rows["sft-dpo"]["stages"] == "sft -> dpo" and rows["sft-dpo"]["steps"] == 4
-    assert compared["curves"] and compared["best"] in ("sft-dpo", "orpo")
+    assert compared.curves and compared.best in ("sft-dpo", "orpo")
 
 
 def test_failing_recipe_is_marked_failed_with_its_reason(compared):
-    broken = next(r for r in compared["recipes"] if r["recipe"] == "broken")
+    broken = next(r for r in compared.recipes if r["recipe"] == "broken")
     assert broken["status"] == "failed"
     assert "no-such-backend" in broken["detail"].lower() and broken["detail"].startswith("train:")
     assert broken["preference_accuracy"] is None
@@ -71,8 +71,8 @@ def test_nested_runs_and_only_the_best_is_registered(compared):
 
     uri = tracking_uri(small_config())
     client = MlflowClient(uri)
-    parent = client.get_run(compared["mlflow_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags["compare.best_recipe"] == compared["best"]
+    parent = client.get_run(compared.mlflow_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["compare.best_recipe"] == compared.best
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
     assert {"compare/table.json", "compare/curves.png"} <= artifacts
     children = {r.data.tags["recipe"]: r for r in child_runs(uri, parent.info.run_id)}
@@ -83,8 +83,8 @@ def test_nested_runs_and_only_the_best_is_registered(compared):
         "sft/loss" in children["sft-dpo"].data.metrics and "eval/preference_accuracy" in children["orpo"].data.metrics
     )
     versions = client.search_model_versions(f"name = '{NAME}'")
-    assert [v.run_id for v in versions] == [compared["children"][compared["best"]]]
+    assert [v.run_id for v in versions] == [compared.children[compared.best]]
     # The first model of its name is judged against the base model like any other: a decision, not a free pass.
     tags = client.get_model_version(NAME, versions[0].version).tags
     assert tags["gate.against"] == "base" and "gate.win_rate_ci95" in tags
-    assert compared["registry"]["promoted"] == (tags["gate.outcome"] == "promoted")
+    assert compared.registry.promoted == (tags["gate.outcome"] == "promoted")

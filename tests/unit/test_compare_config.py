@@ -127,3 +127,28 @@ def test_table_helpers():
     assert cost_ratio(rows, "a", "b") == {"wall_s": 0.5, "compute_s": 0.4, "forward_passes_per_example": 0.4,
                                           "forward_passes": 0.25}  # fmt: skip
     assert cost_ratio(rows, "a", "c")["wall_s"] is None
+
+
+def test_cli_prints_the_comparison_summary_it_is_given(capsys, tmp_path):
+    """`alignflow compare` reads the flow's ComparisonSummary by attribute: the table, a failed recipe's
+    reason, the registry's verdict on the best."""
+    from alignflow.flows.cli.pipeline import _print_comparison
+    from alignflow.flows.compare import ComparisonSummary, RegisteredBest
+    from alignflow.tasks.runtime.state import Ref
+
+    training = load_config(None, []).training
+    summary = ComparisonSummary(
+        mlflow_run_id="parent-run",
+        flow_run_id="flow-run",
+        dataset=Ref(uri="file:///pairs", sha256="0" * 64),
+        recipes=[failed_row("broken", training, "train: no-such-backend")],
+        children={"broken": "child-run"},
+        best="broken",  # only the printing is under test: the best need not be a completed row here
+        metric="win_rate_low",
+        registry=RegisteredBest(model="m", version="3", promoted=False, reason="below the threshold"),
+        seconds={"data": 1.0, "recipes": 2.0},
+    )
+    _print_comparison(summary, 3.0, tmp_path)
+    err = capsys.readouterr().err
+    assert "best by win_rate_low: broken" in err and "broken: train: no-such-backend" in err
+    assert "broken -> m version 3: not promoted (below the threshold)" in err and "parent-run" in err
