@@ -1,7 +1,7 @@
 """Entry flow of the alignment deployments (deploy/prefect.yaml), with typed knobs for the UI.
 
 `run-alignment` takes what an operator picks in the Prefect UI's run form: a profile (a
-YAML file under conf/), the method as a dpo/orpo choice, the main TRL knobs, and free
+YAML file under conf/), the method as a choice among the schema's methods, the main TRL knobs, and free
 `key.path=value` overrides; it loads the config the way `alignflow run` does and runs the
 alignment pipeline inside this flow run, so the stages' task runs and artifacts (validation
 report, training curves, evaluation summary) are on this run's page.
@@ -14,19 +14,23 @@ the run before any compute with the key named, as on the command line.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from prefect import flow, get_run_logger
 
 from alignflow.conf.loader import ConfigError, load_config
 from alignflow.conf.schema import PipelineConfig
+from alignflow.conf.training import TrainingConfig
 from alignflow.flows.alignment import alignment
 from alignflow.flows.notify import failure_hook
 from alignflow.flows.profiles import DEFAULT, profile_names, profile_path, resolve_config
 
 # Built from the files, so a new profile appears in the UI's choice after the next `prefect deploy`.
 Profile = Literal[profile_names()]  # type: ignore[valid-type]
-Method = Literal["dpo", "orpo"]
+# Read off the config schema's own field, so the form offers every method the schema accepts and a
+# method added there appears here without a second list to keep in step.
+METHODS: tuple[str, ...] = get_args(TrainingConfig.model_fields["method"].annotation)
+Method = Literal[METHODS]  # type: ignore[valid-type]
 
 
 def _config_from_parameters(parameters: dict[str, Any]) -> PipelineConfig | None:
@@ -54,7 +58,7 @@ def _config_from_parameters(parameters: dict[str, Any]) -> PipelineConfig | None
 )
 def run_alignment(
     profile: Profile = DEFAULT,  # type: ignore[valid-type]
-    method: Method | None = None,
+    method: Method | None = None,  # type: ignore[valid-type]
     beta: float | None = None,
     learning_rate: float | None = None,
     max_steps: int | None = None,
@@ -65,9 +69,10 @@ def run_alignment(
     Args:
         profile: YAML profile under conf/: `pipeline` is the embedded default (offline, CPU), `cluster` the GPU
             cluster of deploy/docker-compose.yml, `recipes/*` the training recipes.
-        method: Training objective (TRL trainer): dpo (with a frozen reference model) or orpo (no reference
-            model). Empty: the profile's.
-        beta: DPO: KL strength to the reference model; ORPO: weight of the odds-ratio term. Empty: the profile's.
+        method: Training objective, `training.method` (a TRL trainer): dpo trains against a frozen reference
+            model, the others (orpo, cpo, simpo) need none. Empty: the profile's.
+        beta: DPO: KL strength to the reference model; ORPO: weight of the odds-ratio term; CPO and SimPO: the scale
+            of the chosen-rejected log-probability margin. Empty: the profile's.
         learning_rate: Peak learning rate. Empty: the profile's.
         max_steps: Stop after this many optimizer steps (-1: run the profile's epochs). Empty: the profile's.
         overrides: Any other keys as `key.path=value`, e.g. `training.scaling.num_workers=4` or

@@ -269,6 +269,7 @@ def test_custom_run_from_the_ui_registers_an_orpo_model(stack, nightly, tmp_path
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    from alignflow.flows.deployments import METHODS
     from alignflow.tasks.runtime.state import tracking_uri
 
     on_demand = stack.deployment("alignment-on-demand")
@@ -286,10 +287,10 @@ def test_custom_run_from_the_ui_registers_an_orpo_model(stack, nightly, tmp_path
         wait.until(EC.element_to_be_clickable((By.XPATH, "//a[normalize-space(.)='alignment-on-demand']"))).click()
         wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Run']"))).click()
         wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Custom run']"))).click()
-        # method is optional (empty: the profile's); choosing it switches the field to the dpo/orpo select
+        # method is optional (empty: the profile's); choosing it switches the field to a select of the schema's methods
         wait.until(EC.element_to_be_clickable((By.XPATH, f"{method}//button[normalize-space(.)='str']"))).click()
         select = Select(wait.until(EC.presence_of_element_located((By.XPATH, f"{method}//select"))))
-        assert [o.get_attribute("value") for o in select.options] == ["dpo", "orpo"]
+        assert [o.get_attribute("value") for o in select.options] == list(METHODS)
         select.select_by_value("orpo")
         driver.save_screenshot(str(shots / "1-custom-run-form.png"))
         # Submit as the first nightly run goes to training, so both want to train at the same time.

@@ -72,13 +72,36 @@ def test_entrypoints_are_flows_with_typed_parameters(prefect_yaml):
     form = parameter_schema(flows["alignment-on-demand"]).model_dump_for_openapi()["properties"]
     assert form["profile"]["enum"] == list(profile_names())
     assert {"pipeline", "cluster", "recipes/orpo"} <= set(form["profile"]["enum"])
-    assert form["method"]["anyOf"][0]["enum"] == ["dpo", "orpo"]
+    assert form["method"]["anyOf"][0]["enum"] == _schema_methods()  # every method, from the schema
     assert {"profile", "method", "beta", "learning_rate", "max_steps", "overrides"} == set(form)
     assert all(p.get("description") for p in form.values())
     promote = parameter_schema(flows["promote-model"]).model_dump_for_openapi()
     assert {"name", "version", "reason"} <= set(promote["required"])
     for d in prefect_yaml["deployments"]:  # deployment defaults are parameters the flow takes
         assert set(d.get("parameters") or {}) <= set(parameter_schema(flows[d["name"]]).properties)
+
+
+def _schema_methods() -> list[str]:
+    """The methods the config schema accepts, read off TrainingConfig's field (not a copy of the list)."""
+    from typing import get_args
+
+    from alignflow.conf.training import TrainingConfig
+
+    return list(get_args(TrainingConfig.model_fields["method"].annotation))
+
+
+def test_run_form_offers_exactly_the_schema_methods():
+    from prefect.utilities.callables import parameter_schema
+
+    from alignflow.flows.deployments import run_alignment
+    from alignflow.flows.profiles import resolve_config
+
+    methods = _schema_methods()
+    assert {"dpo", "orpo", "cpo", "simpo"} <= set(methods)  # the read-off found the real list
+    form = parameter_schema(run_alignment).model_dump_for_openapi()["properties"]
+    assert form["method"]["anyOf"][0]["enum"] == methods
+    for method in methods:  # and each choice resolves into a valid config
+        assert resolve_config("pipeline", method=method).training.method == method
 
 
 def test_knobs_resolve_over_the_profile_and_overrides():
