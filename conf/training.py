@@ -40,11 +40,11 @@ CPO_LOSSES = ("sigmoid", "hinge", "ipo")
 
 
 def run_defaults(use_gpu: bool) -> dict[str, Any]:
-    """alignflow's values for TRL settings a profile may still set: TRL's bf16 and activation checkpointing
-    fail or only slow down on CPU; Ray runs one data loader per worker; the first step is logged."""
+    """alignflow's values for TRL settings a profile may still set: TRL's bf16 fails on CPU; Ray runs one data
+    loader per worker; the first step is logged. Activation checkpointing keeps TRL's default (on) on CPU too:
+    it costs a second forward pass and cuts a worker's peak several-fold (tasks/training/memory.py)."""
     return {
         "bf16": use_gpu,
-        "activation_checkpointing": False,
         "ddp_find_unused_parameters": False,
         "dataloader_num_workers": 0,
         "logging_first_step": True,

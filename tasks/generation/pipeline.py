@@ -24,6 +24,7 @@ from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
 from alignflow.tasks.generation.limits import concurrency_shares
+from alignflow.tasks.runtime.memory import ModelShape, inference_bytes
 from alignflow.tasks.runtime.state import sha256_text
 
 
@@ -131,12 +132,27 @@ def build_pipeline(
                 generator_index=i,
                 label=label,
                 progress_total=len(rows),
+                resources=step_resources(generation.ray, model_paths[i], batches[i], gen.max_new_tokens),
             )
             for i, (gen, label) in enumerate(zip(generation.generators, step_labels(generation), strict=True))
         ]
         collect = CollectCandidates(name="candidates", input_batch_size=gen_batch)
         load >> generators >> collect >> scorer
     return pipeline
+
+
+PROMPT_TOKENS = 512  # a generation step's prompt, at most, for its memory estimate
+
+
+def step_resources(on_ray: bool, model_path: str | None, batch: int, max_new_tokens: int):
+    """A generator step's Ray resources: the memory its local model needs (tasks/runtime/memory.py), so Ray
+    places the step's actors by memory too. Nothing to reserve for an endpoint, or off Ray."""
+    from distilabel.steps import StepResources
+
+    shape = ModelShape.of_folder(model_path) if on_ray else None
+    if shape is None:
+        return StepResources()
+    return StepResources(memory=inference_bytes(shape, batch, PROMPT_TOKENS + max_new_tokens))
 
 
 def _scorer(generation: GenerationConfig, llm, prompts: int, position: int, batch: int):
@@ -224,9 +240,10 @@ def run_pipeline(job: PipelineJob) -> None:
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True, default=str))[:16]
     pipeline = build_pipeline(rows, generation, job.model_paths, cache, job.seed, job.judge_only)
     if generation.ray:
-        from alignflow.tasks.runtime.ray import FORWARDED_ENV
+        from alignflow.tasks.runtime.ray import FORWARDED_ENV, HEAP_TUNABLES
 
         env = {k: os.environ[k] for k in (*FORWARDED_ENV, "DISTILABEL_LOG_LEVEL") if k in os.environ}
+        env.setdefault("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES", HEAP_TUNABLES))
         pipeline = pipeline.ray(
             ray_init_kwargs={"address": job.ray_address, "logging_level": "WARNING", "runtime_env": {"env_vars": env}}
         )

@@ -28,6 +28,14 @@ FORWARDED_ENV = (
 )
 
 
+# glibc's malloc raises its mmap threshold (up to 32 MiB) as large blocks are freed; after that a training step's
+# activations come from the heap, whose freed middle stays resident. A SmolLM2 LoRA step at 4 x 512 peaked at
+# 6.8 GiB RSS that way for ~1.2 GiB live. A fixed 1 MiB threshold hands every large block back at free, and
+# hugetlb=1 backs those blocks with transparent huge pages, which keeps the page faults to ~20% of a step's time
+# (4 KiB pages: +55%). Every Ray worker alignflow starts gets it; a GLIBC_TUNABLES set by the user wins.
+HEAP_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576"
+
+
 def quiet_ray_logs() -> None:
     """Ray worker setup hook: keep the trainer's progress bars, drop Ray Train's chatter.
 
@@ -68,7 +76,7 @@ def ensure_ray(address: str | None, env_vars: dict[str, str]) -> None:
 
     if ray.is_initialized():
         return
-    env_vars = {**local_ray_env(address), **env_vars}
+    env_vars = {"GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", HEAP_TUNABLES), **local_ray_env(address), **env_vars}
     ray.init(
         address=address,
         include_dashboard=False,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from alignflow.conf.training import TrainingConfig
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, home, sha256_text, sha256_tree
-from alignflow.tasks.training import staging
+from alignflow.tasks.training import memory, staging
 from alignflow.tasks.training.job import TrainJob, WorkerInputs
 from alignflow.tasks.training.loop import FINAL_MODEL_DIR, RESULT_FILE, train_loop
 from alignflow.tasks.training.recipe import SFT
@@ -93,16 +93,16 @@ def finished_stage(storage_path: str, run_name: str) -> TrainResult | None:
     return result if result.model.path.is_dir() else None
 
 
-def scaling_kwargs(training: TrainingConfig) -> dict:
+def scaling_kwargs(training: TrainingConfig, resources_per_worker: dict[str, float] | None = None) -> dict:
     """Ray Train ScalingConfig's arguments: `num_workers` is (min, max) when training.scaling.min_workers is set
-    (Ray Train V2 elastic training), else an int."""
+    (Ray Train V2 elastic training), else an int; `resources_per_worker` with its `memory` (memory.reservation)."""
     scaling = training.scaling
     return {
         "num_workers": scaling.num_workers
         if scaling.min_workers is None
         else (scaling.min_workers, scaling.num_workers),
         "use_gpu": scaling.use_gpu,
-        "resources_per_worker": scaling.resources_per_worker,
+        "resources_per_worker": resources_per_worker or scaling.resources_per_worker,
     }
 
 
@@ -140,10 +140,16 @@ def train_model(job: TrainJob, stage: str = "preference") -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     start_ray(job.ray_address)
+    # Each worker reserves the memory it is estimated to need, so Ray queues what does not fit now (a run or a
+    # recipe beside this one) and this refuses, before any step, what can never fit.
+    label = f"train ({SFT if stage == SFT else job.training.method})"
+    resources, needed = memory.reservation(job.training, job.model, SFT if stage == SFT else job.training.method)
+    scaling = job.training.scaling
+    memory.refuse_unless_fits(label, needed, scaling.min_workers or scaling.num_workers)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"inputs": worker_inputs(job, stage)},
-        scaling_config=ScalingConfig(**scaling_kwargs(job.training)),
+        scaling_config=ScalingConfig(**scaling_kwargs(job.training, resources)),
         run_config=RunConfig(
             name=job.run_name,
             storage_path=job.storage_path,
@@ -153,7 +159,12 @@ def train_model(job: TrainJob, stage: str = "preference") -> TrainResult:
         ),
     )
     started = time.perf_counter()
-    fit = trainer.fit()
+    try:
+        fit = trainer.fit()
+    except Exception as exc:
+        if memory.killed_for_memory(exc):  # one line for the person; the traceback stays chained, for the log
+            raise memory.OutOfMemory(memory.oom_line(label, needed, max(memory.node_memory(), default=0))) from exc
+        raise
     wall = time.perf_counter() - started
     if fit.checkpoint is None:
         raise RuntimeError(f"training run {job.run_name!r} finished without a final checkpoint")

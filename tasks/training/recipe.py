@@ -18,6 +18,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from alignflow.conf.training import TrainingConfig, run_defaults
+from alignflow.tasks.training.memory import bound_logprob_tiles, release_reference
 
 SFT = "sft"  # the stage name of the SFT stage; the preference stage is named by its method
 
@@ -175,6 +176,7 @@ def build_trainer(
     _, trainer_class = trl_classes(stage)
     if stage == "dpo" and args.precompute_ref_log_probs and reference_cache is not None:
         trainer_class = with_reference_cache(trainer_class, reference_cache)
+    bound_logprob_tiles(training.scaling.use_gpu)
     trainer = trainer_class(
         model=model,
         args=args,
@@ -183,6 +185,7 @@ def build_trainer(
         callbacks=list(callbacks),
         peft_config=get_peft_config(model_args),  # LoRA from ModelConfig's lora_* fields, None unless use_peft
     )
+    release_reference(trainer)
     return trainer, tokenizer
 
 
