@@ -40,6 +40,7 @@ from alignflow.tasks.evaluation import comparison as table
 from alignflow.tasks.registry import tracking as mlflow_runs
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, artifact_root, home
+from alignflow.tasks.training import memory
 from alignflow.tasks.training.curves import plot_comparison_curves
 from alignflow.tasks.training.driver import TrainResult
 from alignflow.tasks.training.recipe import preload_trainers
@@ -117,21 +118,29 @@ def _run_recipes(
     storage: str,
     opponent: Champion | None,
 ) -> dict[str, dict]:
-    """Train at most `max_parallel` recipes at once; each one's evaluation starts when its training ends.
+    """Train at most `max_parallel` recipes at once, and a second one only while the recipes' memory
+    (tasks/training/memory.py run_bytes) fits the Ray cluster's; each one's evaluation starts when its
+    training ends.
 
     Returns recipe name -> {"status", "reason"} plus, when completed, "trained" and "evaluation"."""
     logger = get_run_logger()
     beta = config.training.knob("beta", float)  # one scale for every recipe's implicit reward
-    pending, training, evaluating, outcome = list(recipes), {}, {}, {}
+    room = sum(memory.node_memory())
+    pending, training, evaluating, outcome, held = list(recipes), {}, {}, {}, {}
     while pending or training:
         while pending and len(training) < config.comparison.max_parallel:
+            need = memory.run_bytes(pending[0].training, data.start.loadable) or 0
+            if not memory.fits_beside(list(held.values()), need, room):  # Ray would queue it; here, no retry logs
+                logger.info("recipe %s waits for memory (~%.1f GiB)", pending[0].name, need / memory.GIB)
+                break
             recipe = pending.pop(0)
             future = train_recipe.with_options(task_run_name=f"train {recipe.name}").submit(
                 recipe, data.start, data.train, storage, children[recipe.name]
             )
-            training[future.task_run_id] = (recipe, future)
+            training[future.task_run_id], held[future.task_run_id] = (recipe, future), need
         done = next(as_completed([future for _, future in training.values()]))
         recipe, future = training.pop(done.task_run_id)
+        held.pop(done.task_run_id)
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException) or not future.state.is_completed():
             reason = table.short_reason(result if isinstance(result, BaseException) else future.state.message)
