@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError
+from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, load_config
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.cli.common import ConfigOption, config_error, console, load
 
@@ -77,7 +77,15 @@ def run(
     home: HomeOption = None,
 ) -> None:
     """Run the whole pipeline as one Prefect flow."""
-    cfg = load(config, [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])], False)
+    # load_config here, not common.load: a knob goes from this file to the loader, conf/training.py and the recipe
+    try:
+        cfg = load_config(
+            config,
+            [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])],
+            trl_checks=False,
+        )
+    except ConfigError as exc:
+        raise config_error(exc) from None
     _check_api_keys(cfg)
     _preflight(cfg)
     _check_trl(cfg)
