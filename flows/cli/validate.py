@@ -113,6 +113,8 @@ def _tokenizer_factory(cfg: PipelineConfig):
 
 def _print_validation(data: Path, result, report: Path | None) -> None:
     """The validation report as a person reads it: what was read, the checks that hit, tokens, warnings, files."""
+    from alignflow.tasks.validation.report import length_lines  # the stage's modules load only when it runs
+
     for note in result.notes:
         console.print(f"[dim]read:[/dim] {escape(note)}")
     table = Table(title=escape(f"{data}: {result.valid}/{result.rows} valid ({result.format})"))
@@ -126,11 +128,8 @@ def _print_validation(data: Path, result, report: Path | None) -> None:
     for check_id, item in result.checks.items():
         if item.skipped:
             console.print(f"[dim]{check_id} skipped: {item.skipped}[/dim]")
-    if result.tokens.measured:
-        t = result.tokens
-        console.print(
-            f"tokens: longest {t.longest}, mean {t.mean}, {t.truncated_fraction:.1%} over max_length={t.max_length}"
-        )
+    for line in length_lines(result.tokens):
+        console.print(escape(line))
     for warning in result.gate.warnings:
         console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     console.print(

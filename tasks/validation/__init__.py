@@ -12,7 +12,7 @@
     rowchecks.py   what one chunk decides alone (check_chunk: row checks, texts, hashes, lengths)
     parallel.py    chunks checked in worker processes, merged in file order (validation.workers)
     validator.py   the checks engine (Validator: chunks merged in order, counts and hashes kept)
-    report.py      ValidationReport (report.json, typed) and the gate's verdict
+    report.py      ValidationReport (report.json, typed), token-length percentiles, the gate's verdict
     outputs.py     quarantine, split and summary writers
     stage.py       validate_file, validate_pairs, split_by_prompt: the entry points
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from alignflow.tasks.validation.hashing import HashIndex, buckets_from_hashes
 from alignflow.tasks.validation.readers import MISSING, REQUIRED, Chunk
-from alignflow.tasks.validation.report import SplitSummary, ValidationReport
+from alignflow.tasks.validation.report import SplitSummary, ValidationReport, length_lines
 
 if TYPE_CHECKING:
     from alignflow.conf.validation import ValidationConfig
@@ -213,6 +213,8 @@ def summary_markdown(report: ValidationReport) -> str:
             f"Tokens (chat template): longest {tokens.longest}, mean {tokens.mean}, "
             f"{tokens.truncated_fraction:.1%} over max_length={tokens.max_length}."
         )
+        # A list, not more sentences: the percentiles and the suggestion are what a person acts on.
+        lines += ["", *(f"- {line}" for line in length_lines(tokens)[1:]), ""]
     bias = report.checks["length_bias"].detail or {}
     if bias.get("chosen_longer_fraction") is not None:
         lines.append(

@@ -7,6 +7,9 @@ files) are left out of the dump when absent, as the file has always done, not wr
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Mapping
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +20,8 @@ if TYPE_CHECKING:
     from alignflow.conf.validation import ValidationConfig
 
 REPORT_VERSION = 1
+PERCENTILES = (50, 90, 95, 99)
+KEEP_PERCENT = 95  # the share of pairs the suggested max_length keeps
 
 
 def _absent(value: object) -> bool:
@@ -41,6 +46,20 @@ class CheckResult(_Part):
     skipped: str | None = _optional(description="why the check could not run (too_long without a tokenizer)")
 
 
+class TokenPercentiles(_Part):
+    """The distribution of the length `too_long` compares with validation.max_length (per pair, the longer of
+    prompt + chosen and prompt + rejected, after the chat template), over the measured pairs."""
+
+    p50: int
+    p90: int
+    p95: int
+    p99: int
+    suggested_max_length: int = Field(description="the smallest max_length that keeps 95% of the measured pairs")
+    too_long_fraction: float = Field(
+        description="measured pairs over the current max_length (truncated_fraction, even with too_long off)"
+    )
+
+
 class Tokens(_Part):
     measured: int
     max_length: int
@@ -48,6 +67,7 @@ class Tokens(_Part):
     mean: float | None
     too_long: int
     truncated_fraction: float | None
+    percentiles: TokenPercentiles | None = _optional(description="absent when no pair was measured")
 
 
 class Ratings(_Part):
@@ -106,6 +126,55 @@ class ValidationReport(_Part):
     seconds: float | None = _optional()
     rows_per_second: int | None = _optional()
     files: dict[str, str] | None = _optional()
+
+
+def _nearest_rank(lengths: list[int], cumulative: list[int], percent: int) -> int:
+    """The smallest length at least `percent`% of the pairs are no longer than (nearest rank), so a max_length
+    of it keeps that share: no interpolation, which could suggest a length that keeps a little less."""
+    rank = -(-percent * cumulative[-1] // 100)  # ceil in integers: 0.95 * n in floats can land just under
+    return lengths[bisect_left(cumulative, max(rank, 1))]
+
+
+def length_percentiles(counts: Mapping[int, int], max_length: int) -> TokenPercentiles | None:
+    """Percentiles and the suggested max_length from how many pairs have each length (None: no pair).
+
+    Counts per distinct length, not every pair's length: memory stays flat however many rows the
+    file has, and chunks merge by adding counts."""
+    lengths = sorted(length for length, n in counts.items() if n > 0)
+    if not lengths:
+        return None
+    cumulative = list(accumulate(counts[length] for length in lengths))
+    at = {p: _nearest_rank(lengths, cumulative, p) for p in (*PERCENTILES, KEEP_PERCENT)}
+    over = sum(counts[length] for length in lengths if length > max_length)
+    return TokenPercentiles(
+        p50=at[50],
+        p90=at[90],
+        p95=at[95],
+        p99=at[99],
+        suggested_max_length=at[KEEP_PERCENT],
+        too_long_fraction=round(over / cumulative[-1], 4),
+    )
+
+
+def length_lines(tokens: Tokens) -> list[str]:
+    """The report's token lengths for a person (the CLI and summary.md say the same): the longest and mean, the
+    percentiles, then the max_length that keeps 95% of the pairs against the share too long now."""
+    if not tokens.measured:
+        return []
+    lines = [
+        f"tokens: longest {tokens.longest}, mean {tokens.mean}, "
+        f"{tokens.truncated_fraction or 0:.1%} over max_length={tokens.max_length}"
+    ]
+    pct = tokens.percentiles
+    if pct is not None:
+        spread = ", ".join(f"p{p} {getattr(pct, f'p{p}')}" for p in PERCENTILES)
+        lines += [
+            f"pair length (the longer side, after the chat template): {spread}",
+            f"max_length={pct.suggested_max_length} would keep {KEEP_PERCENT}% of the pairs; at max_length="
+            f"{tokens.max_length}, {pct.too_long_fraction:.1%} are too long "
+            "(set validation.max_length and training.max_length together)",
+        ]
+    return lines
 
 
 def describe(check: str, item: CheckResult, dataset_format: str | None = None) -> str:

@@ -22,7 +22,14 @@ from alignflow.conf.checks import CHECKS, DATASET_CHECKS
 from alignflow.tasks.validation.fields import FORMATS
 from alignflow.tasks.validation.hashing import HashIndex
 from alignflow.tasks.validation.readers import Chunk
-from alignflow.tasks.validation.report import CheckResult, Ratings, Tokens, ValidationReport, decide_gate
+from alignflow.tasks.validation.report import (
+    CheckResult,
+    Ratings,
+    Tokens,
+    ValidationReport,
+    decide_gate,
+    length_percentiles,
+)
 from alignflow.tasks.validation.rowchecks import ChunkChecks, Settings, check_chunk, hit
 from alignflow.tasks.validation.tokens import TokenCounter, token_notes
 
@@ -82,6 +89,7 @@ class Validator:
         self.leaked: list[np.ndarray] = []
         self.identical = {"exact": 0, "whitespace_only": 0}
         self.tokens = {"measured": 0, "sum": 0, "longest": 0}
+        self.length_counts: dict[int, int] = {}  # pairs per length (percentiles, suggested max_length)
         self.bias = {"pairs": 0, "chosen_longer": 0, "rejected_longer": 0, "sum_chosen": 0.0, "sum_rejected": 0.0}
         self.ratings = {"rows": 0, "sum_margin": 0.0}
 
@@ -141,6 +149,7 @@ class Validator:
             self.tokens["measured"] += len(rows)
             self.tokens["sum"] += int(longest.sum())
             self.tokens["longest"] = max(self.tokens["longest"], int(longest.max()))
+            self._count_lengths(longest)
             for check, mask in (("too_long", too_long), ("double_bos", double_bos)):
                 hit(level, check, mask, hits)
                 if level[check] == "error":
@@ -167,6 +176,11 @@ class Validator:
         self.quarantined += int(row_errors.sum())
         related = {i: r for i, r in related.items() if i in reasons}
         return ChunkResult(~row_errors, reasons, checks.texts, checks.prompt_hashes, related)
+
+    def _count_lengths(self, longest: np.ndarray) -> None:
+        values, counts = np.unique(longest, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            self.length_counts[value] = self.length_counts.get(value, 0) + count
 
     def loaded_tokenizer(self) -> Any:
         """The tokenizer, loaded now if a loader was given (None when the token checks are off)."""
@@ -325,6 +339,7 @@ class Validator:
                 mean=round(self.tokens["sum"] / measured, 1) if measured else None,
                 too_long=too_long,
                 truncated_fraction=round(too_long / measured, 4) if measured else None,
+                percentiles=length_percentiles(self.length_counts, cfg.max_length),
             ),
             ratings=Ratings(
                 columns=[rc, rr] if rc in self.columns and rr in self.columns else None,

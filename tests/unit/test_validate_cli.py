@@ -86,6 +86,15 @@ def test_cli_passes_with_tokenizer_and_writes_report(tmp_path, tokenizer_dir):
     assert written["valid"] == 30 and written["tokens"]["measured"] == 30
     assert set(written["files"]) == {"quarantine", "summary", "report", "train", "test"}
     assert (tmp_path / "r" / "pairs.validation" / "summary.md").exists()
+    # The percentiles and the suggested max_length, in the file and on the screen (rich may wrap the lines).
+    percentiles = written["tokens"]["percentiles"]
+    assert (
+        percentiles["p50"] <= percentiles["p95"] == percentiles["suggested_max_length"] <= written["tokens"]["longest"]
+    )
+    printed = " ".join(result.output.split())
+    assert f"p95 {percentiles['p95']}, p99 {percentiles['p99']}" in printed
+    assert f"max_length={percentiles['suggested_max_length']} would keep 95% of the pairs" in printed
+    assert "would keep 95% of the pairs" in (tmp_path / "r" / "pairs.validation" / "summary.md").read_text()
 
 
 def test_cli_gate_failure_exits_1(tmp_path):
