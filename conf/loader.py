@@ -80,6 +80,10 @@ def looks_secret(key: str, value: object) -> bool:
     if not isinstance(value, str):
         return False
     text = value.strip()
+    # A webhook URL is a credential (it posts as its owner), whichever key it was given to: never shown,
+    # though other URLs are (`runtime.notify_webhook=https://...`, `runtime={notify_webhook: https://...}`).
+    if "://" in text and "webhook" in f"{key} {text}".lower():
+        return True
     return not _is_location(text) and bool(_SECRET_VALUE.search(text))
 
 

@@ -7,7 +7,6 @@ unknown keys, so a typo stops the run before any compute starts.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
@@ -17,29 +16,9 @@ from alignflow.conf.comparison import ComparisonConfig
 from alignflow.conf.evaluation import EvaluationConfig, RegistryConfig
 from alignflow.conf.generation import GenerationConfig
 from alignflow.conf.merge import deep_merge
+from alignflow.conf.runtime import RuntimeConfig
 from alignflow.conf.training import TrainingConfig
 from alignflow.conf.validation import ValidationConfig
-
-
-class RuntimeConfig(Section):
-    home: Path | None = Field(None, description="State directory (default: $ALIGNFLOW_HOME or ./.alignflow).")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite in the state directory).")
-    ray_address: str | None = Field(
-        None, description="Join this Ray cluster (`auto`, `ray://host:10001`); None starts a local one."
-    )
-    seed: int = 0
-    notify_webhook: str | None = Field(
-        None,
-        pattern=r"^https?://",
-        description="POST a JSON message (Slack/Teams-style `text` plus details) here when a run fails or "
-        "crashes; None: no notification.",
-    )
-    mlflow_ui_url: str | None = Field(
-        None,
-        pattern=r"^https?://",
-        description="MLflow UI base URL for the links in Prefect artifacts (None: $ALIGNFLOW_MLFLOW_UI_URL, else "
-        "the tracking URI when it is an http(s) server).",
-    )
 
 
 class PipelineConfig(Section):

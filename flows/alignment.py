@@ -18,7 +18,7 @@ from alignflow.flows import artifacts
 from alignflow.flows.bookkeeping import open_book
 from alignflow.flows.data import GateFailed
 from alignflow.flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
-from alignflow.flows.notify import failure_hook
+from alignflow.flows.notify import failure_hook, notify_outcome
 from alignflow.flows.preamble import StageClock, preamble
 from alignflow.flows.runbook import RunBook
 from alignflow.flows.stages import Registration, evaluate, register, train
@@ -57,8 +57,9 @@ def _config_from_parameters(parameters: dict) -> PipelineConfig:
     return PipelineConfig.model_validate(parameters["config"])
 
 
-# A failed or crashed run POSTs to runtime.notify_webhook (flows/notify.py); the MLflow run is
-# marked FAILED by the flow itself (`with book`), before the hook runs.
+# A failed or crashed run notifies the webhook the runtime section names (flows/notify.py); the MLflow run
+# is marked FAILED by the flow itself (`with book`), before the hook runs. The gate's outcome (promoted or
+# not) is sent by the flow body once the MLflow run has finished.
 @flow(
     name="alignment",
     description="Generate, validate, train (DPO/ORPO on Ray), evaluate head to head and register a model.",
@@ -80,17 +81,19 @@ def alignment(config: PipelineConfig) -> RunSummary:
             )
         with clock("register"):
             outcome = register(config.registry, book, trained.model, evaluation, opponent)
-        _report(config, book, evaluation, outcome, clock.seconds | {"train_steps": trained.steps})
+        version_url = _report(config, book, evaluation, outcome, clock.seconds | {"train_steps": trained.steps})
         champions = [c.row() for c in trajectory.champions(book.tracking, outcome.model)]
         artifacts.champions(champions, outcome.model)
     summary = _summary(book, evaluation, outcome, trained, data.pairs.sha256, clock.seconds)
+    notify_outcome(config, outcome, book.run_id, version_url)  # never raises: news of the run, not part of it
     return summary.model_copy(update={"champions": champions})
 
 
 def _report(
     config: PipelineConfig, book: RunBook, evaluation: Evaluation, outcome: Registration, numbers: dict[str, float]
-) -> None:
-    """The evaluation into MLflow (metrics, per-pair judgments) and Prefect (summary, samples)."""
+) -> str | None:
+    """The evaluation into MLflow (metrics, per-pair judgments) and Prefect (summary, samples); the model
+    version's MLflow UI link (None without a UI address)."""
     h2h = evaluation.head_to_head
     book.log_metrics(evaluation.metrics() | {f"seconds/{k}": v for k, v in numbers.items()})
     book.log_table(h2h.rows, "eval/head_to_head.json")  # every judged pair: the evidence behind the interval
@@ -108,6 +111,7 @@ def _report(
     )
     artifacts.evaluation(evaluation, outcome.decision, f"{outcome.model} v{outcome.version}", links, outcome.promoted)
     artifacts.samples(h2h, config.evaluation.samples)
+    return version_url
 
 
 def _summary(

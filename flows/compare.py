@@ -31,7 +31,8 @@ from alignflow.conf.loader import ConfigError, flatten, load_config
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.bookkeeping import open_book
 from alignflow.flows.data import PreparedData
-from alignflow.flows.notify import failure_hook
+from alignflow.flows.links import mlflow_ui_url, model_version_url
+from alignflow.flows.notify import failure_hook, notify_outcome
 from alignflow.flows.preamble import StageClock, preamble
 from alignflow.flows.profiles import profile_path
 from alignflow.flows.runbook import RunBook
@@ -275,6 +276,9 @@ def compare(config: PipelineConfig) -> ComparisonSummary:
             recipe = next(r for r in recipes if r.name == best["recipe"])
             registration = _register_best(config, recipe, children[recipe.name], outcomes[recipe.name], opponent)
             mlflow_runs.set_tags(book.tracking, book.run_id, {"compare.registered_version": registration.version})
+    if registration:  # the gate's outcome, as the alignment flow sends it; never raises
+        version_url = model_version_url(mlflow_ui_url(config, book.tracking), registration.model, registration.version)
+        notify_outcome(config, registration, book.run_id, version_url)
     return ComparisonSummary(
         mlflow_run_id=book.run_id,
         flow_run_id=str(flow_run.id),
