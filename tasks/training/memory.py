@@ -42,15 +42,6 @@ def bound_logprob_tiles(use_gpu: bool) -> None:
     chunked_logprob.TOKEN_CHUNK_SIZE = min(chunked_logprob.TOKEN_CHUNK_SIZE, LOGPROB_TILE_TOKENS_CPU)
 
 
-def release_reference(trainer) -> None:
-    """With precomputed reference log-probs, the reference model leaves memory once they are computed.
-
-    TRL keeps `ref_model` after precomputing; its loss reads the dataset's `ref_*_logps` columns instead. With
-    LoRA there is no second copy to drop: the reference is the base with the adapters off."""
-    if getattr(trainer.args, "precompute_ref_log_probs", False) and getattr(trainer, "ref_model", None) is not None:
-        trainer.ref_model = None
-
-
 def worker_bytes(training: TrainingConfig, shape: ModelShape, stage: str) -> int:
     """A training worker's peak memory, estimated: runtime + weights (+ DPO's reference copy) + gradients and
     Adam's moments of the trainable parameters + one step's activations and log-prob buffers.
@@ -79,8 +70,8 @@ def worker_bytes(training: TrainingConfig, shape: ModelShape, stage: str) -> int
         head = 6 * min(tokens, tile_tokens) * vocab_tile * 4
     else:
         head = 4 * tokens * shape.vocab * 4  # ORPO/CPO: full float32 logits, their log-softmax and both gradients
-    training_phase = optimizer + activations + head + (0 if precomputed else reference)
-    return int(RUNTIME_BYTES + weights + max(reference if precomputed else 0, training_phase))
+    # precomputed reference log-probs: TRL loads no reference copy (the policy computes them before step one)
+    return int(RUNTIME_BYTES + weights + optimizer + activations + head + (0 if precomputed else reference))
 
 
 def _lora_parameters(shape: ModelShape, rank: int) -> int:

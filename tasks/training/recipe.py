@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from alignflow.conf.training import TrainingConfig, run_defaults
-from alignflow.tasks.training.memory import bound_logprob_tiles, release_reference
+from alignflow.tasks.training.memory import bound_logprob_tiles
 
 SFT = "sft"  # the stage name of the SFT stage; the preference stage is named by its method
 
@@ -185,7 +185,6 @@ def build_trainer(
         callbacks=list(callbacks),
         peft_config=get_peft_config(model_args),  # LoRA from ModelConfig's lora_* fields, None unless use_peft
     )
-    release_reference(trainer)
     return trainer, tokenizer
 
 
