@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator
 
-from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, Section
+from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, BUILTIN_SMOLLM2, Section
 from alignflow.conf.generation import JudgeConfig
 
 
@@ -82,8 +84,28 @@ class GateConfig(Section):
         return value
 
 
+def default_model_name(base_model: str) -> str:
+    """The registered model a profile gets when it names none: `alignflow-` + the base model's own name.
+
+    So that two base models never share one registered model (and one champion) by default. The name is
+    the last part of the builtin name, hub id, folder or storage prefix, lower-cased, with anything MLflow
+    or a shell would stumble on made a dash: `builtin:smollm2-135m-instruct` -> alignflow-smollm2-135m-instruct,
+    `HuggingFaceTB/SmolLM2-360M-Instruct` -> alignflow-smollm2-360m-instruct, `/data/models/base` ->
+    alignflow-base."""
+    last = base_model.removeprefix("builtin:").rstrip("/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^a-z0-9._-]+", "-", last.lower()).strip("-._")
+    if slug.startswith("alignflow-"):  # a folder already named after its registered model
+        return slug
+    return f"alignflow-{slug or 'model'}"
+
+
 class RegistryConfig(Section):
-    model_name: str = Field("alignflow-smollm2", min_length=1, description="Registered model name in MLflow.")
+    model_name: str = Field(
+        default_model_name(BUILTIN_SMOLLM2),
+        min_length=1,
+        description="Registered model name in MLflow. Default: derived from training.model_name_or_path "
+        "(alignflow-<the base model's name>), so that another base model never meets this one's champion.",
+    )
     experiment: str = Field("alignflow", min_length=1)
     gate: GateConfig = Field(default_factory=GateConfig)
     auto_promote: bool = Field(

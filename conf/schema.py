@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from alignflow.conf.base import Section
 from alignflow.conf.comparison import ComparisonConfig
-from alignflow.conf.evaluation import EvaluationConfig, RegistryConfig
+from alignflow.conf.evaluation import EvaluationConfig, RegistryConfig, default_model_name
 from alignflow.conf.generation import GenerationConfig
 from alignflow.conf.merge import deep_merge
 from alignflow.conf.runtime import RuntimeConfig
@@ -49,6 +49,14 @@ class PipelineConfig(Section):
             for name, recipe in recipes.items()
         }
         return {**data, "comparison": {**data["comparison"], "recipes": merged}}
+
+    @model_validator(mode="after")
+    def _registry_name_follows_the_base_model(self) -> PipelineConfig:
+        # Unset, registry.model_name is the base model's: a profile that changes the base model starts a
+        # registered model (and a champion lineage) of its own. A name the profile sets is kept.
+        if "model_name" not in self.registry.model_fields_set:
+            self.registry.model_name = default_model_name(self.training.model_name_or_path)
+        return self
 
     @model_validator(mode="after")
     def _recipes_share_the_base_model(self) -> PipelineConfig:

@@ -19,6 +19,7 @@ from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.data import PreparedData
 from alignflow.flows.runbook import RunBook
 from alignflow.tasks.registry import tracking as mlflow_runs
+from alignflow.tasks.registry.base_guard import BASE_MODEL_TAG
 from alignflow.tasks.registry.orphans import Orphan, reap_orphans
 from alignflow.tasks.runtime.models import provenance
 from alignflow.tasks.runtime.state import artifact_root, home, tracking_uri
@@ -34,7 +35,7 @@ def lineage_tags(config: PipelineConfig, data: PreparedData) -> dict[str, str]:
         "prefect_flow_run_id": str(flow_run.id),
         "prefect_flow_run_url": flow_run.ui_url or "",
         "method": config.training.method,
-        "base_model": config.training.model_name_or_path,
+        BASE_MODEL_TAG: config.training.model_name_or_path,  # the champion's base, checked by the next run
         "base_model_sha256": data.base.sha256,
         "started_from": data.start_label,
         "train_dataset_sha256": data.train.sha256,

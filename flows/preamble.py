@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.data import PreparedData, prepare_data
 from alignflow.flows.stages import Champion, base_model, champion
+from alignflow.tasks.registry.base_guard import check_champion_base
 from alignflow.tasks.runtime.state import Ref, configure_environment, tracking_uri
 
 
@@ -55,8 +56,12 @@ class Preamble:
 def preamble(config: PipelineConfig, clock: StageClock) -> Preamble:
     """Environment, base model, champion and data, each stage timed on `clock` (base_model, champion, data).
 
-    Raises GateFailed (flows/data.py) when the data does not pass validation: nothing trains then."""
+    Raises ForeignChampion (tasks/registry/base_guard.py) when the registered model's champion was trained from
+    another base model, and GateFailed (flows/data.py) when the data does not pass validation: nothing trains then."""
     root = configure_environment(config)
+    # Another base model's champion stops the run here, before the base model is built or anything trains
+    # (the CLI checked already; a deployment run has only this check).
+    check_champion_base(config)
     run_key = (flow_run.id or "local")[:8]  # "local": a flow called outside a Prefect run (tests)
     with clock("base_model"):
         base = base_model(config.training, root / "models")

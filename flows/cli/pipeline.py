@@ -69,6 +69,17 @@ def _preflight(cfg: PipelineConfig) -> None:
         raise typer.Exit(2)
 
 
+def _check_champion_base(cfg: PipelineConfig) -> None:
+    """A champion trained from another base model: exit 2 naming both bases, before any compute (well under 5 s:
+    the registry is read without importing mlflow, tasks/registry/base_guard.py)."""
+    from alignflow.tasks.registry.base_guard import foreign_champion
+
+    problem = foreign_champion(cfg)
+    if problem:
+        console.print(f"[red]config error[/red] {escape(problem)}")
+        raise typer.Exit(2)
+
+
 def run(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="key.path=value overrides, e.g. training.method=orpo")
@@ -88,6 +99,7 @@ def run(
         raise config_error(exc) from None
     _check_api_keys(cfg)
     _preflight(cfg)
+    _check_champion_base(cfg)  # the tracking server answered (preflight); before TRL's checks, seconds of imports
     _check_trl(cfg)
     from alignflow.tasks.runtime.state import configure_environment
 
@@ -172,6 +184,7 @@ def compare(
         console.print(f"[red]config error[/red] {config or COMPARE_PROFILE}: comparison.recipes: no recipes to compare")
         console.print("Declare them under comparison.recipes (see conf/compare.yaml), then run again.")
         raise typer.Exit(2)
+    _check_champion_base(cfg)  # the best recipe is registered and judged like `alignflow run`'s candidate
     from alignflow.tasks.runtime.state import configure_environment
 
     root = configure_environment(cfg)  # before prefect/mlflow/transformers are imported

@@ -123,6 +123,49 @@ def test_register_is_idempotent_and_gated(server, two_versions, tiny_model_path)
     assert "README.md" in {a.path for a in client.list_logged_model_artifacts(model_id)}
 
 
+def test_champion_base_over_rest_is_mlflows(server, tmp_path):
+    """The guard on the champion's base (issue 30, item 6) reads a tracking server over MLflow's REST API, without
+    importing mlflow; it must read what MlflowClient reads, and `alignflow run` must stop on it in under 5 s."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from alignflow.tasks.registry import base_guard
+
+    client = MlflowClient(server)
+    for name, tags, champion in (("base-smollm2", {"base_model": "builtin:smollm2-135m-instruct"}, True),
+                                 ("base-unpromoted", {}, False)):  # fmt: skip
+        client.create_registered_model(name)
+        client.create_model_version(name, f"s3://bucket/{name}", tags=tags)
+        if champion:
+            client.set_registered_model_alias(name, "champion", "1")
+    for name in ("base-smollm2", "base-unpromoted", "base-no-such-model"):
+        assert base_guard._from_server(server, name) == base_guard._from_client(server, name), name
+    assert base_guard.champion_base(server, "base-smollm2") == base_guard.ChampionBase(
+        "1", "builtin:smollm2-135m-instruct"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            str(BIN / "alignflow"),
+            "run",
+            "--home",
+            str(tmp_path / "home"),
+            f"runtime.tracking_uri={server}",
+            "registry.model_name=base-smollm2",
+            "training.model_name_or_path=builtin:tiny-llama",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    seconds = time.monotonic() - started
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, out
+    assert "builtin:smollm2-135m-instruct" in out and "builtin:tiny-llama" in out
+    assert seconds < 5, f"{seconds:.1f}s"
+
+
 def cli(server: str, *args: str, user: str = "alice") -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "alignflow"), *args, "--tracking-uri", server],

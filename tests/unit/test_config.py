@@ -35,7 +35,7 @@ def test_embedded_default_loads_with_defaults():
     assert cfg.training.loss_type == ["sigmoid"]
     assert cfg.training.learning_rate == 2e-4 and cfg.training.use_peft is True  # LoRA adapters on SmolLM2
     assert cfg.evaluation.max_prompts == 48 and cfg.evaluation.samples_per_prompt == 2  # the gate's n: 48 x 2
-    assert cfg.registry.model_name == "alignflow-smollm2"
+    assert cfg.registry.model_name == "alignflow-smollm2-135m-instruct"  # the base model's (issue 30, item 6)
     assert cfg.training.scaling.resources_per_worker == {"CPU": 1.0}
     assert cfg.validation.min_pairs == 20
     assert cfg.runtime.home is None
