@@ -45,7 +45,11 @@ def _round(home: Path, overrides: list[str]) -> dict:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    latest = max(client.search_model_versions("name = 'alignflow-tiny'"), key=lambda v: int(v.version))
+    from alignflow.conf.loader import load_config
+
+    # The name the run registered under: the profile's registry.model_name, by default the base model's.
+    name = load_config(ROOT / "conf" / "pipeline.yaml", overrides, trl_checks=False).registry.model_name
+    latest = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     run = client.get_run(latest.run_id)
     m, tags = run.data.metrics, latest.tags
     return {

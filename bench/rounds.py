@@ -74,8 +74,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None, help="state directory (default: a fresh one)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--model", default="alignflow-smollm2", help="registered model name (registry.model_name)")
+    parser.add_argument(
+        "--model", default=None, help="registered model name (default: the profile's registry.model_name)"
+    )
     args, overrides = parser.parse_known_args()
+    if args.model is None:  # the name the runs register under: by default the base model's
+        from alignflow.conf.loader import load_config
+
+        args.model = load_config(ROOT / "conf" / "pipeline.yaml", overrides, trl_checks=False).registry.model_name
     home = (args.home or Path(tempfile.mkdtemp(prefix="alignflow-rounds-"))).resolve()
     walls = run_rounds(home, args.rounds, overrides) if args.rounds else []
     runs, trajectory = read_back(home, args.model)

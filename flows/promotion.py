@@ -43,7 +43,7 @@ def promote_model(
     """Move `champion` of `name` to `version`; `reason` is recorded with who and when.
 
     Args:
-        name: The registered model (MLflow), e.g. alignflow-smollm2.
+        name: The registered model (MLflow), e.g. alignflow-smollm2-135m-instruct (the default: alignflow-<base model>).
         version: The model version to make champion; one that failed the gate can be promoted too, and is then
             tagged promotion_gate_overridden=true.
         reason: Why, in words a colleague reads later: recorded on the version and in the champion history.
@@ -70,7 +70,7 @@ def rollback_model(
     """Move `champion` of `name` back to the version that held it before the current one.
 
     Args:
-        name: The registered model (MLflow), e.g. alignflow-smollm2.
+        name: The registered model (MLflow), e.g. alignflow-smollm2-135m-instruct (the default: alignflow-<base model>).
         reason: Why the current champion is withdrawn: recorded on the version and in the champion history.
         tracking_uri: The MLflow tracking server (default: $MLFLOW_TRACKING_URI, else the state directory's SQLite).
         user: Who decided (default: the authenticated user, else $ALIGNFLOW_USER, else the OS user).
