@@ -70,8 +70,8 @@ def _preflight(cfg: PipelineConfig) -> None:
 
 
 def _check_champion_base(cfg: PipelineConfig) -> None:
-    """A champion trained from another base model: exit 2 naming both bases, before any compute (well under 5 s:
-    the registry is read without importing mlflow, tasks/registry/base_guard.py)."""
+    """A champion trained from another base model: exit 2 naming both bases, before any compute
+    (tasks/registry/base_guard.py; how long it takes: bench/champion_guard.py)."""
     from alignflow.tasks.registry.base_guard import foreign_champion
 
     problem = foreign_champion(cfg)

@@ -8,33 +8,21 @@ flows/bookkeeping.py); `foreign_champion` compares the champion's with the profi
 they differ. `alignflow run` and `alignflow compare` exit 2 with that message; the flows (a deployment run
 too) stop with it before their first stage.
 
-It must answer in well under the CLI's 5 s, so mlflow (seconds to import) is not imported for the two
-stores alignflow sets up: the local SQLite store is read directly and read-only (a state directory without
-one has no champion, and none is created), a tracking server through MLflow's REST API. Any other store, or
-an answer this module does not expect, goes through MlflowClient.
+MlflowClient reads the champion (importing mlflow is most of the ~2-3 s the CLI takes to stop here). A state
+directory without its SQLite store has no champion, and no store is created to find that out.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sqlite3
-import urllib.error
-import urllib.parse
-import urllib.request
-from base64 import b64encode
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.conf.base import CHAMPION_MODEL
 from alignflow.conf.evaluation import default_model_name
 from alignflow.conf.schema import PipelineConfig
-from alignflow.tasks.registry.promotion import CHAMPION
 from alignflow.tasks.runtime.state import tracking_uri
 
 BASE_MODEL_TAG = "base_model"  # the lineage tag registration writes: training.model_name_or_path as configured
-TIMEOUT = 5.0  # seconds: a tracking server that answers slower than this fails the CLI's bound anyway
 
 
 class ForeignChampion(ValueError):
@@ -49,80 +37,12 @@ class ChampionBase:
     base_model: str | None
 
 
-class _Unread(Exception):
-    """The light reader could not tell: ask MlflowClient."""
-
-
 def _sqlite_path(uri: str) -> Path | None:
     """The file of a `sqlite:///...` store (SQLAlchemy's form: sqlite:////abs/path), else None."""
     if not uri.startswith("sqlite:///"):
         return None
     path = uri.removeprefix("sqlite:///").split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
-
-
-def _from_sqlite(path: Path, name: str) -> ChampionBase | None:
-    if not path.is_file():  # no store yet: no champion, and nothing is created to find that out
-        return None
-    try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=TIMEOUT)) as db:
-            alias = db.execute(
-                "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", (name, CHAMPION)
-            ).fetchone()
-            if alias is None:
-                return None
-            tag = db.execute(
-                "SELECT value FROM model_version_tags WHERE name = ? AND version = ? AND key = ?",
-                (name, alias[0], BASE_MODEL_TAG),
-            ).fetchone()
-    except sqlite3.Error as exc:  # an empty file, another MLflow schema: let MLflow read it
-        raise _Unread(str(exc)) from exc
-    return ChampionBase(str(alias[0]), tag[0] if tag else None)
-
-
-def _auth_headers() -> dict[str, str]:
-    """The credentials MlflowClient would send: MLFLOW_TRACKING_USERNAME/PASSWORD, else MLFLOW_TRACKING_TOKEN."""
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user:
-        return {"Authorization": "Basic " + b64encode(f"{user}:{password or ''}".encode()).decode()}
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _no_champion(exc: urllib.error.HTTPError) -> bool:
-    """MLflow's answer when there is nothing to check: 404 for a model it does not know, 400 for a model
-    without the alias (INVALID_PARAMETER_VALUE "Registered model alias champion not found.")."""
-    if exc.code == 404:
-        return True
-    try:
-        error = json.loads(exc.read() or b"{}")
-    except ValueError:
-        return False
-    message = str(error.get("message", ""))
-    return (
-        exc.code == 400
-        and error.get("error_code") == "INVALID_PARAMETER_VALUE"
-        and "alias" in message
-        and "not found" in message
-    )
-
-
-def _from_server(uri: str, name: str) -> ChampionBase | None:
-    query = urllib.parse.urlencode({"name": name, "alias": CHAMPION})
-    request = urllib.request.Request(
-        f"{uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias?{query}", headers=_auth_headers()
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            version = json.load(response)["model_version"]
-        tags = {t["key"]: t.get("value") for t in version.get("tags", [])}
-        return ChampionBase(str(version["version"]), tags.get(BASE_MODEL_TAG))
-    except urllib.error.HTTPError as exc:
-        if _no_champion(exc):
-            return None
-        raise _Unread(f"answers {exc.code}") from exc
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # not the answer MLflow gives
-        raise _Unread(str(exc)) from exc
 
 
 def _from_client(uri: str, name: str) -> ChampionBase | None:
@@ -134,17 +54,9 @@ def _from_client(uri: str, name: str) -> ChampionBase | None:
 
 def champion_base(uri: str, name: str) -> ChampionBase | None:
     """The champion of `name` on the store at `uri` and its base model; None when it has no champion."""
-    registry = os.environ.get("MLFLOW_REGISTRY_URI")
-    if registry and registry != uri:  # the registry lives elsewhere: only MLflow knows how to reach it
-        return _from_client(uri, name)
-    try:
-        path = _sqlite_path(uri)
-        if path is not None:
-            return _from_sqlite(path, name)
-        if uri.startswith(("http://", "https://")):
-            return _from_server(uri, name)
-    except _Unread:
-        pass
+    path = _sqlite_path(uri)
+    if path is not None and not path.is_file():  # no store yet: no champion, and MLflow would create one to say so
+        return None
     return _from_client(uri, name)
 
 
