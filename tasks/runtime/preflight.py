@@ -81,9 +81,9 @@ def _check_builtin(name: str) -> str | None:
     return None
 
 
-def check_model(name: str, hf_home: Path) -> str | None:
+def check_model(name: str, hub_cache: Path) -> str | None:
     """A built-in model, a local folder with config.json, an s3:// (fsspec) prefix, or a hub id in the
-    local cache (offline, the default) or on the hub (HF_HUB_OFFLINE=0)."""
+    user's hub cache `hub_cache` (offline, the default) or on the hub (HF_HUB_OFFLINE=0)."""
     if name == CHAMPION_MODEL:  # exported from the registry
         return None
     if name.startswith("builtin:"):  # built or converted here
@@ -97,7 +97,7 @@ def check_model(name: str, hf_home: Path) -> str | None:
         if not (path / "config.json").exists():
             return "the folder has no config.json (not a Hugging Face model folder)"
         return None
-    cached = hf_home / "hub" / f"models--{name.replace('/', '--')}"
+    cached = hub_cache / f"models--{name.replace('/', '--')}"
     if os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "false", "False"):
         if cached.is_dir():
             return None
@@ -209,17 +209,19 @@ def _dataset_id(path: str) -> bool:
     return is_dataset_id(path)
 
 
-def check_dataset_id(source: str, hf_home: Path) -> str | None:
-    """A dataset id must be in the HF datasets cache: nothing is downloaded."""
+def check_dataset_id(source: str, cache: Path) -> str | None:
+    """A dataset id must be in the HF datasets cache `cache`: nothing is downloaded."""
     from alignflow.tasks.runtime.hf_datasets import in_hf_cache
 
-    cache = Path(os.environ.get("HF_DATASETS_CACHE") or hf_home / "datasets")
     return None if in_hf_cache(source, cache) else f"not in the HF datasets cache {cache} (nothing is downloaded)"
 
 
 def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | None]]]:
     """(config key, target, check) for every part the config names, in pipeline order."""
-    hf_home = Path(os.environ.get("HF_HOME") or home(config) / "hf")
+    from huggingface_hub import constants  # the user's hub cache, as the HF libraries resolve it (HF_HOME's hub/)
+
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home(config) / "hf" / "datasets")
     gen, found = config.generation, []
     paths = (
         ("generation.prompts", gen.prompts),
@@ -228,7 +230,7 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
     )
     for key, path in paths:
         if key == "generation.preference_data" and path and _dataset_id(path):
-            found.append((key, path, lambda p=path: check_dataset_id(p, hf_home)))  # read from the HF cache
+            found.append((key, path, lambda p=path: check_dataset_id(p, datasets_cache)))  # read from the HF cache
             continue
         if path and not path.startswith("builtin:") and "://" not in path:
             found.append((key, path, lambda p=path: None if Path(p).expanduser().exists() else "no such file"))
@@ -238,9 +240,9 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
                 target = llm.base_url or "https://api.openai.com/v1"
                 found.append((f"{key}.base_url", target, lambda llm=llm: check_endpoint(llm.base_url, llm.api_key_env)))
             else:
-                found.append((f"{key}.model", llm.model, lambda m=llm.model: check_model(m, hf_home)))
+                found.append((f"{key}.model", llm.model, lambda m=llm.model: check_model(m, hub_cache)))
     model = config.training.model_name_or_path
-    found.append(("training.model_name_or_path", model, lambda: check_model(model, hf_home)))
+    found.append(("training.model_name_or_path", model, lambda: check_model(model, hub_cache)))
     if config.runtime.ray_address:
         found.append(("runtime.ray_address", config.runtime.ray_address, lambda: check_ray(config.runtime.ray_address)))
     if config.runtime.tracking_uri:

@@ -13,6 +13,9 @@ from pathlib import Path
 FORWARDED_ENV = (
     "ALIGNFLOW_HOME",
     "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_DATASETS_CACHE",
+    "HF_MODULES_CACHE",
     "HF_HUB_OFFLINE",
     "HF_DATASETS_OFFLINE",
     "TRANSFORMERS_OFFLINE",

@@ -73,7 +73,11 @@ def configure_environment(config: PipelineConfig) -> Path:
         # on a busy 2-core machine ("Timed out while attempting to connect to ephemeral Prefect API server").
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "MLFLOW_TRACKING_URI": tracking_uri(config),
-        "HF_HOME": str(root / "hf"),
+        # HF_HOME stays the user's: models already in ~/.cache/huggingface (or their HF_HOME) are found, and
+        # read only (offline, nothing is downloaded into it). What the HF libraries write goes here instead:
+        # datasets' Arrow caches and remote code's modules.
+        "HF_DATASETS_CACHE": str(root / "hf" / "datasets"),
+        "HF_MODULES_CACHE": str(root / "hf" / "modules"),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",

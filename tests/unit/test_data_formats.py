@@ -186,7 +186,7 @@ def hf_cache(tmp_path_factory):
     from datasets.packaged_modules.parquet.parquet import Parquet
 
     cache = Path(datasets.config.HF_DATASETS_CACHE)
-    assert str(cache).startswith(str(STATE))  # conftest points HF_HOME into the test state directory
+    assert str(cache).startswith(str(STATE))  # conftest configure_environment: HF_DATASETS_CACHE in the test state
     source = tmp_path_factory.mktemp("hub-files")
     files = {}
     for split, rows in (("train_prefs", ultrafeedback()), ("test_prefs", ultrafeedback(ROWS[:4]))):
@@ -244,9 +244,9 @@ def test_preflight_looks_for_a_dataset_id_in_the_cache(hf_cache):
 
     from alignflow.tasks.runtime.preflight import check_dataset_id, parts
 
-    hf_home = Path(os.environ["HF_HOME"])
-    assert check_dataset_id(f"{hf_cache}:train_prefs", hf_home) is None
-    assert "not in the HF datasets cache" in check_dataset_id("someone/absent", hf_home)
+    cache = Path(os.environ.get("HF_DATASETS_CACHE") or Path(os.environ["HF_HOME"]) / "datasets")
+    assert check_dataset_id(f"{hf_cache}:train_prefs", cache) is None
+    assert "not in the HF datasets cache" in check_dataset_id("someone/absent", cache)
     found = {key: target for key, target, _ in parts(small_config(f"generation.preference_data={hf_cache}"))}
     assert found["generation.preference_data"] == hf_cache
 

@@ -87,9 +87,9 @@ def test_models_folders_hub_ids_and_builtins(tmp_path, monkeypatch):
     (model / "config.json").write_text("{}")
     assert pf.check_model(str(model), tmp_path) is None
     assert pf.check_model("builtin:tiny-llama", tmp_path) is None
-    # A hub id, offline: only the local cache counts (HF's layout: hub/models--org--name).
+    # A hub id, offline: only the user's hub cache counts (HF's layout: models--org--name).
     assert "not in the offline cache" in pf.check_model("org/some-model", tmp_path)
-    (tmp_path / "hub" / "models--org--some-model").mkdir(parents=True)
+    (tmp_path / "models--org--some-model").mkdir(parents=True)
     assert pf.check_model("org/some-model", tmp_path) is None
 
 
