@@ -29,15 +29,22 @@ class ConfigError(ValueError):
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """A profile's YAML text as its mapping of sections; ConfigError naming `source` when it is not one."""
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, not {type(data).__name__}")
     return data
 
 
@@ -128,10 +135,23 @@ def load_config(
     `trl_checks`: also run TRL's own checks on the training knobs (check_trl). The CLI runs them
     itself, after the cheap checks (keys, paths, endpoints), so that those answer in a second."""
     source = Path(path) if path else DEFAULT_PROFILE
-    data = _read_yaml(source)
+    return _validated(_read_yaml(source), str(source), overrides, trl_checks)
+
+
+def load_config_text(
+    text: str, source: str, overrides: list[str] | tuple[str, ...] = (), trl_checks: bool = True
+) -> PipelineConfig:
+    """As `load_config`, from a profile's YAML text read elsewhere (a URL, a Prefect Variable); errors name `source`."""
+    return _validated(parse_yaml(text, source), source, overrides, trl_checks)
+
+
+def _validated(
+    data: dict[str, Any], source: str, overrides: list[str] | tuple[str, ...] = (), trl_checks: bool = True
+) -> PipelineConfig:
+    """A profile's mapping with the overrides applied, validated into PipelineConfig; errors name `source`."""
     for override in overrides:
         apply_override(data, override)
-    label = f"{source} with overrides {' '.join(map(shown_override, overrides))}" if overrides else str(source)
+    label = f"{source} with overrides {' '.join(map(shown_override, overrides))}" if overrides else source
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:

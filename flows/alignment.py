@@ -66,12 +66,14 @@ def _config_from_parameters(parameters: dict) -> PipelineConfig:
     on_failure=[failure_hook(_config_from_parameters)],
     on_crashed=[failure_hook(_config_from_parameters)],
 )
-def alignment(config: PipelineConfig) -> RunSummary:
-    """One alignment run, from prompts to a registered model version and the gate's decision."""
+def alignment(config: PipelineConfig, lineage: dict[str, str] | None = None) -> RunSummary:
+    """One alignment run, from prompts to a registered model version and the gate's decision.
+
+    `lineage`: more MLflow tags of the run and its model version, e.g. the deployment's profile and its sha256."""
     clock = StageClock()
     prep = preamble(config, clock)  # base model, champion, data: timed as base_model, champion, data
     data, opponent = prep.data, prep.opponent
-    with open_book(config, data, f"{config.name}-{flow_run.name or prep.run_key}") as book:
+    with open_book(config, data, f"{config.name}-{flow_run.name or prep.run_key}", **(lineage or {})) as book:
         with clock("train"):
             trained = train(config.training, data.start, data.train, prep.storage, book)
         with clock("evaluate"):

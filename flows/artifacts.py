@@ -43,6 +43,15 @@ def validation(report: ValidationReport) -> None:
     create_markdown_artifact(summary_markdown(report), key="validation-summary")
 
 
+def profile(source: str, sha256: str, config_name: str) -> None:
+    """Which profile the run loaded: as named (an in-package name, a path or URL, variable:NAME), its text's hash."""
+    create_markdown_artifact(
+        f"Profile `{source}` (config `{config_name}`), sha256 of its YAML text `{sha256}`.",
+        key="profile",
+        description=f"profile {source}",
+    )
+
+
 def champions(rows: list[dict[str, str]], model: str) -> None:
     """Each champion of `model` so far against the base model (same prompts, same seeds): do the rounds compound?"""
     if rows:

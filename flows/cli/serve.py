@@ -4,7 +4,7 @@
         a local Prefect server (SQLite under the state directory) with its UI, the
         deployments of deploy/prefect.yaml, a process worker that runs them, and the MLflow
         UI, all on 127.0.0.1; Ctrl-C stops every one of them. `make serve` runs this.
-    alignflow deploy [--profile NAME] [key.path=value ...]
+    alignflow deploy [--profile NAME|PATH|variable:NAME] [key.path=value ...]
         against $PREFECT_API_URL (any server, e.g. the docker-compose stack): the work pool,
         the concurrency limits (flows/limits.py) and the deployments; then start a worker with
         `prefect worker start --pool alignflow`.
@@ -33,19 +33,25 @@ OverridesArg = Annotated[
     typer.Argument(help="key.path=value defaults for the deployments' `overrides`, e.g. training.max_steps=20"),
 ]
 ProfileOption = Annotated[
-    str | None, typer.Option("--profile", help="Default profile of the alignment deployments (a conf/ file stem).")
+    str | None,
+    typer.Option(
+        "--profile",
+        help="Default profile of the alignment deployments: a conf/ file stem, a path or URL of a YAML file on the "
+        "worker, or variable:NAME (a Prefect Variable).",
+    ),
 ]
 
 
 def _check(profile: str | None, overrides: list[str]) -> PipelineConfig:
     """Validate the defaults the way a run will (exit 2 naming the key), before anything starts."""
-    from alignflow.flows.profiles import profile_path
+    from alignflow.flows.profiles import VARIABLE, config_of, read_profile
 
     try:
-        path = profile_path(profile) if profile else None
-    except ConfigError as exc:  # --profile names no conf/ file
+        if profile and not profile.startswith(VARIABLE):  # a Variable is read by each run: the server may be down now
+            return config_of(read_profile(profile), overrides)
+    except ConfigError as exc:  # --profile names no conf/ file, no readable file, or its config is not valid
         raise config_error(exc) from None
-    return load(path, overrides)
+    return load(None, overrides)
 
 
 def serve(

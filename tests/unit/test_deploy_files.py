@@ -70,8 +70,12 @@ def test_entrypoints_are_flows_with_typed_parameters(prefect_yaml):
     flows = {d["name"]: import_object(d["entrypoint"]) for d in prefect_yaml["deployments"]}
     assert all(isinstance(f, Flow) for f in flows.values())
     form = parameter_schema(flows["alignment-on-demand"]).model_dump_for_openapi()["properties"]
-    assert form["profile"]["enum"] == list(profile_names())
-    assert {"pipeline", "cluster", "recipes/orpo"} <= set(form["profile"]["enum"])
+    # Free text (a name, a path or URL on the worker, variable:NAME), the in-package names shown with it.
+    assert form["profile"]["type"] == "string" and "enum" not in form["profile"]
+    assert form["profile"]["examples"][: len(profile_names())] == list(profile_names())
+    assert {"pipeline", "cluster", "recipes/orpo"} <= set(form["profile"]["examples"])
+    assert all(f"`{name}`" in form["profile"]["description"] for name in profile_names())
+    assert "variable:NAME" in form["profile"]["description"] and "s3://" in form["profile"]["description"]
     assert form["method"]["anyOf"][0]["enum"] == _schema_methods()  # every method, from the schema
     assert {"profile", "method", "beta", "learning_rate", "max_steps", "overrides"} == set(form)
     assert all(p.get("description") for p in form.values())
