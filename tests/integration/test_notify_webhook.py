@@ -151,7 +151,10 @@ def test_a_run_not_promoted_posts_one_message_with_the_interval_and_leaves_no_tr
     assert message["mlflow_run_id"] == summary.mlflow_run_id and message["reason"] == summary.decision
     assert f"[{summary.win_rate_low:.3f}, {summary.win_rate_high:.3f}]" in message["text"]
     assert f"n={summary.n_prompts} prompts" in message["text"]
-    assert message["mlflow_version_url"].endswith(f"test-notify-outcome/{summary.version}")
+    version = summary.version  # the registry URI, or the MLflow UI's page when a UI address is known
+    assert message["mlflow_version_url"].endswith(
+        (f"models:/test-notify-outcome/{version}", f"/models/test-notify-outcome/versions/{version}")
+    )
     assert f"sent to the webhook in ${VARIABLE}" in caplog.text  # the logs were captured, and name the variable
 
     # MLflow: the SQLite store and the artifacts live in the state directory (runtime.home), searched byte by byte.
