@@ -1,10 +1,11 @@
 """Entry flow of the alignment deployments (deploy/prefect.yaml), with typed knobs for the UI.
 
 `run-alignment` takes what an operator picks in the Prefect UI's run form: a profile (an in-package
-name, a path or URL of a YAML file on the worker, or `variable:NAME`, a Prefect Variable: flows/profiles.py), the method as a choice among the schema's methods, the main TRL knobs, and free
-`key.path=value` overrides; it loads the config the way `alignflow run` does and runs the
-alignment pipeline inside this flow run, so the stages' task runs and artifacts (validation
-report, training curves, evaluation summary) are on this run's page.
+name, a path or URL of a YAML file on the worker, or `variable:NAME`, a Prefect Variable: flows/profiles.py),
+the method as a choice among the schema's methods, the main TRL knobs, and free `key.path=value` overrides;
+it loads the config the way `alignflow run` does and runs the alignment pipeline inside this flow run, so the
+stages' task runs and artifacts (the profile that ran, validation report, training curves, evaluation summary)
+are on this run's page.
 
 Precedence: the profile, then `overrides` (a deployment's defaults live there), then the
 typed knobs that are set (a knob left empty keeps the profile's value). A bad value fails
