@@ -3,7 +3,8 @@ deployed with `prefect deploy`, a process worker, the MLflow UI) started on 127.
 
 - schedule: the API shows nightly-alignment's 02:00 UTC cron schedule and its next run;
 - browser: headless Chromium opens alignment-on-demand in the Prefect UI, starts a custom run with
-  method=orpo, the run completes and its model version is in the MLflow registry;
+  method=orpo and a profile stored outside the package (a YAML file path typed into the form), the run
+  completes, and its model version is in the MLflow registry, named after that profile with its hash;
 - overlap: of two nightly runs triggered together the second waits (AwaitingConcurrencySlot) while the
   first runs (deployment concurrency 1, ENQUEUE; it is then cancelled: a third whole flow run would cost
   minutes here), and the nightly run's training and the on-demand run's (when the browser test ran) do
@@ -15,6 +16,7 @@ Runs use the small test settings: `alignflow serve` makes SMALL the deployments'
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 import signal
@@ -266,18 +268,24 @@ def _submit(driver, stack, deployment_id: str, before: set[str], shots: Path) ->
 def test_custom_run_from_the_ui_registers_an_orpo_model(stack, nightly, tmp_path):
     from mlflow import MlflowClient
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    from alignflow.conf.loader import DEFAULT_PROFILE
     from alignflow.flows.deployments import METHODS
     from alignflow.tasks.runtime.state import tracking_uri
 
+    # A team's profile outside the package: the embedded default under its own name, typed into the form as a path.
+    team = tmp_path / "team-profile.yaml"
+    team.write_text(DEFAULT_PROFILE.read_text().replace("name: alignflow-smollm2", "name: team-ui", 1))
     on_demand = stack.deployment("alignment-on-demand")
     before = {r["id"] for r in stack.post("/flow_runs/filter", {"deployments": {"id": {"any_": [on_demand["id"]]}}})}
     method = (
         "//span[contains(@class,'schema-form-property__label') and starts-with(normalize-space(.),'method')]"
         "/ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')][1]"
     )
+    profile = method.replace("'method'", "'profile'")
     shots = tmp_path / "screenshots"
     shots.mkdir()
     driver = _browser(tmp_path / "chromium-profile")
@@ -292,11 +300,16 @@ def test_custom_run_from_the_ui_registers_an_orpo_model(stack, nightly, tmp_path
         select = Select(wait.until(EC.presence_of_element_located((By.XPATH, f"{method}//select"))))
         assert [o.get_attribute("value") for o in select.options] == list(METHODS)
         select.select_by_value("orpo")
+        # profile is free text (a textarea in Prefect 3.8's form): the in-package names are in its description
+        field = wait.until(EC.element_to_be_clickable((By.XPATH, f"({profile}//textarea | {profile}//input)")))
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(str(team))
         driver.save_screenshot(str(shots / "1-custom-run-form.png"))
         # Submit as the first nightly run goes to training, so both want to train at the same time.
         _wait_for_data(stack, nightly.run)
         [run] = _submit(driver, stack, on_demand["id"], before, shots)
         assert run["parameters"]["method"] == "orpo"
+        assert run["parameters"]["profile"] == str(team)
         assert run["parameters"]["overrides"] == on_demand["parameters"]["overrides"]  # the small settings
         stack.on_demand_run = run["id"]
         [done] = stack.wait_done([run["id"]])
@@ -325,7 +338,13 @@ def test_custom_run_from_the_ui_registers_an_orpo_model(stack, nightly, tmp_path
     ]
     assert len(versions) == 1, "the run registered no model version"
     assert versions[0].tags["method"] == "orpo"
-    assert client.get_run(versions[0].run_id).data.params["training.method"] == "orpo"
+    # The profile that ran is the team's: its name, its source and the hash of its text in the lineage.
+    assert versions[0].tags["profile"] == str(team)
+    assert versions[0].tags["profile_sha256"] == hashlib.sha256(team.read_bytes()).hexdigest()
+    mlflow_run = client.get_run(versions[0].run_id)
+    assert mlflow_run.data.params["training.method"] == "orpo" and mlflow_run.data.params["name"] == "team-ui"
+    assert mlflow_run.info.run_name.startswith("team-ui-")
+    assert str(team) in stack.artifacts(run["id"])["profile"]["data"]
 
 
 def test_a_second_nightly_run_waits_and_no_two_trainings_overlap(stack, nightly):
