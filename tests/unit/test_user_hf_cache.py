@@ -35,7 +35,9 @@ def test_a_model_in_the_users_hub_cache_is_found_and_only_read(tmp_path):
     user = tmp_path / "user"
     snapshot = user / ".cache" / "huggingface" / "hub" / "models--someone--cached-model" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 48, "num_attention_heads": 4}))
+    (snapshot / "config.json").write_text(
+        json.dumps({"model_type": "llama", "hidden_size": 48, "num_attention_heads": 4})
+    )
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
     before = _files(user)
