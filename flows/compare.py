@@ -127,10 +127,11 @@ def _run_recipes(
     logger = get_run_logger()
     beta = config.training.knob("beta", float)  # one scale for every recipe's implicit reward
     room = sum(memory.node_memory())
+    needs = {recipe.name: memory.run_bytes(recipe.training, data.start.loadable) or 0 for recipe in recipes}
     pending, training, evaluating, outcome, held = list(recipes), {}, {}, {}, {}
     while pending or training:
         while pending and len(training) < config.comparison.max_parallel:
-            need = memory.run_bytes(pending[0].training, data.start.loadable) or 0
+            need = needs[pending[0].name]
             if not memory.fits_beside(list(held.values()), need, room):  # Ray would queue it; here, no retry logs
                 logger.info("recipe %s waits for memory (~%.1f GiB)", pending[0].name, need / memory.GIB)
                 break

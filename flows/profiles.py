@@ -68,7 +68,8 @@ def read_profile(profile: str) -> ProfileText:
     if profile.startswith(VARIABLE):
         return ProfileText(profile, f"profile {profile!r} (Prefect Variable)", read_variable(profile))
     if profile in profile_names():
-        return ProfileText(profile, str(profile_path(profile)), profile_path(profile).read_text())
+        path = CONF_DIR / f"{profile}.yaml"
+        return ProfileText(profile, str(path), path.read_text())
     if is_location(profile):
         return ProfileText(profile, f"profile {profile!r}", read_location(profile))
     raise ConfigError(
