@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from alignflow.tasks.runtime.turns import row_turns
+
 # from_pretrained swaps module-level functions while it loads (torch's init functions, tie_weights, the
 # default dtype) and puts them back after: two loads in threads of one process, as when a comparison
 # evaluates recipes side by side, can restore each other's stand-ins and leave tied weights on the meta device.
@@ -40,8 +42,9 @@ def load_causal_lm(path: str | Path):
     return model, tokenizer
 
 
-def response_logps(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16):
-    """(sum of log-probs of each response's tokens given its prompt, number of response tokens)."""
+def response_logps(model, tokenizer, prompts: list[str | list[dict]], responses: list[str], batch_size: int = 16):
+    """(sum of log-probs of each response's tokens given its prompt, number of response tokens). A prompt is a text
+    (one user turn) or a conversation's turns (system prompt, earlier turns, the last user turn), as training saw it."""
     import torch
 
     sums, counts = [], []
@@ -51,9 +54,8 @@ def response_logps(model, tokenizer, prompts: list[str], responses: list[str], b
         for prompt, response in zip(
             prompts[start : start + batch_size], responses[start : start + batch_size], strict=True
         ):
-            head = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+            turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            head = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
             p_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
             r_ids = tokenizer(response + eos, add_special_tokens=False)["input_ids"]
             sequences.append(p_ids + r_ids)
@@ -76,7 +78,7 @@ def response_logps(model, tokenizer, prompts: list[str], responses: list[str], b
 
 
 def score_model(model, tokenizer, pairs: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    prompts = pairs["prompt"].tolist()
+    prompts = [row_turns(row, "prompt") or row["prompt"] for row in pairs.to_dict("records")]
     chosen, n_c = response_logps(model, tokenizer, prompts, pairs["chosen"].tolist(), batch_size)
     rejected, n_r = response_logps(model, tokenizer, prompts, pairs["rejected"].tolist(), batch_size)
     return pd.DataFrame({"chosen": chosen, "rejected": rejected, "n_chosen": n_c, "n_rejected": n_r})

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from alignflow.conf.evaluation import EvaluationConfig
 from alignflow.tasks.evaluation.head_to_head import (
     HeadToHead,
@@ -22,6 +20,7 @@ from alignflow.tasks.evaluation.head_to_head import (
 from alignflow.tasks.evaluation.judges import pair_judge
 from alignflow.tasks.evaluation.metrics import HeldOutMetrics, evaluate_models
 from alignflow.tasks.runtime.state import Ref
+from alignflow.tasks.runtime.turns import split_prompts
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,8 @@ def evaluate(
     and against the base as well when the champion was the opponent. Answers are sampled once per model and
     setting (`answers_cache`), so the base's answers are reused round after round."""
     eval_set = load_eval_set(config)
-    train_prompts = [
-        p if isinstance(p, str) else list(p) for p in pd.read_parquet(train_path, columns=["prompt"])["prompt"]
-    ]
-    check_disjoint(eval_set, train_prompts, "the train split")
+    # a conversation's last user turn is what it asks (tasks/runtime/overlap.py), not its flattened text
+    check_disjoint(eval_set, split_prompts(train_path), "the train split")
     held_out = evaluate_models(
         candidate.loadable,
         base.loadable,

@@ -18,6 +18,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from alignflow.conf.training import TrainingConfig, run_defaults
+from alignflow.tasks.runtime.turns import row_turns
 from alignflow.tasks.training.memory import bound_logprob_tiles
 
 SFT = "sft"  # the stage name of the SFT stage; the preference stage is named by its method
@@ -55,21 +56,24 @@ def preload_trainers(trainings: list[TrainingConfig]) -> None:
 # --- data: the train split in TRL's conversational formats ------------------------------------------
 
 
+def _turns(example: dict, part: str, role: str) -> list[dict[str, str]]:
+    """The row's own turns (a conversational data file: system prompt and earlier turns kept), else its text as
+    one turn of `role`."""
+    return row_turns(example, part) or [{"role": role, "content": example[part]}]
+
+
 def to_conversational(example: dict) -> dict:
-    """TRL's conversational preference format, so the model's chat template is applied."""
+    """TRL's conversational preference format, so the model's chat template is applied to the turns as they were."""
     return {
-        "prompt": [{"role": "user", "content": example["prompt"]}],
-        "chosen": [{"role": "assistant", "content": example["chosen"]}],
-        "rejected": [{"role": "assistant", "content": example["rejected"]}],
+        "prompt": _turns(example, "prompt", "user"),
+        "chosen": _turns(example, "chosen", "assistant"),
+        "rejected": _turns(example, "rejected", "assistant"),
     }
 
 
 def to_prompt_completion(example: dict) -> dict:
     """TRL's conversational prompt-completion format: the user's prompt, the chosen answer as the completion."""
-    return {
-        "prompt": [{"role": "user", "content": example["prompt"]}],
-        "completion": [{"role": "assistant", "content": example["chosen"]}],
-    }
+    return {"prompt": _turns(example, "prompt", "user"), "completion": _turns(example, "chosen", "assistant")}
 
 
 # --- model and tokenizer ----------------------------------------------------------------------------

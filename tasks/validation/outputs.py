@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from alignflow.tasks.runtime.turns import MESSAGE_COLUMNS
 from alignflow.tasks.validation.hashing import HashIndex, buckets_from_hashes
 from alignflow.tasks.validation.readers import MISSING, REQUIRED, Chunk
 from alignflow.tasks.validation.report import SplitSummary, ValidationReport, length_lines
@@ -49,6 +50,12 @@ def _dumps(obj: dict) -> str:
         return line
     except UnicodeEncodeError:  # lone surrogates (invalid UTF-8 input): escape them
         return json.dumps(obj, ensure_ascii=True, default=str)
+
+
+def _turns_type():
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
 class Outputs:
@@ -93,9 +100,14 @@ class Outputs:
             return
         tp, tc, tr = result.texts
         data = {"prompt": [tp[i] for i in keep], "chosen": [tc[i] for i in keep], "rejected": [tr[i] for i in keep]}
-        extras = [k for k in chunk.columns if k not in REQUIRED]
+        turns = [result.conversations.get(int(i)) for i in keep]
+        for k, name in enumerate(MESSAGE_COLUMNS.values()):  # the turns, where the file has conversations
+            data[name] = [None if t is None else t[k] for t in turns]
+        extras = [k for k in chunk.columns if k not in REQUIRED and k not in MESSAGE_COLUMNS.values()]
         if self._schema is None:  # the first chunk with valid rows fixes the columns and their types
             fields = [pa.field(k, pa.string()) for k in REQUIRED]
+            if result.conversations:  # one format per file: a conversational file's chunks all have turns
+                fields += [pa.field(name, _turns_type()) for name in MESSAGE_COLUMNS.values()]
             for k in extras:
                 try:
                     kind = pa.array([_json_safe(chunk.columns[k][i]) for i in keep]).type
@@ -107,8 +119,9 @@ class Outputs:
             fields.append(pa.field("source_row", pa.int64()))
             self._schema = pa.schema(fields)
         arrays = [pa.array(data[k], type=pa.string()) for k in REQUIRED]
+        arrays += [pa.array(data[f.name], type=f.type) for f in self._schema if f.name in MESSAGE_COLUMNS.values()]
         for f in self._schema:
-            if f.name in REQUIRED or f.name == "source_row":
+            if f.name in REQUIRED or f.name == "source_row" or f.name in MESSAGE_COLUMNS.values():
                 continue
             column = chunk.columns.get(f.name)
             values = [None] * len(keep) if column is None else [column[i] for i in keep]

@@ -49,6 +49,7 @@ class ChunkChecks:
     identical: tuple[int, int]  # exact, whitespace only
     ratings: tuple[int, float]  # rows with a margin, their sum
     texts: tuple[list, list, list]  # canonical prompt/chosen/rejected strings (None where unusable)
+    conversations: dict[int, tuple]  # row -> (prompt, chosen, rejected) messages, for conversational rows
     usable: np.ndarray  # bool per row: has texts
     prompt_hashes: np.ndarray  # uint64 per row (0 where unusable)
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # forward, backward hashes, exact; per usable row
@@ -112,6 +113,7 @@ def check_chunk(
         identical=identical,
         ratings=ratings,
         texts=(texts.tp, texts.tc, texts.tr),
+        conversations=texts.conversations,
         usable=usable,
         prompt_hashes=prompt_hashes,
         pairs=pairs,

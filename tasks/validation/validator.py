@@ -44,6 +44,8 @@ class ChunkResult:
     texts: tuple[list, list, list]  # canonical prompt/chosen/rejected strings (None where unusable)
     prompt_hashes: np.ndarray  # uint64 per row (0 where unusable)
     related: dict[int, dict[str, int]] = field(default_factory=dict)  # row -> the earlier row it repeats/reverses
+    # row -> (prompt, chosen, rejected) messages of a conversational row: the split files keep the turns
+    conversations: dict[int, tuple] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,7 +177,7 @@ class Validator:
         self.valid += int(n - row_errors.sum())
         self.quarantined += int(row_errors.sum())
         related = {i: r for i, r in related.items() if i in reasons}
-        return ChunkResult(~row_errors, reasons, checks.texts, checks.prompt_hashes, related)
+        return ChunkResult(~row_errors, reasons, checks.texts, checks.prompt_hashes, related, checks.conversations)
 
     def _count_lengths(self, longest: np.ndarray) -> None:
         values, counts = np.unique(longest, return_counts=True)
