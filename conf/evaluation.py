@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, BUILTIN_SMOLLM2, Section
 from alignflow.conf.generation import JudgeConfig
@@ -29,6 +30,12 @@ class EvaluationConfig(Section):
         description="Who compares two answers: offline (the reference-based scorer) or an UltraFeedback LLM "
         "judge through distilabel, shown each pair in both orders.",
     )
+    judges: list[JudgeConfig] = Field(
+        default_factory=list,
+        description="Two or more judges instead of `judge`: each judges the same pairs and gets its own win rate "
+        "with its interval, and every two of them their agreement (share of pairs with the same verdict, Cohen's "
+        "kappa, n). The first decides the gate, or all of them (registry.gate.judges). Empty: `judge` alone.",
+    )
     bootstrap_resamples: int = Field(2000, ge=100, le=100_000, description="Paired-bootstrap resamples over prompts.")
     max_pairs: int | None = Field(None, ge=1, description="Score at most this many held-out pairs (None: all).")
     batch_size: int = Field(16, ge=1)
@@ -36,6 +43,27 @@ class EvaluationConfig(Section):
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature (0: greedy).")
     seed: int = Field(0, description="Seeds the prompt sample and the sampling of every answer.")
     samples: int = Field(8, ge=0, description="Rows of (prompt, opponent, candidate) in the samples artifact.")
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_shorthand(cls, value: object) -> object:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("judges", mode="before")
+    @classmethod
+    def _judges_shorthand(cls, value: object) -> object:
+        return [{"kind": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _judge_or_judges(self) -> EvaluationConfig:
+        # `judge` at its default (as a dumped config carries it) or equal to the first of `judges` is no conflict
+        if self.judges and self.judge not in (JudgeConfig(), self.judges[0]):
+            raise ValueError("evaluation.judge and evaluation.judges are both set: list every judge under judges")
+        return self
+
+    def panel(self) -> list[JudgeConfig]:
+        """The judges of the head-to-head, the one the gate reads first."""
+        return list(self.judges) or [self.judge]
 
 
 GATE_THRESHOLD_METRICS = (
@@ -68,6 +96,11 @@ class GateConfig(Section):
         default_factory=dict,
         description="Minimum the candidate must reach on each named metric, whatever the opponent does: "
         f"keys among {', '.join(GATE_THRESHOLD_METRICS)}.",
+    )
+    judges: Literal["first", "all"] = Field(
+        "first",
+        description="With several evaluation.judges: the first judge's win rate decides, or every judge's must "
+        "clear the bar (all).",
     )
     max_chosen_nll: float | None = Field(
         None,

@@ -51,6 +51,10 @@ class RunSummary(BaseModel):
     seconds: dict[str, float]
     # Every champion of the registered model so far, oldest first, against the base model (tasks/registry/trajectory.py).
     champions: list[dict[str, str]] = []
+    # With several evaluation.judges: each judge's win rate (judge, win_rate, low, high), and every two judges'
+    # agreement in words (share with its interval, Cohen's kappa, n).
+    judges: list[dict[str, str | float]] = []
+    agreements: list[str] = []
 
 
 def _config_from_parameters(parameters: dict) -> PipelineConfig:
@@ -143,4 +147,11 @@ def _summary(
         resumed_from_step=trained.resumed_from_step,
         dataset_sha256=dataset_sha256,
         seconds=seconds,
+        judges=[
+            {"judge": r.judge, "win_rate": r.win_rate.estimate, "low": r.win_rate.low, "high": r.win_rate.high}
+            for r in evaluation.judges
+        ]
+        if evaluation.other_judges
+        else [],
+        agreements=[a.line() for a in evaluation.agreements],
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from alignflow.tasks.evaluation.agreement import panel_markdown
 from alignflow.tasks.evaluation.head_to_head import HeadToHead
 from alignflow.tasks.evaluation.stage import Evaluation
 from alignflow.tasks.generation.report import GenerationReport
@@ -100,6 +101,7 @@ def evaluation(evaluation: Evaluation, decision: GateDecision, title: str, links
         f"({h2h.wins} wins, {h2h.ties} ties, {h2h.losses} losses); mean answer words {h2h.candidate_words} vs "
         f"{h2h.opponent_words}.",
         "",
+        *panel_markdown(evaluation.judges, evaluation.agreements),
         f"Held-out pairs: {held_out.pairs}. {links}",
         "",
         "| model | " + " | ".join(keys) + " |",

@@ -32,7 +32,7 @@ from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.generation.stage import GenerationFailed, generate_preferences
 from alignflow.tasks.registry import trajectory, versions
 from alignflow.tasks.registry.card import model_card, write_model_card
-from alignflow.tasks.registry.gate import GateDecision, decide
+from alignflow.tasks.registry.gate import GateDecision, decide_panel
 from alignflow.tasks.registry.promotion import PromotionRefused
 from alignflow.tasks.runtime.models import resolve_model
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text, sha256_tree
@@ -246,8 +246,8 @@ def register(
     """Register (once per MLflow run), decide with the gate, tag the decision and its evidence, write the model
     card, and promote when the gate passes and the champion is still the one evaluated against."""
     name = registry.model_name
-    decision = decide(
-        evaluation.head_to_head, evaluation.held_out.candidate, evaluation.opponent_metrics, registry.gate
+    decision = decide_panel(
+        evaluation.judges, evaluation.held_out.candidate, evaluation.opponent_metrics, registry.gate
     )
     promote = decision.passed and registry.auto_promote
     version = versions.log_model_version(book.tracking, book.run_id, name, model.path)

@@ -141,6 +141,10 @@ def _print_summary(result: RunSummary, wall: float, root: Path) -> None:
         f"win rate against the {result.against}: {result.win_rate:.3f}, 95% CI "
         f"[{result.win_rate_low:.3f}, {result.win_rate_high:.3f}] on {result.n_prompts} evaluation prompts"
     )
+    for judge in result.judges:  # several evaluation.judges: each one's reading of the same pairs
+        console.print(f"  judge {judge['judge']}: {judge['win_rate']:.3f} [{judge['low']:.3f}, {judge['high']:.3f}]")
+    for line in result.agreements:
+        console.print(f"  {escape(line)}")
     verdict = "[green]promoted to champion[/green]" if result.promoted else "[yellow]not promoted[/yellow]"
     console.print(f"{result.model} version {result.version}: {verdict}")
     console.print(f"  {escape(result.decision)}")

@@ -77,6 +77,12 @@ def ultrafeedback_judge(config: JudgeConfig) -> PairJudge:
     return judge
 
 
+def judge_labels(configs: list[JudgeConfig]) -> list[str]:
+    """A name per judge for reports: its kind and LLM model, numbered when two would read the same."""
+    labels = [c.kind if c.llm is None else f"{c.kind}:{c.llm.model}" for c in configs]
+    return [f"{label}#{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
+
 def pair_judge(config: JudgeConfig) -> PairJudge:
     return offline_judge if config.kind == "offline" else ultrafeedback_judge(config)
 

@@ -6,10 +6,12 @@ set must share no prompt with the training split: checked here, before any answe
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.conf.evaluation import EvaluationConfig
+from alignflow.tasks.evaluation.agreement import JudgeAgreement, judge_agreement
 from alignflow.tasks.evaluation.head_to_head import (
     HeadToHead,
     cached_answers,
@@ -17,7 +19,7 @@ from alignflow.tasks.evaluation.head_to_head import (
     judge_match,
     load_eval_set,
 )
-from alignflow.tasks.evaluation.judges import pair_judge
+from alignflow.tasks.evaluation.judges import judge_labels, pair_judge
 from alignflow.tasks.evaluation.metrics import HeldOutMetrics, evaluate_models
 from alignflow.tasks.runtime.state import Ref
 from alignflow.tasks.runtime.turns import split_prompts
@@ -32,6 +34,14 @@ class Evaluation:
     # The candidate against the original base model on the same prompts and seeds, when the head-to-head above
     # is against the champion: the trajectory of the rounds (the same as head_to_head when that is the base's).
     versus_base: HeadToHead | None = None
+    # With several evaluation.judges: the other judges' records of the same pairs, and every two judges' agreement.
+    other_judges: tuple[HeadToHead, ...] = ()
+    agreements: tuple[JudgeAgreement, ...] = ()
+
+    @property
+    def judges(self) -> tuple[HeadToHead, ...]:
+        """Every judge's record against the opponent, the first judge's (head_to_head) first."""
+        return (self.head_to_head, *self.other_judges)
 
     @property
     def against_base(self) -> HeadToHead:
@@ -51,7 +61,20 @@ class Evaluation:
         flat |= {f"eval/{who}/{k}": v for who, scores in self.held_out.table() for k, v in scores.items()}
         flat |= {f"eval/{k}": v for k, v in self.head_to_head.metrics().items()}
         flat |= {f"eval/vs_base/{k}": v for k, v in self.against_base.metrics().items() if k.startswith("win_rate")}
+        for i, record in enumerate(self.other_judges, start=2):  # judge 1 is eval/win_rate*
+            flat |= {f"eval/judge{i}/{k}": v for k, v in record.metrics().items() if k.startswith("win_rate")}
+        for agreement in self.agreements:
+            pair = f"{self._judge_number(agreement.first)}_{self._judge_number(agreement.second)}"
+            flat[f"eval/agreement/{pair}"] = agreement.agreement.estimate
+            flat[f"eval/agreement/{pair}_low"] = agreement.agreement.low
+            flat[f"eval/agreement/{pair}_high"] = agreement.agreement.high
+            flat[f"eval/agreement/{pair}_n_pairs"] = float(agreement.n_pairs)
+            if agreement.kappa is not None:
+                flat[f"eval/agreement/{pair}_kappa"] = agreement.kappa
         return flat
+
+    def _judge_number(self, label: str) -> str:
+        return f"judge{[r.judge for r in self.judges].index(label) + 1}"
 
 
 def evaluate(
@@ -79,15 +102,24 @@ def evaluate(
         config.max_pairs,
         champion.loadable if champion else None,
     )
-    judge_name = config.judge.kind if config.judge.llm is None else f"{config.judge.kind}:{config.judge.llm.model}"
-    judge = pair_judge(config.judge)
+    panel = config.panel()
+    labels = judge_labels(panel)
+    judges = [pair_judge(j) for j in panel]
 
     def answers(model: Ref) -> list[list[str]]:
         return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache)
 
     mine = answers(candidate)
-    if champion is None:
-        return Evaluation(held_out, judge_match(mine, answers(base), "base", eval_set, config, judge, judge_name))
-    record = judge_match(mine, answers(champion), "champion", eval_set, config, judge, judge_name)
-    versus_base = judge_match(mine, answers(base), "base", eval_set, config, judge, judge_name)
-    return Evaluation(held_out, record, versus_base)
+    opponent, against = (base, "base") if champion is None else (champion, "champion")
+    theirs = answers(opponent)
+    # every judge judges the same answers: their records differ only by the judge, so they can be compared
+    records = [
+        judge_match(mine, theirs, against, eval_set, config, j, label) for j, label in zip(judges, labels, strict=True)
+    ]
+    agreements = tuple(
+        judge_agreement(a, b, config.bootstrap_resamples, config.seed) for a, b in itertools.combinations(records, 2)
+    )
+    versus_base = None
+    if champion is not None:  # the rounds' trajectory, by the first judge
+        versus_base = judge_match(mine, answers(base), "base", eval_set, config, judges[0], labels[0])
+    return Evaluation(held_out, records[0], versus_base, tuple(records[1:]), agreements)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alignflow.tasks.evaluation.agreement import panel_markdown
 from alignflow.tasks.evaluation.stage import Evaluation
 from alignflow.tasks.registry.gate import GateDecision
 from alignflow.tasks.registry.tracking import mlflow_client
@@ -49,6 +50,7 @@ def model_card(name: str, version: str, tags: dict[str, str], evaluation: Evalua
         f"{h2h.candidate_words} (candidate) vs {h2h.opponent_words} ({h2h.against})",
         f"- prompt set: `{h2h.prompt_set}` (sha256 `{h2h.prompt_set_sha256[:16]}`)",
         "",
+        *panel_markdown(evaluation.judges, evaluation.agreements),
         "## Lineage",
         "",
         "| fact | value |",

@@ -8,12 +8,16 @@ there is none (so the first model must beat the base too; nothing passes for fre
              and  every metric in gate.thresholds reaches its minimum
              and  (gate.max_chosen_nll) the candidate's chosen NLL is at most that
 
+With several evaluation judges, the first judge's head-to-head decides (`gate.judges: first`), or
+every judge's must pass (`all`; the decision then reports the first judge that failed, else the first).
+
 Every decision carries the estimate, the interval, n and the rule in words, so the version's
 tags, its model card, the CLI summary and the Prefect artifact all say why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from alignflow.conf.evaluation import GateConfig
@@ -44,9 +48,10 @@ class GateDecision:
         }
 
 
-def rule_text(gate: GateConfig) -> str:
+def rule_text(gate: GateConfig, judges: int = 1) -> str:
+    who = f" under every one of the {judges} judges" if judges > 1 and gate.judges == "all" else ""
     return (
-        f"promote when the 95% CI lower bound of the win rate > {0.5 + gate.min_win_rate_margin:.2f} "
+        f"promote when the 95% CI lower bound of the win rate{who} > {0.5 + gate.min_win_rate_margin:.2f} "
         f"and held-out chosen NLL <= opponent's + {gate.max_nll_increase}"
         + (f" and thresholds {gate.thresholds}" if gate.thresholds else "")
         + (f" and chosen NLL <= {gate.max_chosen_nll}" if gate.max_chosen_nll is not None else "")
@@ -90,4 +95,22 @@ def decide(
         high=wr.high,
         n_prompts=h2h.prompts,
         n_pairs=h2h.pairs,
+    )
+
+
+def decide_panel(
+    records: tuple[HeadToHead, ...], candidate: dict[str, float], opponent: dict[str, float] | None, gate: GateConfig
+) -> GateDecision:
+    """`decide` on the first judge's record, or (gate.judges: all) on every judge's: the first failure, else the
+    first judge's decision, naming the judge when there are several."""
+    if len(records) == 1:
+        return decide(records[0], candidate, opponent, gate)
+    deciding = records if gate.judges == "all" else records[:1]
+    decisions = [decide(r, candidate, opponent, gate) for r in deciding]
+    index, decision = next(((i, d) for i, d in enumerate(decisions) if not d.passed), (0, decisions[0]))
+    verdict, _, rest = decision.reason.partition(": ")
+    return dataclasses.replace(
+        decision,
+        reason=f"{verdict} by the {deciding[index].judge} judge ({gate.judges} of {len(records)} decide): {rest}",
+        rule=rule_text(gate, len(records)),
     )

@@ -243,6 +243,14 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
                 found.append((f"{key}.model", llm.model, lambda m=llm.model: check_model(m, hub_cache)))
     model = config.training.model_name_or_path
     found.append(("training.model_name_or_path", model, lambda: check_model(model, hub_cache)))
+    judges = config.evaluation.judges
+    for key, judge in [(f"evaluation.judges[{i}]", j) for i, j in enumerate(judges)] or [
+        ("evaluation.judge", config.evaluation.judge)
+    ]:
+        llm = judge.llm
+        if llm is not None and llm.provider == "openai":  # the head-to-head's LLM judge answers before training
+            target = llm.base_url or "https://api.openai.com/v1"
+            found.append((f"{key}.llm.base_url", target, lambda llm=llm: check_endpoint(llm.base_url, llm.api_key_env)))
     if config.runtime.ray_address:
         found.append(("runtime.ray_address", config.runtime.ray_address, lambda: check_ray(config.runtime.ray_address)))
     if config.runtime.tracking_uri:
