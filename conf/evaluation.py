@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, BUILTIN_SMOLLM2, Section
-from alignflow.conf.generation import JudgeConfig
+from alignflow.conf.generation import JudgeConfig, size_judge_budget
 
 
 class EvaluationConfig(Section):
@@ -59,6 +59,8 @@ class EvaluationConfig(Section):
         # `judge` at its default (as a dumped config carries it) or equal to the first of `judges` is no conflict
         if self.judges and self.judge not in (JudgeConfig(), self.judges[0]):
             raise ValueError("evaluation.judge and evaluation.judges are both set: list every judge under judges")
+        for judge in self.panel():
+            size_judge_budget(judge, 2)  # the head-to-head shows a judge two answers at a time
         return self
 
     def panel(self) -> list[JudgeConfig]:

@@ -109,6 +109,19 @@ class JudgeConfig(Section):
         return self
 
 
+# An UltraFeedback judge answers "#### Output for Text i / Rating: n / Rationale: ..." for every answer in one
+# reply: ~10 tokens of header and a one-to-three-sentence rationale each. 64 tokens (an LLM's default here)
+# cut the last ratings of four answers off, and a rating cut off is a row that fails to parse.
+JUDGE_TOKENS_PER_ANSWER = 96
+JUDGE_TOKENS_BASE = 32
+
+
+def size_judge_budget(judge: JudgeConfig, answers: int) -> None:
+    """Unless the profile sets it, an LLM judge's max_new_tokens fits a rating and rationale for each answer."""
+    if judge.llm is not None and "max_new_tokens" not in judge.llm.model_fields_set:
+        judge.llm.max_new_tokens = JUDGE_TOKENS_BASE + JUDGE_TOKENS_PER_ANSWER * answers
+
+
 class GenerationConfig(Section):
     prompts: str = Field(
         BUILTIN_PROMPTS,
@@ -184,6 +197,11 @@ class GenerationConfig(Section):
     def _at_least_two_candidates(self) -> GenerationConfig:
         if self.preference_data is None and sum(g.num_generations for g in self.generators) < 2:
             raise ValueError("generators must produce at least 2 candidates per prompt in total")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_budget(self) -> GenerationConfig:
+        size_judge_budget(self.judge, sum(g.num_generations for g in self.generators))
         return self
 
     def llm_slots(self) -> list[tuple[str, LLMConfig]]:
