@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from alignflow.conf.base import BUILTIN_PROMPTS, CHAMPION_MODEL, Section
 
@@ -26,9 +26,10 @@ class LLMConfig(Section):
     model: str = Field(
         CHAMPION_MODEL,
         min_length=1,
+        validate_default=True,  # the default is the champion, which an endpoint cannot be asked for
         description="transformers: `registry:champion` (the current champion, else the base model: on-policy data "
         "for iterative DPO), a builtin model (`builtin:smollm2-135m-instruct`, `builtin:tiny-llama`) or a local HF "
-        "model path; openai: the served model name.",
+        "model path; openai: the served model name (required: export the champion and serve it to use it there).",
     )
     base_url: str | None = Field(
         None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (`vllm serve`); None: api.openai.com."
@@ -58,6 +59,20 @@ class LLMConfig(Section):
         description="None: 1.1 for transformers (tiny models loop without it), not sent to endpoints; "
         "a value is sent to endpoints as `repetition_penalty` (vLLM, TGI).",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _endpoint_names_its_served_model(cls, model: str, info: ValidationInfo) -> str:
+        # An endpoint answers with whatever model its server loaded, so `registry:champion` there would send
+        # that literal name and generate with some other model (or fail mid-stage): stop before compute.
+        if model == CHAMPION_MODEL and info.data.get("provider") == "openai":
+            raise ValueError(
+                f"{CHAMPION_MODEL} (also the default when model is not set) works only with provider: transformers; "
+                "an endpoint serves whatever model its server loaded. To generate with the champion on an endpoint, "
+                "export it with `alignflow export NAME@champion DIR`, serve that folder "
+                "(`vllm serve DIR --served-model-name NAME`), then set model to the served model's name"
+            )
+        return model
 
     @model_validator(mode="after")
     def _endpoint_fields_need_openai(self) -> LLMConfig:

@@ -6,17 +6,19 @@
     alignflow promote NAME VERSION --reason TEXT     make a version the champion
     alignflow rollback NAME [--reason TEXT]          back to the previous champion
     alignflow history NAME [--json]                  the champions, oldest first
+    alignflow export NAME[@ALIAS|/VERSION] DIR       a version as a plain HF folder (vllm serve DIR, TGI)
     alignflow serve [--home DIR] [--prefect-port P] [key.path=value ...]   local Prefect server + UI, deployments, worker, MLflow UI
     alignflow deploy [--profile NAME] [key.path=value ...]    the deployments on $PREFECT_API_URL
     alignflow stack up|down|status|env [--home DIR]  the production topology on this machine
 
 Exit codes: 0 the run completed (promoted or not), 1 the run stopped at a gate or a stage
-failed (promote/rollback: refused, e.g. unknown version or nothing to roll back to),
-2 bad usage or bad config. The config is loaded and checked before anything heavy
+failed (promote/rollback: refused, e.g. unknown version or nothing to roll back to; export:
+the registry or the download failed), 2 bad usage or bad config (export: an unknown model, alias
+or version, or a DIR that is not empty). The config is loaded and checked before anything heavy
 is imported, so a config error costs well under a second and starts nothing.
 
 One module per group of commands: pipeline.py (run, compare), validate.py, registry.py (promote,
-rollback, history), serve.py (serve, deploy), stack.py; what they start and stop is flows/ops/'s.
+rollback, history, export), serve.py (serve, deploy), stack.py; what they start and stop is flows/ops/'s.
 """
 
 from __future__ import annotations

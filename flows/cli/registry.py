@@ -1,9 +1,11 @@
-"""`alignflow promote | rollback | history`: the registry commands of the CLI.
+"""`alignflow promote | rollback | history | export`: the registry commands of the CLI.
 
-They call alignflow.tasks.registry.promotion directly (no Prefect API to start), so they answer in about a
-second; flows/promotion.py wraps the same functions as Prefect flows for the UI. mlflow is
-imported only when a command runs. Exit codes: 0 done, 1 refused (unknown version, nothing
-to roll back to, no such model, registry unreachable), 2 bad usage.
+They call alignflow.tasks.registry.promotion (and .export) directly (no Prefect API to start), so they
+answer in about a second; flows/promotion.py wraps the same functions as Prefect flows for the UI.
+mlflow is imported only when a command runs. Exit codes: 0 done, 1 refused (unknown version, nothing
+to roll back to, no such model, registry unreachable), 2 bad usage. `export` calls an unknown model,
+alias or version, or a DIR that is not empty, bad usage (2): nothing is written; 1 is a registry or
+download failure.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from alignflow.conf.loader import ConfigError, load_config
@@ -153,6 +156,60 @@ def history(
         console.print(f"{name} has no recorded champion changes")
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _refused(exc: Exception) -> typer.Exit:
+    console.print(f"[red]cannot export[/red]: {escape(str(exc))}")
+    return typer.Exit(2)
+
+
+def export(
+    reference: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME[@ALIAS|/VERSION]",
+            help="NAME@champion (any alias), NAME/3 (a version number), or NAME alone (its champion).",
+        ),
+    ],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="A new or empty folder to write.")],
+    tracking_uri: TrackingOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write a registered model version as a plain Hugging Face folder, for `vllm serve DIR` or TGI."""
+    from alignflow.tasks.registry import export as exporting
+
+    try:  # the cheap checks first: a typo or a full DIR costs no registry round trip
+        exporting.parse_reference(reference)
+        exporting.check_destination(directory.expanduser().absolute())
+    except exporting.ExportRefused as exc:
+        raise _refused(exc) from None
+    uri = _tracking(tracking_uri, config)
+    try:
+        done = exporting.export_version(uri, reference, directory)
+    except exporting.ExportRefused as exc:  # an unknown model, alias or version
+        raise _refused(exc) from None
+    except Exception as exc:  # the registry is unreachable, the download failed, the folder is no model
+        console.print(f"[red]failed[/red]: {type(exc).__name__}: {escape(str(exc))}; {directory} was not written")
+        raise typer.Exit(1) from None
+    aliases = f" (@{', @'.join(done.aliases)})" if done.aliases else ""
+    total, where = sum(size for _, size in done.files), escape(str(done.path))
+    console.print(f"[green]exported {done.name} version {done.version}{aliases}[/green] to {where}:")
+    for name, size in done.files:
+        console.print(f"  {name:<28} {_size(size):>10}")
+    console.print(f"  {len(done.files)} files, {_size(total)}")
+    if not done.chat_template:
+        console.print(
+            "[yellow]note[/yellow]: the tokenizer has no chat template: vLLM's /v1/chat/completions needs "
+            "--chat-template FILE; /v1/completions works as it is"
+        )
+    console.print("next: serve it (an OpenAI-compatible endpoint); restart the server that served the previous one:")
+    console.print(f"  vllm serve {where} --served-model-name {done.name}")
+    console.print(f"  text-generation-launcher --model-id {where}   # or TGI")
+    console.print(f"  a generator on it: {{provider: openai, model: {done.name}, base_url: http://HOST:8000/v1}}")
+
+
 def add_commands(app: typer.Typer) -> None:
-    for command in (promote, rollback, history):
+    for command in (promote, rollback, history, export):
         app.command()(command)

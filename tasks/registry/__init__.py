@@ -6,4 +6,5 @@ gate        promote or not, and why
 promotion   champion promotion, rollback and history, under a per-model lock
 card        the model card (README.md next to the logged model)
 serving     the served model: a pyfunc around the HF folder (MLflow models from code)
+export      a version as a plain HF folder for serving engines (`alignflow export`)
 """

@@ -92,3 +92,30 @@ def test_cli_exits_2_naming_the_key_when_an_endpoint_key_variable_is_unset(tmp_p
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "generation.judge.llm.api_key_env" in proc.stderr and "ALIGNFLOW_TEST_UNSET_KEY" in proc.stderr
     assert not (tmp_path / "home").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        # No model given: the default is the champion, which an endpoint cannot be asked for either.
+        ("generation.generators=[{provider: openai, base_url: 'http://127.0.0.1:8000/v1'}, {}]", "generators.0.model"),
+        ("generation.generators=[{}, {provider: openai, model: registry:champion}]", "generators.1.model"),
+        ("generation.judge={kind: ultrafeedback, llm: {provider: openai}}", "generation.judge.llm.model"),
+    ],
+)
+def test_the_champion_on_an_endpoint_is_refused_naming_the_key_and_the_export(override, key):
+    from typer.testing import CliRunner
+
+    from alignflow.flows.cli import app
+
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = " ".join(str(info.value).split())
+    assert f"generation.{key.removeprefix('generation.')}: " in message
+    assert "serves whatever model its server loaded" in message and "alignflow export NAME@champion DIR" in message
+    # `alignflow run` stops there: exit 2, before anything starts.
+    result = CliRunner().invoke(app, ["run", override], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "alignflow export NAME@champion DIR" in " ".join(result.output.split())
+    # A local generator keeps the champion (the embedded default's on-policy data); an endpoint names its model.
+    assert load_config(overrides=["generation.generators=[{model: registry:champion}, {}]"])
+    assert load_config(overrides=["generation.generators=[{provider: openai, model: served-champion}, {}]"])
