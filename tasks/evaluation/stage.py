@@ -64,10 +64,14 @@ def evaluate(
     train_path: str | Path,
     champion: Ref | None,
     answers_cache: Path | None = None,
+    chat_template: str | None = None,
 ) -> Evaluation:
     """Held-out metrics for candidate, base (and champion); then the candidate against the champion, else the base,
     and against the base as well when the champion was the opponent. Answers are sampled once per model and
-    setting (`answers_cache`), so the base's answers are reused round after round."""
+    setting (`answers_cache`), so the base's answers are reused round after round.
+
+    `chat_template` (training.chat_template's text) replaces the base model's own; the candidate's and the
+    champion's folders hold the template each was trained with."""
     eval_set = load_eval_set(config)
     train_prompts = [
         p if isinstance(p, str) else list(p) for p in pd.read_parquet(train_path, columns=["prompt"])["prompt"]
@@ -81,16 +85,19 @@ def evaluate(
         config.batch_size,
         config.max_pairs,
         champion.loadable if champion else None,
+        chat_template,
     )
     judge_name = config.judge.kind if config.judge.llm is None else f"{config.judge.kind}:{config.judge.llm.model}"
     judge = pair_judge(config.judge)
 
-    def answers(model: Ref) -> list[list[str]]:
-        return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache)
+    def answers(model: Ref, template: str | None = None) -> list[list[str]]:
+        return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache, template)
 
     mine = answers(candidate)
     if champion is None:
-        return Evaluation(held_out, judge_match(mine, answers(base), "base", eval_set, config, judge, judge_name))
+        return Evaluation(
+            held_out, judge_match(mine, answers(base, chat_template), "base", eval_set, config, judge, judge_name)
+        )
     record = judge_match(mine, answers(champion), "champion", eval_set, config, judge, judge_name)
-    versus_base = judge_match(mine, answers(base), "base", eval_set, config, judge, judge_name)
+    versus_base = judge_match(mine, answers(base, chat_template), "base", eval_set, config, judge, judge_name)
     return Evaluation(held_out, record, versus_base)

@@ -1,5 +1,6 @@
 """`training.chat_template` (issue 30, item 8): a template string or file in place of the base model's own, read and
-checked when the config loads, never a TRL field."""
+checked when the config loads, never a TRL field; the tokenizers of validation, evaluation and generation apply it,
+and every cache of text it shapes is keyed on it."""
 
 from __future__ import annotations
 
@@ -138,3 +139,71 @@ def test_comparison_recipes_share_it(tmp_path):
     other = TEMPLATE.replace("[ASSISTANT]", "[BOT]")
     message = _error(f"training.chat_template={TEMPLATE}", f"comparison.recipes.orpo.chat_template={other}")
     assert "comparison.recipes.orpo.chat_template" in message
+
+
+# ---- the stages' tokenizers and caches ---------------------------------------------------------------------------
+
+
+def test_validation_counts_tokens_through_the_override(tmp_path):
+    from alignflow.conf.training import TinyModelConfig
+    from alignflow.tasks.validation.tokens import TokenCounter, load_tokenizer
+
+    tiny = TinyModelConfig(vocab_size=512)
+    own = load_tokenizer("builtin:tiny-llama", tiny, tmp_path / "models")
+    tokenizer = load_tokenizer("builtin:tiny-llama", tiny, tmp_path / "models", TEMPLATE)
+    assert tokenizer.chat_template == TEMPLATE and own.chat_template != TEMPLATE
+    text = tokenizer.apply_chat_template(CHAT, tokenize=False)
+    assert text.startswith("[USER]\nWhy is the sky blue?\n[ASSISTANT]\nScattering.")
+    counts, _ = TokenCounter(tokenizer).measure([(CHAT[:1], CHAT[1:], [{"role": "assistant", "content": "No."}])])
+    assert counts[0, 0] == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    (own_counts, _) = TokenCounter(own).measure([(CHAT[:1], CHAT[1:], [{"role": "assistant", "content": "No."}])])
+    assert own_counts[0, 0] != counts[0, 0]
+
+
+def test_training_and_evaluation_load_the_override(tiny_model_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    from alignflow.tasks.evaluation.metrics import load_causal_lm
+    from alignflow.tasks.training.recipe import get_tokenizer
+
+    tokenizer = get_tokenizer(str(tiny_model_path), "dpo", TEMPLATE)
+    assert tokenizer.chat_template == TEMPLATE and tokenizer.padding_side == "left"
+    assert get_tokenizer(str(tiny_model_path), "dpo").chat_template != TEMPLATE
+    # save_final saves this tokenizer with the model: the registered folder, and serving, load it back
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).chat_template == TEMPLATE
+    _, evaluated = load_causal_lm(tiny_model_path, TEMPLATE)
+    assert evaluated.chat_template == TEMPLATE
+    assert load_causal_lm(tiny_model_path)[1].chat_template != TEMPLATE
+
+
+def test_evaluation_answers_are_cached_per_template(tiny_model_path, tmp_path):
+    from alignflow.conf.evaluation import EvaluationConfig
+    from alignflow.tasks.evaluation.head_to_head import EvalPromptSet, cached_answers
+
+    eval_set = EvalPromptSet(name="t", sha256="s", ids=["a"], prompts=["Why is the sky blue?"], references=["x"])
+    config = EvaluationConfig(samples_per_prompt=1, max_new_tokens=2, temperature=0.0)
+    cached_answers(tiny_model_path, "model-sha", eval_set, config, tmp_path)
+    cached_answers(tiny_model_path, "model-sha", eval_set, config, tmp_path, TEMPLATE)
+    assert len(list(tmp_path.glob("*.json"))) == 2  # one set of answers per template: never the other's
+
+
+def test_generation_applies_it_to_the_trained_family_only():
+    from alignflow.conf.generation import LLMConfig
+    from alignflow.flows.data import generator_templates
+    from alignflow.tasks.generation.llms import build_llm
+
+    config = load_config(
+        None,
+        [
+            f"training.chat_template={TEMPLATE}",
+            "training.model_name_or_path=/models/base",
+            "generation.generators=[{model: registry:champion}, {model: /models/base}, {model: /models/other}, "
+            "{provider: openai, model: served, base_url: 'http://127.0.0.1:9/v1'}]",
+        ],
+        trl_checks=False,
+    )
+    templates = generator_templates(config)
+    assert templates[:4] == [TEMPLATE, TEMPLATE, None, None]  # an endpoint applies its own, server-side
+    assert build_llm(LLMConfig(), "g", "/models/base", 0, 1, chat_template=TEMPLATE).chat_template == TEMPLATE
+    assert build_llm(LLMConfig(), "g", "/models/base", 0, 1).chat_template is None
