@@ -207,3 +207,19 @@ def test_generation_applies_it_to_the_trained_family_only():
     assert templates[:4] == [TEMPLATE, TEMPLATE, None, None]  # an endpoint applies its own, server-side
     assert build_llm(LLMConfig(), "g", "/models/base", 0, 1, chat_template=TEMPLATE).chat_template == TEMPLATE
     assert build_llm(LLMConfig(), "g", "/models/base", 0, 1).chat_template is None
+
+
+def test_the_run_and_its_model_version_carry_its_lineage():
+    from types import SimpleNamespace
+
+    from alignflow.flows.bookkeeping import lineage_tags
+
+    ref = SimpleNamespace(uri="org/model", sha256="0" * 64)  # a hub id: no builtin provenance
+    data = SimpleNamespace(
+        pairs=ref, base=ref, train=ref, test=ref, start_label="base", validation=SimpleNamespace(valid=8, quarantined=0)
+    )
+    config = load_config(None, [f"training.chat_template={TEMPLATE}"], trl_checks=False)
+    tags = lineage_tags(config, data)  # the MLflow run's tags, and the registered version's
+    assert tags["chat_template_source"] == INLINE
+    assert tags["chat_template_sha256"] == hashlib.sha256(TEMPLATE.encode()).hexdigest()
+    assert lineage_tags(load_config(trl_checks=False), data)["chat_template_source"] == "model"
