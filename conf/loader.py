@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from alignflow.conf import chat_template
 from alignflow.conf.schema import PipelineConfig
 
 CONF_DIR = Path(__file__).resolve().parent  # the profiles and prompt sets shipped with the package
@@ -135,20 +136,44 @@ def load_config(
     `trl_checks`: also run TRL's own checks on the training knobs (check_trl). The CLI runs them
     itself, after the cheap checks (keys, paths, endpoints), so that those answer in a second."""
     source = Path(path) if path else DEFAULT_PROFILE
-    return _validated(_read_yaml(source), str(source), overrides, trl_checks)
+    return _validated(_read_yaml(source), str(source), overrides, trl_checks, source.resolve().parent)
 
 
 def load_config_text(
-    text: str, source: str, overrides: list[str] | tuple[str, ...] = (), trl_checks: bool = True
+    text: str,
+    source: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    trl_checks: bool = True,
+    folder: Path | None = None,
 ) -> PipelineConfig:
-    """As `load_config`, from a profile's YAML text read elsewhere (a URL, a Prefect Variable); errors name `source`."""
-    return _validated(parse_yaml(text, source), source, overrides, trl_checks)
+    """As `load_config`, from a profile's YAML text read elsewhere (a URL, a Prefect Variable); errors name `source`.
+
+    `folder`: the profile file's, when it has one on this machine (relative paths in the profile are read from it)."""
+    return _validated(parse_yaml(text, source), source, overrides, trl_checks, folder)
+
+
+def anchor_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make the profile's relative file paths that are read from its own folder absolute (training.chat_template
+    and each recipe's), before the overrides apply: a path given on the command line is the working directory's."""
+    sections = [data.get("training")]
+    comparison = data.get("comparison")
+    if isinstance(comparison, dict) and isinstance(comparison.get("recipes"), dict):
+        sections += list(comparison["recipes"].values())
+    for section in sections:
+        if isinstance(section, dict) and "chat_template" in section:
+            section["chat_template"] = chat_template.anchored(section["chat_template"], folder)
 
 
 def _validated(
-    data: dict[str, Any], source: str, overrides: list[str] | tuple[str, ...] = (), trl_checks: bool = True
+    data: dict[str, Any],
+    source: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    trl_checks: bool = True,
+    folder: Path | None = None,
 ) -> PipelineConfig:
     """A profile's mapping with the overrides applied, validated into PipelineConfig; errors name `source`."""
+    if folder is not None:
+        anchor_paths(data, folder)
     for override in overrides:
         apply_override(data, override)
     label = f"{source} with overrides {' '.join(map(shown_override, overrides))}" if overrides else source
@@ -183,6 +208,9 @@ def flatten(config: PipelineConfig) -> dict[str, str]:
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
+        if prefix.endswith(".chat_template") and isinstance(value, dict):
+            # Its text can be longer than an MLflow param takes: its hash here, the text an artifact.
+            value = {"source": value["source"], "sha256": hashlib.sha256(value["text"].encode()).hexdigest()}
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)

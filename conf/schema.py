@@ -60,9 +60,10 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _recipes_share_the_base_model(self) -> PipelineConfig:
-        # Every recipe trains from the one base model the comparison builds and evaluates against.
+        # Every recipe trains from the one base model the comparison builds and evaluates against, with the chat
+        # template its data was generated and validated with.
         for name, recipe in self.comparison.recipes.items():
-            for key in ("model_name_or_path", "tiny_model"):
+            for key in ("model_name_or_path", "tiny_model", "chat_template"):
                 if getattr(recipe, key) != getattr(self.training, key):
                     raise ValueError(
                         f"comparison.recipes.{name}.{key}: recipes share the base model of training.{key}; "

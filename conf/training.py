@@ -23,6 +23,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from alignflow.conf import trl_fields
 from alignflow.conf.base import BUILTIN_SMOLLM2, Section
+from alignflow.conf.chat_template import ChatTemplate
 
 T = TypeVar("T")
 # The preference classes (trl_fields.CLASSES keys) in the order that says what a key means when several
@@ -256,6 +257,11 @@ class TrainingConfig(Section):
         default_factory=SFTStageConfig, description="Optional SFT stage on the chosen responses before `method`."
     )
     max_failures: int = Field(0, ge=-1, description="Ray FailureConfig: worker-group restarts allowed.")
+    chat_template: ChatTemplate | None = Field(
+        None,
+        description="Jinja text, or a template file's path, applied in place of the base model's chat template "
+        "wherever that is (generation, validation, training, evaluation, the registered model); None: the model's.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -286,7 +292,15 @@ class TrainingConfig(Section):
             raise ValueError("load_in_4bit/load_in_8bit (QLoRA) need scaling.use_gpu=true")
         if quantized and not self.knob("use_peft", bool):
             raise ValueError("load_in_4bit/load_in_8bit train adapters only: set use_peft=true")
+        if self.chat_template is not None and self.sft.knobs.get("chat_template_path") is not None:
+            # TRL's would replace the template in the SFT stage only, and validation would count another's tokens.
+            raise ValueError("sft.chat_template_path: set training.chat_template alone (every stage applies it)")
         return self
+
+    @property
+    def chat_template_text(self) -> str | None:
+        """The chat template's Jinja text, None for the model's own: what every tokenizer load applies."""
+        return self.chat_template.text if self.chat_template else None
 
     # --- the knobs, as TRL will get them ------------------------------------------------------------
 

@@ -83,7 +83,14 @@ def alignment(config: PipelineConfig, lineage: dict[str, str] | None = None) -> 
         with clock("evaluate"):
             beta = config.training.knob("beta", float)
             evaluation = evaluate(
-                config.evaluation, beta, trained.model, prep.base, data.split, opponent, prep.root / "eval-answers"
+                config.evaluation,
+                beta,
+                trained.model,
+                prep.base,
+                data.split,
+                opponent,
+                prep.root / "eval-answers",
+                config.training.chat_template_text,
             )
         with clock("register"):
             outcome = register(config.registry, book, trained.model, evaluation, opponent)

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
+from alignflow.conf import chat_template
 from alignflow.conf.loader import config_hash, flatten
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.data import PreparedData
@@ -43,6 +44,7 @@ def lineage_tags(config: PipelineConfig, data: PreparedData) -> dict[str, str]:
         "validation.valid": str(data.validation.valid),
         "validation.quarantined": str(data.validation.quarantined),
         **(provenance(data.base.path) if data.base.uri.startswith("file://") else {}),  # package, version, file hash
+        **chat_template.lineage(config.training.chat_template),  # its text: config/chat_template.jinja
     }
 
 
@@ -112,6 +114,8 @@ def end_orphans(tracking: str, experiment: str) -> list[Orphan]:
 
 def _log_data(book: RunBook, config: PipelineConfig, data: PreparedData) -> None:
     book.log_text(mlflow_runs.config_yaml(config), "config/resolved.yaml")
+    if config.training.chat_template is not None:
+        book.log_text(config.training.chat_template.text, "config/chat_template.jinja")
     mlflow_runs.log_datasets(
         book.tracking,
         book.run_id,

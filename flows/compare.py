@@ -152,7 +152,14 @@ def _run_recipes(
         evaluating[recipe.name] = (
             result,
             evaluate.with_options(task_run_name=f"evaluate {recipe.name}").submit(
-                config.evaluation, beta, result.model, data.base, data.split, opponent, home(config) / "eval-answers"
+                config.evaluation,
+                beta,
+                result.model,
+                data.base,
+                data.split,
+                opponent,
+                home(config) / "eval-answers",
+                config.training.chat_template_text,  # the recipes share it (conf/schema.py)
             ),
         )
     for name, (trained, future) in evaluating.items():

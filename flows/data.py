@@ -20,6 +20,7 @@ from alignflow.tasks.generation.fingerprint import candidate_settings, code_vers
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.registry import versions
+from alignflow.tasks.runtime.chat_template import key_parts
 from alignflow.tasks.runtime.state import Ref, sha256_text, tracking_uri
 from alignflow.tasks.validation import stage as validation
 from alignflow.tasks.validation.report import ValidationReport
@@ -67,6 +68,17 @@ def _generator_models(config: PipelineConfig, root: Path, base: Ref, champion: R
     return models
 
 
+def generator_templates(config: PipelineConfig) -> list[str | None]:
+    """Each generator's chat template override: training.chat_template's text for a local model of the family being
+    trained (the base model, or `registry:champion`: the policy this round starts from), so that its candidates are
+    the conversations training will see; None for other models and for endpoints (a server applies its own)."""
+    family = (CHAMPION_MODEL, config.training.model_name_or_path)
+    return [
+        config.training.chat_template_text if llm.provider == "transformers" and llm.model in family else None
+        for _, llm in config.generation.llm_slots()
+    ]
+
+
 def prompt_offset(config: PipelineConfig) -> int:
     """Where this round's prompts start: with generation.rotate_prompts, after the max_prompts of each round
     registered so far (one version each), so that every night trains on prompts the champion has not seen."""
@@ -94,6 +106,7 @@ def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) 
             source = Ref(uri=source_file.resolve().as_uri(), sha256=source_sha256(source_file))
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc} ({key})") from None
+    templates = generator_templates(config) if models else []
     # Binarization and thresholds only pick pairs from the candidates (one pairs folder per setting inside).
     data_key = sha256_text(
         candidate_settings(gen),
@@ -103,9 +116,17 @@ def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) 
         str(config.runtime.seed),
         str(offset),
         *(m.sha256 for m in models if m is not None),
+        *(part for template in templates for part in key_parts(template)),
     )[:16]
     pairs, generated = generate(
-        gen, source, models, root / "datasets" / data_key, config.runtime.seed, config.runtime.ray_address, offset
+        gen,
+        source,
+        models,
+        root / "datasets" / data_key,
+        config.runtime.seed,
+        config.runtime.ray_address,
+        offset,
+        templates,
     )
     return pairs, generated, data_key
 
@@ -119,10 +140,17 @@ def prepare_data(config: PipelineConfig, root: Path, base: Ref, champion: Ref | 
 
     columns = (gen.preference_columns or None) if gen.preference_data else None
     eval_prompts = [row["prompt"] for row in load_prompts(config.evaluation.prompts)]
+    template = config.training.chat_template_text  # validation counts tokens as training will see them
     checks_key = sha256_text(
-        config.validation.model_dump_json(), pairs.sha256, validation.code_version(), str(columns), *eval_prompts
+        config.validation.model_dump_json(),
+        pairs.sha256,
+        validation.code_version(),
+        str(columns),
+        *eval_prompts,
+        *key_parts(template),
     )[:12]
-    report, split = validate(pairs, config.validation, base, folder / "validation" / checks_key, columns, eval_prompts)
+    out_dir = folder / "validation" / checks_key
+    report, split = validate(pairs, config.validation, base, out_dir, columns, eval_prompts, template)
     artifacts.validation(report)
     if not report.gate.passed:
         raise GateFailed(

@@ -17,6 +17,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from alignflow.conf.loader import DEFAULT_PROFILE, ConfigError, load_config_text
 from alignflow.conf.schema import PipelineConfig
@@ -29,11 +30,13 @@ FORMS = "an in-package name, a path or URL of a YAML file on the worker, or vari
 
 @dataclass(frozen=True)
 class ProfileText:
-    """A profile's YAML text and where it came from: `source` as the run named it, `where` as errors show it."""
+    """A profile's YAML text and where it came from: `source` as the run named it, `where` as errors show it,
+    `folder` the file's folder on this machine (None for a URL or a Variable): its relative paths are read from it."""
 
     source: str
     where: str
     text: str
+    folder: Path | None = None
 
     @property
     def sha256(self) -> str:
@@ -69,13 +72,22 @@ def read_profile(profile: str) -> ProfileText:
         return ProfileText(profile, f"profile {profile!r} (Prefect Variable)", read_variable(profile))
     if profile in profile_names():
         path = CONF_DIR / f"{profile}.yaml"
-        return ProfileText(profile, str(path), path.read_text())
+        return ProfileText(profile, str(path), path.read_text(), path.parent)
     if is_location(profile):
-        return ProfileText(profile, f"profile {profile!r}", read_location(profile))
+        return ProfileText(profile, f"profile {profile!r}", read_location(profile), local_folder(profile))
     raise ConfigError(
         f"profile {profile!r}: not an in-package name ({', '.join(profile_names())}), a path or URL of a YAML "
         f"file, or {VARIABLE}NAME"
     )
+
+
+def local_folder(profile: str) -> Path | None:
+    """The folder of a profile file named by a plain path (a relative one from the working directory), else None."""
+    if profile.startswith("file://"):
+        return Path(unquote(profile.removeprefix("file://"))).resolve().parent
+    if "://" in profile:
+        return None
+    return Path(os.path.expanduser(profile)).resolve().parent
 
 
 def read_location(profile: str) -> str:
@@ -136,7 +148,7 @@ def knob_overrides(
 
 def config_of(profile: ProfileText, overrides: list[str] | None = None) -> PipelineConfig:
     """The profile's text with the overrides, validated; errors name the profile."""
-    return load_config_text(profile.text, profile.where, overrides or [])
+    return load_config_text(profile.text, profile.where, overrides or [], folder=profile.folder)
 
 
 def resolve_config(

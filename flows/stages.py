@@ -34,6 +34,7 @@ from alignflow.tasks.registry import trajectory, versions
 from alignflow.tasks.registry.card import model_card, write_model_card
 from alignflow.tasks.registry.gate import GateDecision, decide_panel
 from alignflow.tasks.registry.promotion import PromotionRefused
+from alignflow.tasks.runtime.chat_template import load_tokenizer
 from alignflow.tasks.runtime.models import resolve_model
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text, sha256_tree
 from alignflow.tasks.training.curves import plot_training_curves
@@ -105,9 +106,10 @@ def generate(
     seed: int,
     ray_address: str | None = None,
     offset: int = 0,
+    chat_templates: list[str | None] | None = None,
 ) -> tuple[Ref, GenerationReport]:
     """Synthetic pairs from the prompts (from prompt `offset` on: the round's prompts), or the user's own pairs
-    snapshotted; and the stage's report."""
+    snapshotted; and the stage's report. `chat_templates[i]` replaces generator i's model's own (None: its own)."""
     logger = get_run_logger()
     if generation.preference_data:
         pairs, report = import_preference_data(
@@ -119,9 +121,8 @@ def generate(
             generation.prompts, generation.max_prompts, generation.prompt_column, generation.reference_column, offset
         )
         try:
-            pairs, report = generate_preferences(
-                rows, generation, [m.loadable if m else None for m in models], out_dir, seed, ray_address
-            )
+            paths = [m.loadable if m else None for m in models]
+            pairs, report = generate_preferences(rows, generation, paths, out_dir, seed, ray_address, chat_templates)
         except GenerationFailed as exc:
             artifacts.generation(exc.report)  # the failed run's counts, next to its error
             raise
@@ -147,14 +148,15 @@ def validate(
     out_dir: Path,
     columns: dict[str, str] | None = None,
     eval_prompts: list[str] | None = None,
+    chat_template: str | None = None,
 ) -> tuple[ValidationReport, dict[str, Ref]]:
     """The report and Refs to the train/test split it wrote (none when the gate failed).
 
     `columns` maps a user's column names to TRL's (generation.preference_columns); `eval_prompts` is the
-    evaluation set, so that a training prompt that is also an evaluation prompt is an error (eval_overlap)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from.loadable)
+    evaluation set, so that a training prompt that is also an evaluation prompt is an error (eval_overlap).
+    The token checks count through the tokenizer training will use: the base model's, with `chat_template`
+    (training.chat_template's text) in place of its own."""
+    tokenizer = load_tokenizer(tokenizer_from.loadable, chat_template)
     # Streams the file: checks, quarantine and the grouped train/test split, chunk by chunk.
     report = validation.validate_file(
         pairs.path, config, out_dir, tokenizer, columns=columns, eval_prompts=eval_prompts
@@ -207,9 +209,11 @@ def evaluate(
     split: dict[str, Ref],
     opponent: Champion | None,
     answers_cache: Path | None = None,
+    chat_template: str | None = None,
 ) -> Evaluation:
     """Held-out metrics, then the candidate against the champion (the base model when there is none) and, when
-    that was the champion, against the base model too (the rounds' trajectory)."""
+    that was the champion, against the base model too (the rounds' trajectory). `chat_template`
+    (training.chat_template's text) replaces the base model's own."""
     evaluation = evaluate_candidate(
         config,
         beta,
@@ -219,6 +223,7 @@ def evaluate(
         split["train"].path,
         opponent.model if opponent else None,
         answers_cache,
+        chat_template,
     )
     get_run_logger().info(evaluation.head_to_head.summary())
     if evaluation.versus_base is not None:

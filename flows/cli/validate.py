@@ -106,7 +106,10 @@ def _tokenizer_factory(cfg: PipelineConfig):
         from alignflow.tasks.runtime.state import home
         from alignflow.tasks.validation.tokens import load_tokenizer
 
-        return load_tokenizer(cfg.training.model_name_or_path, cfg.training.tiny_model, home(cfg) / "models")
+        training = cfg.training
+        return load_tokenizer(
+            training.model_name_or_path, training.tiny_model, home(cfg) / "models", training.chat_template_text
+        )
 
     return load_tokenizer
 

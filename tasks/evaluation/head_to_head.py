@@ -23,6 +23,7 @@ from alignflow.tasks.evaluation.metrics import load_causal_lm
 from alignflow.tasks.evaluation.stats import Interval, bootstrap_win_rate, length_controlled_win_rate
 from alignflow.tasks.generation.judge import words
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
+from alignflow.tasks.runtime.chat_template import key_parts
 from alignflow.tasks.runtime.overlap import normalise, prompt_set
 from alignflow.tasks.runtime.state import sha256_text
 
@@ -125,12 +126,14 @@ def sample_answers(
     temperature: float,
     seed: int,
     batch_size: int = 32,
+    chat_template: str | None = None,
 ) -> list[list[str]]:
     """answers[i][j]: answer j to prompt i. Batch b of sample j is drawn with seed (seed, j, b), so two
-    models given the same prompts and settings draw from the same random numbers, answer by answer."""
+    models given the same prompts and settings draw from the same random numbers, answer by answer.
+    `chat_template` replaces the model's own (None: its own)."""
     import torch
 
-    model, tokenizer = load_causal_lm(model_dir)
+    model, tokenizer = load_causal_lm(model_dir, chat_template)
     tokenizer.padding_side = "left"
     heads = [
         tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
@@ -162,18 +165,25 @@ def cached_answers(
     eval_set: EvalPromptSet,
     config: EvaluationConfig,
     cache: Path | None,
+    chat_template: str | None = None,
 ) -> list[list[str]]:
     """`sample_answers` for the evaluation set, kept under `cache` by the model's content hash, the prompt set and
-    the sampling settings: the base model's answers are sampled once per state directory, and a champion's were
-    sampled when it was the candidate. The answers are deterministic in all three, so a hit is the same answers."""
+    the sampling settings (and the chat template that replaces the model's own): the base model's answers are
+    sampled once per state directory, and a champion's were sampled when it was the candidate. The answers are
+    deterministic in all of them, so a hit is the same answers."""
     settings = (config.samples_per_prompt, config.max_new_tokens, config.temperature, config.seed)
     if cache is None or not model_sha256:
-        return sample_answers(model_dir, eval_set.prompts, *settings)
-    key = sha256_text(model_sha256, eval_set.sha256, json.dumps([*settings, eval_set.ids, ANSWERS_VERSION]))
+        return sample_answers(model_dir, eval_set.prompts, *settings, chat_template=chat_template)
+    key = sha256_text(
+        model_sha256,
+        eval_set.sha256,
+        json.dumps([*settings, eval_set.ids, ANSWERS_VERSION]),
+        *key_parts(chat_template),
+    )
     path = Path(cache) / f"{key[:24]}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    answers = sample_answers(model_dir, eval_set.prompts, *settings)
+    answers = sample_answers(model_dir, eval_set.prompts, *settings, chat_template=chat_template)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A comparison evaluates recipes in threads: each writer has its own scratch file, and the rename is atomic.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".partial", delete=False) as scratch:

@@ -29,12 +29,15 @@ from alignflow.tasks.runtime.turns import row_turns
 _LOAD_LOCK = threading.Lock()
 
 
-def load_causal_lm(path: str | Path):
+def load_causal_lm(path: str | Path, chat_template: str | None = None):
+    """The model and its tokenizer, `chat_template` (training.chat_template's text) in place of its own."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from alignflow.tasks.runtime.chat_template import load_tokenizer
 
     with _LOAD_LOCK:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = load_tokenizer(path, chat_template)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -120,14 +123,16 @@ def evaluate_models(
     batch_size: int = 16,
     max_pairs: int | None = None,
     champion: str | Path | None = None,
+    chat_template: str | None = None,
 ) -> HeldOutMetrics:
-    """The candidate's, the base model's and the champion's metrics on the same held-out pairs."""
+    """The candidate's, the base model's and the champion's metrics on the same held-out pairs. `chat_template`
+    replaces the base model's own (the trained models' folders hold the template they were trained with)."""
     pairs = pd.read_parquet(test_path)
     if max_pairs:
         pairs = pairs.head(max_pairs)
     if pairs.empty:
         raise ValueError(f"{test_path}: no held-out pairs to evaluate (raise validation.test_size)")
-    base_scores = score_model(*load_causal_lm(base), pairs, batch_size)
+    base_scores = score_model(*load_causal_lm(base, chat_template), pairs, batch_size)
 
     def metrics_of(model: str | Path) -> dict[str, float]:
         return preference_metrics(score_model(*load_causal_lm(model), pairs, batch_size), base_scores, beta)

@@ -86,10 +86,14 @@ def evaluate(
     train_path: str | Path,
     champion: Ref | None,
     answers_cache: Path | None = None,
+    chat_template: str | None = None,
 ) -> Evaluation:
     """Held-out metrics for candidate, base (and champion); then the candidate against the champion, else the base,
     and against the base as well when the champion was the opponent. Answers are sampled once per model and
-    setting (`answers_cache`), so the base's answers are reused round after round."""
+    setting (`answers_cache`), so the base's answers are reused round after round.
+
+    `chat_template` (training.chat_template's text) replaces the base model's own; the candidate's and the
+    champion's folders hold the template each was trained with."""
     eval_set = load_eval_set(config)
     # a conversation's last user turn is what it asks (tasks/runtime/overlap.py), not its flattened text
     check_disjoint(eval_set, split_prompts(train_path), "the train split")
@@ -101,17 +105,18 @@ def evaluate(
         config.batch_size,
         config.max_pairs,
         champion.loadable if champion else None,
+        chat_template,
     )
     panel = config.panel()
     labels = judge_labels(panel)
     judges = [pair_judge(j) for j in panel]
 
-    def answers(model: Ref) -> list[list[str]]:
-        return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache)
+    def answers(model: Ref, template: str | None = None) -> list[list[str]]:
+        return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache, template)
 
     mine = answers(candidate)
-    opponent, against = (base, "base") if champion is None else (champion, "champion")
-    theirs = answers(opponent)
+    opponent, against, template = (base, "base", chat_template) if champion is None else (champion, "champion", None)
+    theirs = answers(opponent, template)
     # every judge judges the same answers: their records differ only by the judge, so they can be compared
     records = [
         judge_match(mine, theirs, against, eval_set, config, j, label) for j, label in zip(judges, labels, strict=True)
@@ -121,5 +126,5 @@ def evaluate(
     )
     versus_base = None
     if champion is not None:  # the rounds' trajectory, by the first judge
-        versus_base = judge_match(mine, answers(base), "base", eval_set, config, judges[0], labels[0])
+        versus_base = judge_match(mine, answers(base, chat_template), "base", eval_set, config, judges[0], labels[0])
     return Evaluation(held_out, records[0], versus_base, tuple(records[1:]), agreements)

@@ -305,10 +305,13 @@ def build_llm(
     batch_size: int,
     threads: int = 0,
     concurrency: int | None = None,
+    chat_template: str | None = None,
 ):
     """The distilabel LLM for one config entry; `model_path` is the loadable local model (transformers),
     `threads` the CPU threads it may use (0: all), `concurrency` an endpoint's requests in flight
-    (None: its own max_concurrency, else DEFAULT_CONCURRENCY)."""
+    (None: its own max_concurrency, else DEFAULT_CONCURRENCY), `chat_template` the template that replaces the
+    local model's own (training.chat_template, for the model being trained). An endpoint applies its own template,
+    server-side: it gets none."""
     if llm.provider == "openai":
         return EndpointLLM(
             model=llm.model,
@@ -331,6 +334,7 @@ def build_llm(
         batch_size=batch_size,
         torch_threads=threads,
         generation_kwargs=generation_kwargs(llm),
+        chat_template=chat_template,  # distilabel sets it on the tokenizer when it loads the model
     )
 
 

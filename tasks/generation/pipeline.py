@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
@@ -85,8 +85,10 @@ def build_pipeline(
     cache_dir: Path,
     seed: int,
     judge_only: bool = False,
+    chat_templates: list[str | None] | tuple = (),
 ):
-    """The distilabel pipeline; `model_paths[i]` is the loadable local model of llm_slots()[i].
+    """The distilabel pipeline; `model_paths[i]` is the loadable local model of llm_slots()[i], `chat_templates[i]`
+    the chat template that replaces its own (None or missing: its own).
 
     `judge_only`: `rows` are scored rows whose candidates are kept and only the judge runs on them."""
     from distilabel.steps import LoadDataFromDicts
@@ -104,7 +106,8 @@ def build_pipeline(
 
     def llm(i: int):
         where, config = slots[i]
-        return build_llm(config, where, model_paths[i], seed + i, batches[i], threads, shares[i])
+        template = chat_templates[i] if i < len(chat_templates) else None
+        return build_llm(config, where, model_paths[i], seed + i, batches[i], threads, shares[i], template)
 
     position = len(generation.generators)
     with StagePipeline(name="alignflow-judge" if judge_only else "alignflow-generate", cache_dir=cache_dir) as pipeline:
@@ -217,6 +220,7 @@ class PipelineJob:
     seed: int
     ray_address: str | None = None
     judge_only: bool = False  # the judge alone, on rows whose candidates are kept
+    chat_templates: list[str | None] = field(default_factory=list)  # each LLM's template override (None: its own)
 
 
 def run_pipeline(job: PipelineJob) -> None:
@@ -238,7 +242,7 @@ def run_pipeline(job: PipelineJob) -> None:
         forkserver.ensure_running()
     # distilabel keys its cache on the steps, not on the data: one cache folder per set of rows.
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True, default=str))[:16]
-    pipeline = build_pipeline(rows, generation, job.model_paths, cache, job.seed, job.judge_only)
+    pipeline = build_pipeline(rows, generation, job.model_paths, cache, job.seed, job.judge_only, job.chat_templates)
     if generation.ray:
         from alignflow.tasks.runtime.ray import FORWARDED_ENV, HEAP_TUNABLES
 

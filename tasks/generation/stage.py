@@ -38,6 +38,7 @@ from alignflow.tasks.generation.fingerprint import candidate_settings, code_vers
 from alignflow.tasks.generation.pipeline import PipelineJob, ray_gcs_address, run_in_worker
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.generation.rows import PAIR_COLUMNS, failures, pair_schema, previous_rows, read_rows, write_rows
+from alignflow.tasks.runtime.chat_template import key_parts
 from alignflow.tasks.runtime.state import Ref, sha256_file, sha256_text
 
 
@@ -58,25 +59,34 @@ class _Plan:
 
     fingerprint: str
     paths: list[str | None]
+    templates: list[str | None]  # each LLM's chat template override (None: its model's own)
     earlier: dict[int, dict]
     previous: dict[int, dict]  # judged rows of an earlier attempt of the same content
     to_rejudge: list[dict]  # rows whose candidates are there and only the judge failed
     todo: list[dict]  # rows to generate and judge
 
 
-def _plan(rows: list[dict], generation: GenerationConfig, model_paths: list, out_dir: Path, seed: int) -> _Plan:
+def _plan(
+    rows: list[dict], generation: GenerationConfig, model_paths: list, out_dir: Path, seed: int, templates: list
+) -> _Plan:
     slots = generation.llm_slots()
     paths = [*model_paths, *[None] * (len(slots) - len(model_paths))][: len(slots)]
+    templates = [*templates, *[None] * (len(slots) - len(templates))][: len(slots)]
     rows = [{**r, "row": i} for i, r in enumerate(rows)]
     fingerprint = sha256_text(
-        candidate_settings(generation), json.dumps(rows, sort_keys=True), json.dumps(paths), str(seed), code_version()
+        candidate_settings(generation),
+        json.dumps(rows, sort_keys=True),
+        json.dumps(paths),
+        str(seed),
+        code_version(),
+        *(part for template in templates for part in key_parts(template)),
     )
     earlier = previous_rows(out_dir, fingerprint)
     previous = {i: r for i, r in earlier.items() if r.get("scores") is not None}
     to_rejudge = [r for i, r in sorted(earlier.items()) if i not in previous and only_the_judge_failed(r)]
     rejudge_ids = {r["row"] for r in to_rejudge}
     todo = [r for r in rows if r["row"] not in previous and r["row"] not in rejudge_ids]
-    return _Plan(fingerprint, paths, earlier, previous, to_rejudge, todo)
+    return _Plan(fingerprint, paths, templates, earlier, previous, to_rejudge, todo)
 
 
 def generate_preferences(
@@ -86,25 +96,27 @@ def generate_preferences(
     out_dir: Path,
     seed: int = 0,
     ray_address: str | None = None,
+    chat_templates: list[str | None] | None = None,
 ) -> tuple[Ref, GenerationReport]:
     """Generate, judge and binarize; return the pairs' Ref and the stage report.
 
-    `model_paths[i]` is the local model of llm_slots()[i] (None or missing for endpoints).
+    `model_paths[i]` is the local model of llm_slots()[i] (None or missing for endpoints), and `chat_templates[i]`
+    the chat template that replaces that model's own (None or missing: its own).
     Raises GenerationFailed, after writing every file, when the success rate is too low.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     check_api_keys(generation)  # before anything starts: a missing key fails in a second, naming the key
-    plan = _plan(rows, generation, model_paths, out_dir, seed)
+    plan = _plan(rows, generation, model_paths, out_dir, seed, chat_templates or [])
     started = time.perf_counter()
     new: list[dict] = []
     rejudged: list[dict] = []
     if plan.todo or plan.to_rejudge:
         address = ray_gcs_address(ray_address) if generation.ray else None
         if plan.to_rejudge:
-            rejudged = _run(plan.to_rejudge, generation, plan.paths, out_dir, seed, address, judge_only=True)
+            rejudged = _run(plan.to_rejudge, generation, plan, out_dir, seed, address, judge_only=True)
             rejudged = [{**plan.earlier[r["row"]], **r} for r in rejudged]  # the earlier row's columns, judged anew
         if plan.todo:
-            new = _run(plan.todo, generation, plan.paths, out_dir, seed, address)
+            new = _run(plan.todo, generation, plan, out_dir, seed, address)
         # The attempt finished and its rows are in scored.parquet: distilabel's cache would only
         # replay the same failures on a re-run (its key is the same), so it goes.
         shutil.rmtree(out_dir / "distilabel-cache", ignore_errors=True)
@@ -207,11 +219,13 @@ def only_the_judge_failed(row: dict) -> bool:
     )
 
 
-def _run(rows: list[dict], generation: GenerationConfig, paths, out_dir: Path, seed: int, address, judge_only=False):
+def _run(
+    rows: list[dict], generation: GenerationConfig, plan: _Plan, out_dir: Path, seed: int, address, judge_only=False
+):
     """One pipeline run in a fresh process (run_in_worker's doc says why); its rows."""
     attempt = out_dir / ("attempt-judge.parquet" if judge_only else "attempt.parquet")
     attempt.unlink(missing_ok=True)
-    run_in_worker(PipelineJob(rows, generation, paths, out_dir, seed, address, judge_only))
+    run_in_worker(PipelineJob(rows, generation, plan.paths, out_dir, seed, address, judge_only, plan.templates))
     done = read_rows(attempt)
     attempt.unlink()
     return done

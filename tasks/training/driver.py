@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from alignflow.conf.training import TrainingConfig
+from alignflow.tasks.runtime.chat_template import key_parts
 from alignflow.tasks.runtime.ray import start_ray
 from alignflow.tasks.runtime.state import Ref, home, sha256_text, sha256_tree
 from alignflow.tasks.training import memory, staging
@@ -109,10 +110,12 @@ def scaling_kwargs(training: TrainingConfig, resources_per_worker: dict[str, flo
 def worker_inputs(job: TrainJob, stage: str) -> WorkerInputs:
     """What every worker of the stage gets; staged through remote storage when the workers may not see this disk."""
     # Reference log-probs depend on the data, the reference model (its folder holds the
-    # tokenizer too) and max_length only: a new run on the same inputs reuses them.
+    # tokenizer too), the chat template that replaces its own, and max_length only: a new run
+    # on the same inputs reuses them.
     reference = sha256_tree(job.model) if Path(job.model).is_dir() else job.model
     max_length = str(job.training.knob("max_length", object))
-    reference_key = sha256_text(job.train_data.sha256, reference, max_length)[:16]
+    template = key_parts(job.training.chat_template_text)
+    reference_key = sha256_text(job.train_data.sha256, reference, max_length, *template)[:16]
     inputs = WorkerInputs(
         training=job.training,
         stage=stage,

@@ -79,10 +79,10 @@ def to_prompt_completion(example: dict) -> dict:
 # --- model and tokenizer ----------------------------------------------------------------------------
 
 
-def get_tokenizer(model_path: str, stage: str):
-    from transformers import AutoTokenizer
+def get_tokenizer(model_path: str, stage: str, chat_template: str | None = None):
+    from alignflow.tasks.runtime.chat_template import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path, chat_template)  # training.chat_template, saved with the model
     if stage != SFT:
         tokenizer.padding_side = "left"  # preference trainers pad prompts on the left
     if tokenizer.pad_token is None:
@@ -166,7 +166,7 @@ def build_trainer(
     # Model & tokenizer
     ###################
     model_args = ModelConfig(**training.model_kwargs(model_path))
-    tokenizer = get_tokenizer(model_path, stage)
+    tokenizer = get_tokenizer(model_path, stage, training.chat_template_text)
     model = get_model(model_args)
     ######
     # Data

@@ -291,22 +291,22 @@ def measure_rows(
     return lengths, double
 
 
-def load_tokenizer(name_or_path: str, tiny: TinyModelConfig, models_dir: Path) -> Any:
-    """The tokenizer the train stage will use, with no model built or loaded.
+def load_tokenizer(name_or_path: str, tiny: TinyModelConfig, models_dir: Path, chat_template: str | None = None) -> Any:
+    """The tokenizer the train stage will use, with no model built or loaded; `chat_template`
+    (training.chat_template's text) in place of the model's own, as the train stage applies it.
 
     For the offline tiny model only its BPE tokenizer is trained (a second or two of CPU, on the
     same shipped text and vocabulary size as the model's build, so the same tokenizer) and kept
     under `models_dir`; building the whole model would take a minute on a fresh state directory."""
-    from transformers import AutoTokenizer
-
     from alignflow.conf.base import BUILTIN_TINY_MODEL
+    from alignflow.tasks.runtime.chat_template import load_tokenizer as with_template
 
     if name_or_path.startswith("builtin:") and name_or_path != BUILTIN_TINY_MODEL:  # converted once, then read
         from alignflow.tasks.runtime.models import resolve_model
 
         name_or_path = str(resolve_model(name_or_path, tiny, Path(models_dir)))
     if name_or_path != BUILTIN_TINY_MODEL:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return with_template(name_or_path, chat_template)
     from alignflow.tasks.runtime.tiny_model import tokenizer_dir
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir(tiny, Path(models_dir))))
+    return with_template(tokenizer_dir(tiny, Path(models_dir)), chat_template)
