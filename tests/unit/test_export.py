@@ -1,4 +1,4 @@
-"""`alignflow export`: references, and the refusals that write nothing (tests/integration/test_export.py
+"""`alignflow export`: references, and the refusals that write nothing (tests/integration/test_export_registered.py
 exports a registered model and generates with it)."""
 
 from __future__ import annotations
