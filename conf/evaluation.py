@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignflow.conf.base import BUILTIN_EVAL_PROMPTS, BUILTIN_SMOLLM2, Section
-from alignflow.conf.generation import JudgeConfig, size_judge_budget
+from alignflow.conf.generation import JudgeConfig, judge_shorthand, size_judge_budget
 
 
 class EvaluationConfig(Section):
@@ -47,12 +47,12 @@ class EvaluationConfig(Section):
     @field_validator("judge", mode="before")
     @classmethod
     def _judge_shorthand(cls, value: object) -> object:
-        return {"kind": value} if isinstance(value, str) else value
+        return judge_shorthand(value)
 
     @field_validator("judges", mode="before")
     @classmethod
     def _judges_shorthand(cls, value: object) -> object:
-        return [{"kind": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+        return [judge_shorthand(v) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _judge_or_judges(self) -> EvaluationConfig:

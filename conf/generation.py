@@ -131,6 +131,11 @@ JUDGE_TOKENS_PER_ANSWER = 96
 JUDGE_TOKENS_BASE = 32
 
 
+def judge_shorthand(value: object) -> object:
+    """`judge: offline` for `judge: {kind: offline}`, in generation and evaluation alike."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
 def size_judge_budget(judge: JudgeConfig, answers: int) -> None:
     """Unless the profile sets it, an LLM judge's max_new_tokens fits a rating and rationale for each answer."""
     if judge.llm is not None and "max_new_tokens" not in judge.llm.model_fields_set:
@@ -206,7 +211,7 @@ class GenerationConfig(Section):
     @field_validator("judge", mode="before")
     @classmethod
     def _judge_shorthand(cls, value: object) -> object:
-        return {"kind": value} if isinstance(value, str) else value
+        return judge_shorthand(value)
 
     @model_validator(mode="after")
     def _at_least_two_candidates(self) -> GenerationConfig:

@@ -216,6 +216,12 @@ def check_dataset_id(source: str, cache: Path) -> str | None:
     return None if in_hf_cache(source, cache) else f"not in the HF datasets cache {cache} (nothing is downloaded)"
 
 
+def _endpoint_part(key: str, llm) -> tuple[str, str, Callable[[], str | None]]:
+    """(config key, target, check) of an OpenAI-compatible endpoint."""
+    target = llm.base_url or "https://api.openai.com/v1"
+    return f"{key}.base_url", target, lambda: check_endpoint(llm.base_url, llm.api_key_env)
+
+
 def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | None]]]:
     """(config key, target, check) for every part the config names, in pipeline order."""
     from huggingface_hub import constants  # the user's hub cache, as the HF libraries resolve it (HF_HOME's hub/)
@@ -237,8 +243,7 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
     if not gen.preference_data:
         for key, llm in gen.llm_slots():
             if llm.provider == "openai":
-                target = llm.base_url or "https://api.openai.com/v1"
-                found.append((f"{key}.base_url", target, lambda llm=llm: check_endpoint(llm.base_url, llm.api_key_env)))
+                found.append(_endpoint_part(key, llm))
             else:
                 found.append((f"{key}.model", llm.model, lambda m=llm.model: check_model(m, hub_cache)))
     model = config.training.model_name_or_path
@@ -247,10 +252,8 @@ def parts(config: PipelineConfig) -> list[tuple[str, str, Callable[[], str | Non
     for key, judge in [(f"evaluation.judges[{i}]", j) for i, j in enumerate(judges)] or [
         ("evaluation.judge", config.evaluation.judge)
     ]:
-        llm = judge.llm
-        if llm is not None and llm.provider == "openai":  # the head-to-head's LLM judge answers before training
-            target = llm.base_url or "https://api.openai.com/v1"
-            found.append((f"{key}.llm.base_url", target, lambda llm=llm: check_endpoint(llm.base_url, llm.api_key_env)))
+        if judge.llm is not None and judge.llm.provider == "openai":  # the head-to-head's judge answers before training
+            found.append(_endpoint_part(f"{key}.llm", judge.llm))
     if config.runtime.ray_address:
         found.append(("runtime.ray_address", config.runtime.ray_address, lambda: check_ray(config.runtime.ray_address)))
     if config.runtime.tracking_uri:

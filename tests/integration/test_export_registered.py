@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from registered import tiny_champion
 from typer.testing import CliRunner
 
 from alignflow.flows.cli import app
@@ -28,18 +29,10 @@ def greedy(model, tokenizer, prompt: str) -> list[int]:
 @pytest.mark.integration
 def test_an_exported_folder_generates_the_registered_models_tokens(tiny_model_path, state_dir, tmp_path):
     import mlflow
-    from mlflow import MlflowClient
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignflow.tasks.registry.tracking import start_run
-    from alignflow.tasks.registry.versions import log_model_version
-
-    name, root = "test-export", state_dir / "export"
-    root.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    run_id = start_run(uri, name, "export", {}, {}, (root / "artifacts").as_uri())
-    version = log_model_version(uri, run_id, name, tiny_model_path)
-    MlflowClient(uri).set_registered_model_alias(name, "champion", version)
+    name = "test-export"
+    uri, version = tiny_champion(tiny_model_path, state_dir / "export", name)
 
     def export(*args: str) -> tuple[int, str]:
         result = CliRunner().invoke(app, ["export", *args, "--tracking-uri", uri], env={"COLUMNS": "300"})

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from registered import tiny_champion
 from servers import free_port, wait_http
 from serving_requests import ALLOWED_FIELDS, ALLOWED_PARAMS, CHAT, assert_completion_only
 
@@ -17,17 +18,11 @@ from serving_requests import ALLOWED_FIELDS, ALLOWED_PARAMS, CHAT, assert_comple
 @pytest.mark.integration
 def test_mlflow_models_serve_answers_a_chat_with_the_completion_alone(tiny_model_path, state_dir, tmp_path):
     import requests
-    from mlflow import MlflowClient
 
-    from alignflow.tasks.registry.tracking import start_run
-    from alignflow.tasks.registry.versions import export_champion, log_model_version
+    from alignflow.tasks.registry.versions import export_champion
 
-    name, root = "test-serving", state_dir / "serving"
-    root.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    run_id = start_run(uri, name, "serving", {}, {}, (root / "artifacts").as_uri())
-    version = log_model_version(uri, run_id, name, tiny_model_path)
-    MlflowClient(uri).set_registered_model_alias(name, "champion", version)
+    name = "test-serving"
+    uri, version = tiny_champion(tiny_model_path, state_dir / "serving", name)
     exported = export_champion(uri, name, tmp_path / "champion")
     assert exported is not None and (exported / "config.json").is_file() and (exported / "tokenizer.json").is_file()
 
