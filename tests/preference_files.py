@@ -1,4 +1,4 @@
-"""Preference rows and files in the layouts users bring (plain pairs, UltraFeedback's), shared by the unit
+"""Preference rows and files in the layouts users bring (UltraFeedback's), shared by the unit
 tests of the readers and the flow test that trains on them."""
 
 from __future__ import annotations
@@ -57,7 +57,3 @@ def write(path: Path, rows: list[dict]) -> Path:
     else:
         path.write_text(text)
     return path
-
-
-def plain(rows: list[dict] = ROWS) -> list[dict]:
-    return [{"prompt": r["prompt"], "chosen": r["reference"], "rejected": bad(r["reference"])} for r in rows]
