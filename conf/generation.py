@@ -103,13 +103,28 @@ class GeneratorConfig(LLMConfig):
 
 
 class JudgeConfig(Section):
-    """Who rates the candidates: the offline scorer, or an UltraFeedback-style LLM judge."""
+    """Who rates the candidates: the offline scorer, an UltraFeedback-style LLM judge, or a reward model."""
 
-    kind: Literal["offline", "ultrafeedback"] = Field(
-        "offline", description="offline: deterministic reference-based scorer; ultrafeedback: an LLM (distilabel)."
+    kind: Literal["offline", "ultrafeedback", "reward_model"] = Field(
+        "offline",
+        description="offline: deterministic reference-based scorer; ultrafeedback: an LLM (distilabel); "
+        "reward_model: a sequence-classification reward model scoring each answer (RLHFlow/OpenRLHF iterative DPO).",
     )
     aspect: Literal[JUDGE_ASPECTS] = Field("overall-rating", description="UltraFeedback aspect the LLM rates on.")
     llm: LLMConfig | None = Field(None, description="The judge LLM (required for ultrafeedback).")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="reward_model: a local reward model folder (AutoModelForSequenceClassification, one label, a "
+        "chat template), or a registered one: `registry:NAME@ALIAS` (e.g. registry:alignflow-reward@champion, what "
+        "`alignflow reward-model` trains) or `registry:NAME/VERSION`.",
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="reward_model: answers scored per forward pass.")
+    resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1},
+        description="reward_model: the Ray resources of the actor that scores (e.g. {GPU: 1}: on a GPU, in bf16). "
+        "In generation with generation.ray, the judge step's; in evaluation, its scoring actor's.",
+    )
     parse_retries: int = Field(
         2, ge=0, le=10, description="Ask the judge again when its answer does not parse (then the row fails)."
     )
@@ -118,10 +133,33 @@ class JudgeConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _llm_judge_needs_an_llm(self) -> JudgeConfig:
+    def _each_kind_its_model(self) -> JudgeConfig:
         if self.kind == "ultrafeedback" and self.llm is None:
             raise ValueError("judge.kind ultrafeedback needs judge.llm (provider, model, ...)")
+        if self.kind == "reward_model":
+            if self.model is None:
+                raise ValueError(
+                    "judge.kind reward_model needs judge.model: a reward model folder, or registry:NAME@champion "
+                    "(train one with `alignflow reward-model`)"
+                )
+            if self.llm is not None:
+                raise ValueError("judge.llm: a reward_model judge has no LLM (judge.model names the reward model)")
+            if self.model == CHAMPION_MODEL:
+                raise ValueError(
+                    f"judge.model {CHAMPION_MODEL}: name the reward model, registry:NAME@champion "
+                    "(the policy's champion is not a reward model)"
+                )
+        elif self.model is not None:
+            raise ValueError(f"judge.model: only for kind reward_model (kind is {self.kind})")
+        if unknown := sorted(set(self.resources) - {"CPU", "GPU", "memory"}):
+            raise ValueError(f"judge.resources: {unknown} not among CPU, GPU, memory")
         return self
+
+    @property
+    def label(self) -> str:
+        """The judge's name in reports: its kind, and its LLM or reward model."""
+        named = self.llm.model if self.llm is not None else self.model
+        return self.kind if named is None else f"{self.kind}:{named}"
 
 
 # An UltraFeedback judge answers "#### Output for Text i / Rating: n / Rationale: ..." for every answer in one
@@ -189,7 +227,8 @@ class GenerationConfig(Section):
         ge=0.0,
         le=1.0,
         description="Chosen must out-score rejected by at least this much (judge score in [0, 1]; an UltraFeedback "
-        "rating step is 0.25); closer pairs are ties and are dropped. Equal scores never make a pair.",
+        "rating step is 0.25; a reward model's scores are its rewards, so there a reward difference: 0.05 is a "
+        "Bradley-Terry P(better) of 0.51); closer pairs are ties and are dropped. Equal scores never make a pair.",
     )
     min_success_rate: float = Field(
         0.9,

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows import artifacts
 from alignflow.flows.bookkeeping import open_book
-from alignflow.flows.data import GateFailed
+from alignflow.flows.data import GateFailed, judge_model
 from alignflow.flows.links import experiment_of, mlflow_run_url, mlflow_ui_url, model_version_url
 from alignflow.flows.notify import failure_hook, notify_outcome
 from alignflow.flows.preamble import StageClock, preamble
@@ -91,6 +91,7 @@ def alignment(config: PipelineConfig, lineage: dict[str, str] | None = None) -> 
                 opponent,
                 prep.root / "eval-answers",
                 config.training.chat_template_text,
+                [judge_model(j, config, prep.root) for j in config.evaluation.panel()],
             )
         with clock("register"):
             outcome = register(config.registry, book, trained.model, evaluation, opponent)

@@ -30,7 +30,7 @@ from alignflow.conf.comparison import Recipe, expand_recipes
 from alignflow.conf.loader import ConfigError, flatten, load_config
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows.bookkeeping import open_book
-from alignflow.flows.data import PreparedData
+from alignflow.flows.data import PreparedData, judge_model
 from alignflow.flows.links import mlflow_ui_url, model_version_url
 from alignflow.flows.notify import failure_hook, notify_outcome
 from alignflow.flows.preamble import StageClock, preamble
@@ -129,6 +129,7 @@ def _run_recipes(
     room = sum(memory.node_memory())
     needs = {recipe.name: memory.run_bytes(recipe.training, data.start.loadable) or 0 for recipe in recipes}
     pending, training, evaluating, outcome, held = list(recipes), {}, {}, {}, {}
+    judges = [judge_model(j, config, home(config)) for j in config.evaluation.panel()]  # one copy for every recipe
     while pending or training:
         while pending and len(training) < config.comparison.max_parallel:
             need = needs[pending[0].name]
@@ -160,6 +161,7 @@ def _run_recipes(
                 opponent,
                 home(config) / "eval-answers",
                 config.training.chat_template_text,  # the recipes share it (conf/schema.py)
+                judges,
             ),
         )
     for name, (trained, future) in evaluating.items():

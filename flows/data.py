@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.conf.base import CHAMPION_MODEL
+from alignflow.conf.generation import JudgeConfig
 from alignflow.conf.schema import PipelineConfig
 from alignflow.flows import artifacts
 from alignflow.flows.stages import base_model, generate, validate
@@ -20,8 +21,9 @@ from alignflow.tasks.generation.fingerprint import candidate_settings, code_vers
 from alignflow.tasks.generation.prompts import load_prompts, prompts_path, source_sha256
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.registry import versions
+from alignflow.tasks.reward.models import judge_model_dir
 from alignflow.tasks.runtime.chat_template import key_parts
-from alignflow.tasks.runtime.state import Ref, sha256_text, tracking_uri
+from alignflow.tasks.runtime.state import Ref, sha256_text, sha256_tree, tracking_uri
 from alignflow.tasks.validation import stage as validation
 from alignflow.tasks.validation.report import ValidationReport
 
@@ -79,6 +81,12 @@ def generator_templates(config: PipelineConfig) -> list[str | None]:
     ]
 
 
+def judge_model(judge: JudgeConfig, config: PipelineConfig, root: Path) -> Ref | None:
+    """A reward_model judge's model as a local folder (a registered version is downloaded once), by content."""
+    folder = judge_model_dir(judge, tracking_uri(config), root / "models")
+    return None if folder is None else Ref(uri=folder.as_uri(), sha256=sha256_tree(folder))
+
+
 def prompt_offset(config: PipelineConfig) -> int:
     """Where this round's prompts start: with generation.rotate_prompts, after the max_prompts of each round
     registered so far (one version each), so that every night trains on prompts the champion has not seen."""
@@ -107,6 +115,7 @@ def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) 
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc} ({key})") from None
     templates = generator_templates(config) if models else []
+    judge = judge_model(gen.judge, config, root) if models else None
     # Binarization and thresholds only pick pairs from the candidates (one pairs folder per setting inside).
     data_key = sha256_text(
         candidate_settings(gen),
@@ -117,6 +126,7 @@ def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) 
         str(offset),
         *(m.sha256 for m in models if m is not None),
         *(part for template in templates for part in key_parts(template)),
+        *([judge.sha256] if judge else []),
     )[:16]
     pairs, generated = generate(
         gen,
@@ -127,6 +137,7 @@ def generate_data(config: PipelineConfig, root: Path, models: list[Ref | None]) 
         config.runtime.ray_address,
         offset,
         templates,
+        judge,
     )
     return pairs, generated, data_key
 

@@ -107,9 +107,11 @@ def generate(
     ray_address: str | None = None,
     offset: int = 0,
     chat_templates: list[str | None] | None = None,
+    judge_model: Ref | None = None,
 ) -> tuple[Ref, GenerationReport]:
     """Synthetic pairs from the prompts (from prompt `offset` on: the round's prompts), or the user's own pairs
-    snapshotted; and the stage's report. `chat_templates[i]` replaces generator i's model's own (None: its own)."""
+    snapshotted; and the stage's report. `chat_templates[i]` replaces generator i's model's own (None: its own);
+    `judge_model` is a reward_model judge's local model."""
     logger = get_run_logger()
     if generation.preference_data:
         pairs, report = import_preference_data(
@@ -122,7 +124,10 @@ def generate(
         )
         try:
             paths = [m.loadable if m else None for m in models]
-            pairs, report = generate_preferences(rows, generation, paths, out_dir, seed, ray_address, chat_templates)
+            judge = judge_model.loadable if judge_model else None
+            pairs, report = generate_preferences(
+                rows, generation, paths, out_dir, seed, ray_address, chat_templates, judge
+            )
         except GenerationFailed as exc:
             artifacts.generation(exc.report)  # the failed run's counts, next to its error
             raise
@@ -210,10 +215,12 @@ def evaluate(
     opponent: Champion | None,
     answers_cache: Path | None = None,
     chat_template: str | None = None,
+    judge_models: list[Ref | None] | None = None,
 ) -> Evaluation:
     """Held-out metrics, then the candidate against the champion (the base model when there is none) and, when
     that was the champion, against the base model too (the rounds' trajectory). `chat_template`
-    (training.chat_template's text) replaces the base model's own."""
+    (training.chat_template's text) replaces the base model's own; `judge_models[i]` is the local model of the
+    panel's judge i when that is a reward model."""
     evaluation = evaluate_candidate(
         config,
         beta,
@@ -224,6 +231,7 @@ def evaluate(
         opponent.model if opponent else None,
         answers_cache,
         chat_template,
+        [m.path if m else None for m in judge_models or []],
     )
     get_run_logger().info(evaluation.head_to_head.summary())
     if evaluation.versus_base is not None:

@@ -9,12 +9,16 @@ whatever it sees first gives 0.5 on identical models instead of a fake win.
   answer on its own; the order cannot matter to it, and asking twice costs microseconds.
 - ultrafeedback: any LLM through distilabel's UltraFeedback task, rating both answers of a pair
   in one request, the pair shown once in each order.
+- reward_model: a reward model on a Ray actor (tasks/reward/actor.py) scores each answer on its own; the
+  higher reward wins, equal rewards tie. Each answer is scored once, whichever order asks.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from alignflow.conf.generation import JudgeConfig
 from alignflow.tasks.generation import judge as offline_scorer
@@ -77,14 +81,45 @@ def ultrafeedback_judge(config: JudgeConfig) -> PairJudge:
     return judge
 
 
+def reward_model_judge(config: JudgeConfig, model_dir: Path) -> PairJudge:
+    """A pairwise judge comparing the rewards the reward model at `model_dir` gives each answer (on a Ray actor)."""
+    from alignflow.tasks.reward.actor import remote_reward_model
+
+    score_remotely, where = remote_reward_model(config, model_dir)
+    logging.getLogger(__name__).info(
+        "reward model judge %s on a Ray actor: node %s, pid %s, %s",
+        model_dir,
+        where["node"],
+        where["pid"],
+        where["device"],
+    )
+    known: dict[tuple[str, str], float] = {}
+
+    def judge(pairs: list[PairToJudge]) -> list[float]:
+        asked = list(
+            dict.fromkeys((p.prompt, a) for p in pairs for a in (p.first, p.second) if (p.prompt, a) not in known)
+        )
+        known.update(zip(asked, score_remotely(asked), strict=True))
+        return [_preference(known[(p.prompt, p.first)], known[(p.prompt, p.second)]) for p in pairs]
+
+    return judge
+
+
 def judge_labels(configs: list[JudgeConfig]) -> list[str]:
-    """A name per judge for reports: its kind and LLM model, numbered when two would read the same."""
-    labels = [c.kind if c.llm is None else f"{c.kind}:{c.llm.model}" for c in configs]
+    """A name per judge for reports: its kind and its LLM or reward model, numbered when two would read the same."""
+    labels = [c.label for c in configs]
     return [f"{label}#{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
-def pair_judge(config: JudgeConfig) -> PairJudge:
-    return offline_judge if config.kind == "offline" else ultrafeedback_judge(config)
+def pair_judge(config: JudgeConfig, model_dir: Path | None = None) -> PairJudge:
+    """The judge `config` describes; `model_dir` is a reward_model judge's local folder."""
+    if config.kind == "offline":
+        return offline_judge
+    if config.kind == "reward_model":
+        if model_dir is None:
+            raise ValueError("evaluation.judge: a reward_model judge needs its model folder")
+        return reward_model_judge(config, model_dir)
+    return ultrafeedback_judge(config)
 
 
 def judge_both_orders(judge: PairJudge, pairs: list[PairToJudge]) -> list[float]:

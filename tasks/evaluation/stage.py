@@ -7,6 +7,7 @@ set must share no prompt with the training split: checked here, before any answe
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +88,15 @@ def evaluate(
     champion: Ref | None,
     answers_cache: Path | None = None,
     chat_template: str | None = None,
+    judge_models: Sequence[Path | None] = (),
 ) -> Evaluation:
     """Held-out metrics for candidate, base (and champion); then the candidate against the champion, else the base,
     and against the base as well when the champion was the opponent. Answers are sampled once per model and
     setting (`answers_cache`), so the base's answers are reused round after round.
 
     `chat_template` (training.chat_template's text) replaces the base model's own; the candidate's and the
-    champion's folders hold the template each was trained with."""
+    champion's folders hold the template each was trained with. `judge_models[i]` is the local folder of the
+    panel's judge i when it is a reward model."""
     eval_set = load_eval_set(config)
     # a conversation's last user turn is what it asks (tasks/runtime/overlap.py), not its flattened text
     check_disjoint(eval_set, split_prompts(train_path), "the train split")
@@ -109,7 +112,8 @@ def evaluate(
     )
     panel = config.panel()
     labels = judge_labels(panel)
-    judges = [pair_judge(j) for j in panel]
+    folders = [*judge_models, *[None] * len(panel)]
+    judges = [pair_judge(j, folder) for j, folder in zip(panel, folders)]
 
     def answers(model: Ref, template: str | None = None) -> list[list[str]]:
         return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache, template)

@@ -86,9 +86,10 @@ def build_pipeline(
     seed: int,
     judge_only: bool = False,
     chat_templates: list[str | None] | tuple = (),
+    judge_model: str | None = None,
 ):
     """The distilabel pipeline; `model_paths[i]` is the loadable local model of llm_slots()[i], `chat_templates[i]`
-    the chat template that replaces its own (None or missing: its own).
+    the chat template that replaces its own (None or missing: its own), `judge_model` a reward_model judge's folder.
 
     `judge_only`: `rows` are scored rows whose candidates are kept and only the judge runs on them."""
     from distilabel.steps import LoadDataFromDicts
@@ -111,7 +112,8 @@ def build_pipeline(
 
     position = len(generation.generators)
     with StagePipeline(name="alignflow-judge" if judge_only else "alignflow-generate", cache_dir=cache_dir) as pipeline:
-        scorer = _scorer(generation, llm, len(rows), position, batches[position] if batches[position:] else gen_batch)
+        batch = batches[position] if batches[position:] else gen_batch
+        scorer = _scorer(generation, llm, len(rows), position, batch, judge_model)
         if judge_only:
             candidates = LoadDataFromDicts(
                 data=[{k: r.get(k) for k in JUDGE_INPUT_COLUMNS} for r in rows], batch_size=scorer.input_batch_size
@@ -158,12 +160,43 @@ def step_resources(on_ray: bool, model_path: str | None, batch: int, max_new_tok
     return StepResources(memory=inference_bytes(shape, batch, PROMPT_TOKENS + max_new_tokens))
 
 
-def _scorer(generation: GenerationConfig, llm, prompts: int, position: int, batch: int):
-    """The judge step: the offline scorer, or the UltraFeedback LLM judge (llm(position) builds its LLM)."""
-    from alignflow.tasks.generation.steps import OfflineJudge, UltraFeedbackJudge
+def judge_resources(on_ray: bool, model_path: str, resources: dict[str, float], batch: int):
+    """A reward-model judge step's Ray resources: judge.resources (CPU, GPU), and the memory its model needs to
+    score a batch unless judge.resources sets it. Nothing off Ray."""
+    from distilabel.steps import StepResources
 
-    if generation.judge.kind == "offline":
+    if not on_ray:
+        return StepResources()
+    shape = ModelShape.of_folder(model_path)
+    memory = resources.get("memory") or (inference_bytes(shape, batch, PROMPT_TOKENS * 2) if shape else None)
+
+    def whole(name: str) -> int | None:  # distilabel takes whole CPUs and GPUs per replica
+        return max(1, round(resources[name])) if resources.get(name) else None
+
+    return StepResources(cpus=whole("CPU"), gpus=whole("GPU"), memory=int(memory) if memory else None)
+
+
+def _scorer(generation: GenerationConfig, llm, prompts: int, position: int, batch: int, judge_model: str | None):
+    """The judge step: the offline scorer, a reward model (at `judge_model`), or the UltraFeedback LLM judge
+    (llm(position) builds its LLM)."""
+    from alignflow.tasks.generation.steps import OfflineJudge, RewardModelJudge, UltraFeedbackJudge
+
+    judge = generation.judge
+    if judge.kind == "offline":
         return OfflineJudge(name="judge", input_batch_size=batch, progress_total=prompts, progress_position=position)
+    if judge.kind == "reward_model":
+        if judge_model is None:
+            raise ValueError("generation.judge: a reward_model judge needs its model folder (judge_model)")
+        return RewardModelJudge(
+            name="judge",
+            model_path=judge_model,
+            batch_size=judge.batch_size,
+            use_gpu=judge.resources.get("GPU", 0) > 0,
+            input_batch_size=batch,
+            progress_total=prompts,
+            progress_position=position,
+            resources=judge_resources(generation.ray, judge_model, judge.resources, judge.batch_size),
+        )
     return UltraFeedbackJudge(
         name="judge",
         llm=llm(position),
@@ -221,6 +254,7 @@ class PipelineJob:
     ray_address: str | None = None
     judge_only: bool = False  # the judge alone, on rows whose candidates are kept
     chat_templates: list[str | None] = field(default_factory=list)  # each LLM's template override (None: its own)
+    judge_model: str | None = None  # a reward_model judge's local folder
 
 
 def run_pipeline(job: PipelineJob) -> None:
@@ -242,7 +276,9 @@ def run_pipeline(job: PipelineJob) -> None:
         forkserver.ensure_running()
     # distilabel keys its cache on the steps, not on the data: one cache folder per set of rows.
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True, default=str))[:16]
-    pipeline = build_pipeline(rows, generation, job.model_paths, cache, job.seed, job.judge_only, job.chat_templates)
+    pipeline = build_pipeline(
+        rows, generation, job.model_paths, cache, job.seed, job.judge_only, job.chat_templates, job.judge_model
+    )
     if generation.ray:
         from alignflow.tasks.runtime.ray import FORWARDED_ENV, HEAP_TUNABLES
 

@@ -45,7 +45,7 @@ class GenerationReport(BaseModel):
     mean_margin: float | None = None
     binarization: str | None = None
     min_score_margin: float | None = None
-    judge: str | None = None  # "offline" or ultrafeedback/<aspect>
+    judge: str | None = None  # "offline", ultrafeedback/<aspect>, or reward_model:<its folder or registry name>
     generators: list[GeneratorStats] | None = None
     content_sha256: str  # of the pairs' rows (generated), of the snapshot file (bring-your-own)
     pipeline_sha256: str | None = None

@@ -60,6 +60,7 @@ class _Plan:
     fingerprint: str
     paths: list[str | None]
     templates: list[str | None]  # each LLM's chat template override (None: its model's own)
+    judge_model: str | None  # a reward_model judge's local folder
     earlier: dict[int, dict]
     previous: dict[int, dict]  # judged rows of an earlier attempt of the same content
     to_rejudge: list[dict]  # rows whose candidates are there and only the judge failed
@@ -67,7 +68,13 @@ class _Plan:
 
 
 def _plan(
-    rows: list[dict], generation: GenerationConfig, model_paths: list, out_dir: Path, seed: int, templates: list
+    rows: list[dict],
+    generation: GenerationConfig,
+    model_paths: list,
+    out_dir: Path,
+    seed: int,
+    templates: list,
+    judge_model: str | None = None,
 ) -> _Plan:
     slots = generation.llm_slots()
     paths = [*model_paths, *[None] * (len(slots) - len(model_paths))][: len(slots)]
@@ -80,13 +87,14 @@ def _plan(
         str(seed),
         code_version(),
         *(part for template in templates for part in key_parts(template)),
+        *([judge_model] if judge_model else []),  # the folder; the flow's key holds its content hash
     )
     earlier = previous_rows(out_dir, fingerprint)
     previous = {i: r for i, r in earlier.items() if r.get("scores") is not None}
     to_rejudge = [r for i, r in sorted(earlier.items()) if i not in previous and only_the_judge_failed(r)]
     rejudge_ids = {r["row"] for r in to_rejudge}
     todo = [r for r in rows if r["row"] not in previous and r["row"] not in rejudge_ids]
-    return _Plan(fingerprint, paths, templates, earlier, previous, to_rejudge, todo)
+    return _Plan(fingerprint, paths, templates, judge_model, earlier, previous, to_rejudge, todo)
 
 
 def generate_preferences(
@@ -97,16 +105,18 @@ def generate_preferences(
     seed: int = 0,
     ray_address: str | None = None,
     chat_templates: list[str | None] | None = None,
+    judge_model: str | None = None,
 ) -> tuple[Ref, GenerationReport]:
     """Generate, judge and binarize; return the pairs' Ref and the stage report.
 
     `model_paths[i]` is the local model of llm_slots()[i] (None or missing for endpoints), and `chat_templates[i]`
-    the chat template that replaces that model's own (None or missing: its own).
+    the chat template that replaces that model's own (None or missing: its own); `judge_model` a reward_model
+    judge's local folder.
     Raises GenerationFailed, after writing every file, when the success rate is too low.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     check_api_keys(generation)  # before anything starts: a missing key fails in a second, naming the key
-    plan = _plan(rows, generation, model_paths, out_dir, seed, chat_templates or [])
+    plan = _plan(rows, generation, model_paths, out_dir, seed, chat_templates or [], judge_model)
     started = time.perf_counter()
     new: list[dict] = []
     rejudged: list[dict] = []
@@ -186,7 +196,9 @@ def _report(
         mean_margin=binarized.mean_margin,
         binarization=generation.binarization,
         min_score_margin=generation.min_score_margin,
-        judge=judge.kind if judge.kind == "offline" else f"ultrafeedback/{judge.aspect}",
+        judge={"ultrafeedback": f"ultrafeedback/{judge.aspect}", "reward_model": judge.label}.get(
+            judge.kind, judge.kind
+        ),
         generators=binarized.generators,
         content_sha256=lineage["content_sha256"],
         pipeline_sha256=lineage["pipeline_sha256"],
@@ -225,7 +237,10 @@ def _run(
     """One pipeline run in a fresh process (run_in_worker's doc says why); its rows."""
     attempt = out_dir / ("attempt-judge.parquet" if judge_only else "attempt.parquet")
     attempt.unlink(missing_ok=True)
-    run_in_worker(PipelineJob(rows, generation, plan.paths, out_dir, seed, address, judge_only, plan.templates))
+    job = PipelineJob(
+        rows, generation, plan.paths, out_dir, seed, address, judge_only, plan.templates, plan.judge_model
+    )
+    run_in_worker(job)
     done = read_rows(attempt)
     attempt.unlink()
     return done

@@ -227,3 +227,48 @@ class UltraFeedbackJudge(UltraFeedback):
             pending = retry
         _advance(self.name, self.progress_total, self.progress_position, len(inputs))
         yield results
+
+
+class RewardModelJudge(Step):
+    """Scores every candidate with a reward model (tasks/reward/scorer.py), batched over the step's rows.
+
+    A candidate's score is its reward as the model gives it (unbounded): binarization ranks by it, and
+    generation.min_score_margin is in reward units then (a Bradley-Terry log-odds: 0.05 is P(better) = 0.51).
+    A sigmoid of it would saturate (rewards 6 and 9 both read ~1.0) and turn clear preferences into ties. `ratings`
+    (1-5, for people reading the data) come from that sigmoid. The model loads once per step process or Ray actor.
+    """
+
+    model_path: str
+    batch_size: int = 8
+    use_gpu: bool = False
+    progress_total: int = 0
+    progress_position: int = 0
+    _model: Any = None
+
+    def load(self) -> None:
+        from alignflow.tasks.reward.scorer import load_reward_model
+
+        super().load()
+        self._model = load_reward_model(self.model_path, self.use_gpu, self.batch_size)
+        _advance(self.name, self.progress_total, self.progress_position, 0)
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["instruction", "candidates", "row_error"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["scores", "ratings", "judge_error"]
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        from alignflow.tasks.reward.scorer import to_unit
+
+        todo = [r for r in inputs if not r["row_error"]]
+        rewards = iter(self._model.scores([(r["instruction"], text or "") for r in todo for text in r["candidates"]]))
+        for row in inputs:
+            row.update(scores=None, ratings=None, judge_error=None)
+        for row in todo:
+            scores = [round(next(rewards), 6) for _ in row["candidates"]]
+            row.update(scores=scores, ratings=[judge.rating(to_unit(r)) for r in scores])
+        _advance(self.name, self.progress_total, self.progress_position, len(inputs))
+        yield inputs

@@ -6,8 +6,8 @@ padded on the right with the tokenizer's pad token, which the model's config nam
 token that is not padding). Rows are sorted by length before batching, so a batch pads little, and the scores are
 handed back in the rows' order.
 
-Scores are raw rewards (unbounded logits). `to_unit` maps one onto the judges' [0, 1] scale with a sigmoid: it keeps
-the order, so best and worst answers are the same, and a margin there reads as a Bradley-Terry probability gap.
+Scores are raw rewards (unbounded logits): the generate stage ranks candidates by them and the head-to-head compares
+them. `to_unit` maps one onto [0, 1] with a sigmoid, for the 1-5 ratings people read.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def conversation(prompt: Prompt, answer: str) -> list[dict[str, str]]:
 
 
 def to_unit(reward: float) -> float:
-    """A reward on the judges' [0, 1] scale (sigmoid), rounded as the offline scorer rounds."""
+    """A reward on [0, 1] (sigmoid), rounded as the offline scorer rounds."""
     return round(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, reward)))), 6)
 
 
