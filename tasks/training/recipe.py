@@ -246,7 +246,8 @@ def effective_config(training: TrainingConfig) -> dict:
     """What TRL/transformers will actually use, and every setting they ignore or change."""
     config_class, trainer_class = trl_classes(training.method)
     effective, notes = _report(training, training.method, training.knobs)
-    ours = type(training)().knobs  # the embedded profile's (the reward model's own for a reward model): only what a profile changed is noise-free to report
+    # The embedded profile's knobs (a reward model's own): only what a profile changed is noise-free to report.
+    ours = type(training)().knobs
     notes[:0] = [
         f"{k}={v!r}: not a {config_class.__name__} field, ignored by {training.method}"
         for k, v in training.ignored().items()
