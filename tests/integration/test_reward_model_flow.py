@@ -14,14 +14,14 @@ from alignflow.tasks.runtime.state import tracking_uri
 pytestmark = pytest.mark.integration
 
 NAME = "test-reward"
-# The training section's tiny model, as the reward model's base; two steps of full fine-tuning on one worker.
+# The training section's tiny model, as the reward model's base; two steps of the embedded LoRA (SEQ_CLS: the score
+# head trained, saved and merged) on one worker.
 TINY_REWARD = [
     "reward_model.model_name_or_path=builtin:tiny-llama",
     "reward_model.tiny_model.vocab_size=512",
     "reward_model.tiny_model.hidden_size=32",
     "reward_model.tiny_model.intermediate_size=64",
     "reward_model.tiny_model.warmup_steps=120",
-    "reward_model.use_peft=false",
     "reward_model.scaling.num_workers=1",
     "reward_model.max_steps=2",
     "reward_model.save_steps=2",
@@ -52,7 +52,6 @@ def test_reward_model_flow_registers_a_one_label_classifier(tmp_path, prefect_ha
     data = shipped_pairs(tmp_path / "pairs.jsonl")
     config = small_config(f"generation.preference_data={data}", *TINY_REWARD)
     summary = reward_model(config)
-    print("reward-model flow seconds", summary.seconds)
 
     assert summary.model == NAME and summary.steps == 2 and summary.n_pairs > 0
     assert summary.accuracy_low <= summary.accuracy <= summary.accuracy_high
