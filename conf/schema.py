@@ -16,6 +16,7 @@ from alignflow.conf.comparison import ComparisonConfig
 from alignflow.conf.evaluation import EvaluationConfig, RegistryConfig, default_model_name
 from alignflow.conf.generation import GenerationConfig
 from alignflow.conf.merge import deep_merge
+from alignflow.conf.reward_model import RewardModelConfig
 from alignflow.conf.runtime import RuntimeConfig
 from alignflow.conf.training import TrainingConfig
 from alignflow.conf.validation import ValidationConfig
@@ -31,6 +32,8 @@ class PipelineConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
+    # `alignflow reward-model` only: a reward model trained from the same validated data, registered on its own.
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="before")

@@ -23,13 +23,15 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
-# Where alignflow's TRL config classes live (module:Class); cpo and simpo share CPOConfig.
+# Where alignflow's TRL config classes live (module:Class); cpo and simpo share CPOConfig; reward is the reward
+# model's (conf/reward_model.py).
 CLASSES = {
     "dpo": "trl.trainer.dpo_config:DPOConfig",
     "orpo": "trl.experimental.orpo.orpo_config:ORPOConfig",
     "cpo": "trl.experimental.cpo.cpo_config:CPOConfig",
     "simpo": "trl.experimental.cpo.cpo_config:CPOConfig",
     "sft": "trl.trainer.sft_config:SFTConfig",
+    "reward": "trl.trainer.reward_config:RewardConfig",
     "model": "trl.trainer.model_config:ModelConfig",
 }
 TABLE = Path(__file__).with_name("trl_fields.json")

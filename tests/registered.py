@@ -19,3 +19,29 @@ def tiny_champion(model_dir: Path, root: Path, name: str) -> tuple[str, str]:
     version = log_model_version(uri, run_id, name, model_dir)
     MlflowClient(uri).set_registered_model_alias(name, "champion", version)
     return uri, version
+
+
+def tiny_reward_model(model_dir: Path, root: Path, name: str) -> tuple[str, str]:
+    """A one-label classifier built from the tiny model `model_dir` (its score head as initialised, no training:
+    seconds, not a Ray run), registered as `name`'s champion the way `alignflow reward-model` registers one (the
+    reward pyfunc, its `hf_model` artifact); (tracking URI, version). For judge tests that need a registered
+    reward model, not a good one; tests/integration/test_reward_model_flow.py trains one through the flow."""
+    from mlflow import MlflowClient
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignflow.tasks.registry.tracking import start_run
+    from alignflow.tasks.reward.register import log_reward_version
+
+    folder = root / f"{name}-hf"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, pad_token_id=pad).save_pretrained(
+        folder
+    )
+    tokenizer.save_pretrained(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    run_id = start_run(uri, name, f"{root.name}-reward", {}, {}, (root / "artifacts").as_uri())
+    version = log_reward_version(uri, run_id, name, folder)
+    MlflowClient(uri).set_registered_model_alias(name, "champion", version)
+    return uri, version

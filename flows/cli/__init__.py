@@ -2,6 +2,7 @@
 
     alignflow run [--config FILE] [--home DIR] [key.path=value ...]   the whole pipeline
     alignflow compare [--config FILE] [key.path=value ...]   recipes side by side (default conf/compare.yaml)
+    alignflow reward-model [--config FILE] [key.path=value ...]   a reward model from the validated pairs, registered
     alignflow validate DATA [--config FILE] [--report OUT.json] [--out DIR] [--no-tokenizer] [key.path=value ...]
     alignflow promote NAME VERSION --reason TEXT     make a version the champion
     alignflow rollback NAME [--reason TEXT]          back to the previous champion
@@ -27,7 +28,7 @@ import sys
 
 import typer
 
-from alignflow.flows.cli import pipeline, registry, serve, stack, validate
+from alignflow.flows.cli import pipeline, registry, reward, serve, stack, validate
 from alignflow.flows.cli.common import console
 
 __all__ = ["app", "main"]
@@ -38,7 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Declarative preference alignment: generate -> validate -> train -> evaluate -> register.",
 )
-for commands in (pipeline, validate, registry, serve, stack):  # the order of `alignflow --help`
+for commands in (pipeline, reward, validate, registry, serve, stack):  # the order of `alignflow --help`
     commands.add_commands(app)
 
 

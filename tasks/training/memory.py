@@ -46,8 +46,9 @@ def worker_bytes(training: TrainingConfig, shape: ModelShape, stage: str) -> int
     """A training worker's peak memory, estimated: runtime + weights (+ DPO's reference copy) + gradients and
     Adam's moments of the trainable parameters + one step's activations and log-prob buffers.
 
-    `stage` is "sft" or the preference method. Tokens per step are the worst case: every sequence at max_length
-    (a preference batch holds chosen and rejected, twice the rows)."""
+    `stage` is "sft", the preference method or "reward" (no reference model, a one-output score head). Tokens per
+    step are the worst case: every sequence at max_length (a preference or reward batch holds chosen and rejected,
+    twice the rows)."""
     width = 2 if training.scaling.use_gpu else 4  # bf16 on GPU, float32 on CPU
     lora = training.knob("use_peft", bool)
     trainable = (
@@ -65,7 +66,9 @@ def worker_bytes(training: TrainingConfig, shape: ModelShape, stage: str) -> int
     else:
         activations = shape.layers * layer
     vocab_tile = min(shape.vocab, TRL_TILE_VOCAB)
-    if stage in FUSED_HEAD_METHODS or stage == "sft":
+    if stage == "reward":
+        head = 0  # a reward model's head has one output: no vocabulary-wide logits to hold
+    elif stage in FUSED_HEAD_METHODS or stage == "sft":
         tile_tokens = 4096 if training.scaling.use_gpu else LOGPROB_TILE_TOKENS_CPU
         head = 6 * min(tokens, tile_tokens) * vocab_tile * 4
     else:

@@ -4,7 +4,8 @@ Read `build_trainer` like alignment-handbook's `scripts/dpo.py`: the same steps,
 `training` section (conf/training.py) as its ModelConfig and the method's TRL config. It runs the
 same inside a Ray Train worker (tasks/training/loop.py) or in a plain process (the Ray-overhead
 benchmark). Methods: dpo (DPOTrainer), orpo (ORPOTrainer), cpo and simpo (CPOTrainer, simpo being
-its `loss_type="simpo"`); the optional SFT stage is SFTTrainer on the chosen responses.
+its `loss_type="simpo"`); the optional SFT stage is SFTTrainer on the chosen responses; `reward` (the
+`reward_model` section, conf/reward_model.py) is RewardTrainer on a one-label sequence classifier.
 `effective_config` reports what TRL will use and every setting it ignores or changes.
 """
 
@@ -22,6 +23,7 @@ from alignflow.tasks.runtime.turns import row_turns
 from alignflow.tasks.training.memory import bound_logprob_tiles
 
 SFT = "sft"  # the stage name of the SFT stage; the preference stage is named by its method
+REWARD = "reward"  # the reward model's method and stage: a sequence classifier, not a causal LM
 
 
 def trl_classes(stage: str) -> tuple[type, type]:
@@ -34,6 +36,10 @@ def trl_classes(stage: str) -> tuple[type, type]:
         from trl import SFTConfig, SFTTrainer
 
         return SFTConfig, SFTTrainer
+    if stage == REWARD:
+        from trl import RewardConfig, RewardTrainer
+
+        return RewardConfig, RewardTrainer
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if stage == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
@@ -83,26 +89,33 @@ def get_tokenizer(model_path: str, stage: str, chat_template: str | None = None)
     from alignflow.tasks.runtime.chat_template import load_tokenizer
 
     tokenizer = load_tokenizer(model_path, chat_template)  # training.chat_template, saved with the model
-    if stage != SFT:
-        tokenizer.padding_side = "left"  # preference trainers pad prompts on the left
+    if stage not in (SFT, REWARD):
+        tokenizer.padding_side = "left"  # preference trainers pad prompts on the left; the reward head reads the
+        # last token that is not padding, so a reward model keeps right padding
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def get_model(model_args):
-    """The base model as trl.ModelConfig describes it (dtype, revision, attention, QLoRA quantization)."""
+def get_model(model_args, stage: str = "preference", pad_token_id: int | None = None):
+    """The base model as trl.ModelConfig describes it (dtype, revision, attention, QLoRA quantization); for the
+    reward stage, the same weights under a one-output classification head (`score`, newly initialised)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from trl import get_quantization_config
 
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    return AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        attn_implementation=model_args.attn_implementation,
-        dtype=dtype,
-        quantization_config=get_quantization_config(model_args),
+    kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": dtype,
+        "quantization_config": get_quantization_config(model_args),
+    }
+    if stage != REWARD:
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    # The head finds each row's last real token by the pad token id, so the saved config must name it.
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path, num_labels=1, pad_token_id=pad_token_id, **kwargs
     )
 
 
@@ -167,7 +180,7 @@ def build_trainer(
     ###################
     model_args = ModelConfig(**training.model_kwargs(model_path))
     tokenizer = get_tokenizer(model_path, stage, training.chat_template_text)
-    model = get_model(model_args)
+    model = get_model(model_args, stage, tokenizer.pad_token_id)
     ######
     # Data
     ######
@@ -233,7 +246,8 @@ def effective_config(training: TrainingConfig) -> dict:
     """What TRL/transformers will actually use, and every setting they ignore or change."""
     config_class, trainer_class = trl_classes(training.method)
     effective, notes = _report(training, training.method, training.knobs)
-    ours = TrainingConfig().knobs  # the embedded profile's: only what a profile changed is noise-free to report
+    # The embedded profile's knobs (a reward model's own): only what a profile changed is noise-free to report.
+    ours = type(training)().knobs
     notes[:0] = [
         f"{k}={v!r}: not a {config_class.__name__} field, ignored by {training.method}"
         for k, v in training.ignored().items()
