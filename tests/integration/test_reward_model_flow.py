@@ -1,6 +1,10 @@
-"""The reward-model flow on the tiny model: the user's pairs (the shipped prompts' reference answers against a
-scrambled copy) validated as the alignment flow validates them, two RewardTrainer steps on Ray, held-out accuracy,
-and a version of the reward model's own registered model that downloads as a one-label classifier."""
+"""A reward model trained by the pipeline, then used by name as a judge (issue 28, items 1 and 2), on the tiny model.
+
+The reward-model flow: the user's pairs (the shipped prompts' reference answers against a scrambled copy) validated
+as the alignment flow validates them, two RewardTrainer steps on Ray, held-out accuracy, and a version of the
+reward model's own registered model that downloads as a one-label classifier. Then an alignment run whose judge, in
+generation and in the head-to-head, is `registry:<that name>@champion`: the rewards rank the candidates, and the
+gate decides on the reward model's verdicts, scored on a Ray actor. One module: each flow costs ~30 s here."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ TINY_REWARD = [
     "reward_model.save_steps=2",
     "reward_model.logging_steps=1",
     f"reward_model.registered_model={NAME}",
+    "reward_model.min_accuracy=0.0",  # two steps make no good reward model: the judge run needs a champion
 ]
 
 
@@ -42,18 +47,23 @@ def shipped_pairs(path):
     return path
 
 
-def test_reward_model_flow_registers_a_one_label_classifier(tmp_path, prefect_harness, ray_session):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_harness, ray_session):
+    from alignflow.flows.reward import reward_model
+
+    data = shipped_pairs(tmp_path_factory.mktemp("reward") / "pairs.jsonl")
+    config = small_config(f"generation.preference_data={data}", *TINY_REWARD)
+    return config, reward_model(config)
+
+
+def test_reward_model_flow_registers_a_one_label_classifier(trained, tmp_path):
     from mlflow import MlflowClient
     from transformers import AutoModelForSequenceClassification
 
-    from alignflow.flows.reward import reward_model
     from alignflow.tasks.registry.serving import download_model_dir
 
-    data = shipped_pairs(tmp_path / "pairs.jsonl")
-    config = small_config(f"generation.preference_data={data}", *TINY_REWARD)
-    summary = reward_model(config)
-
-    assert summary.model == NAME and summary.steps == 2 and summary.n_pairs > 0
+    config, summary = trained
+    assert summary.model == NAME and summary.steps == 2 and summary.n_pairs > 0 and summary.champion
     assert summary.accuracy_low <= summary.accuracy <= summary.accuracy_high
     uri = tracking_uri(config)
     client = MlflowClient(uri)
@@ -71,3 +81,38 @@ def test_reward_model_flow_registers_a_one_label_classifier(tmp_path, prefect_ha
     folder = download_model_dir(f"models:/{NAME}/{summary.version}", tmp_path / "rm")
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+
+
+def test_the_registered_reward_model_judges_generation_and_the_gate(trained, caplog):
+    import logging
+    import os
+    import re
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from alignflow.flows.alignment import alignment
+
+    judge = f"{{kind: reward_model, model: 'registry:{NAME}@champion', batch_size: 16}}"
+    config = small_config(
+        "registry.model_name=test-reward-judged",
+        f"generation.judge={judge}",
+        f"evaluation.judge={judge}",
+        "generation.max_prompts=12",
+        "generation.min_score_margin=0.0",  # two training steps leave rewards close together; distinct is enough
+        "evaluation.max_prompts=6",
+    )
+    with caplog.at_level(logging.INFO, logger="alignflow.tasks.evaluation.judges"):
+        summary = alignment(config)
+
+    assert summary.decision and summary.n_prompts == 6  # the gate decided on the reward model's verdicts
+    label = f"reward_model:registry:{NAME}@champion"
+    datasets = Path(config.runtime.home) / "datasets"
+    [report] = [p for p in datasets.glob("*/pairs-*/report.json") if label in p.read_text()]
+    judged = [r for r in pq.read_table(report.parent.parent / "candidates.parquet").to_pylist() if r["scores"]]
+    assert judged and all(len(r["scores"]) == len(r["candidates"]) for r in judged)
+    # The version was copied once into the state directory, and the head-to-head scored on a Ray actor: another
+    # process, which loaded the weights there.
+    assert (Path(config.runtime.home) / "models" / "reward" / f"{NAME}-v1" / "config.json").is_file()
+    [pid] = re.findall(rf"reward model judge \S+{NAME}-v1 on a Ray actor: node \w+, pid (\d+), cpu", caplog.text)
+    assert int(pid) != os.getpid()
