@@ -86,7 +86,7 @@ def test_pairwise_the_higher_reward_wins_ties_tie_and_each_answer_is_scored_once
             asked.append(items)
             return [rewards[answer] for _, answer in items]
 
-        return scores, {"device": "cpu"}
+        return scores, {"node": "n1", "pid": "1", "device": "cpu"}
 
     monkeypatch.setattr("alignflow.tasks.reward.actor.remote_reward_model", fake_remote)
     judge = judges.pair_judge(JudgeConfig(kind="reward_model", model="rm"), Path("rm"))
