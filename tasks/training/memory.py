@@ -56,7 +56,10 @@ def worker_bytes(training: TrainingConfig, shape: ModelShape, stage: str) -> int
         _lora_parameters(shape, training.knob("lora_r", int)) if lora else shape.parameters
     )  # frozen weights have no gradients and no optimizer state
     shards = training.scaling.num_workers if training.knobs.get("fsdp") else 1  # FSDP full shard: 1/N of each
-    weights = shape.parameters * width // shards
+    # QLoRA (load_in_4bit / load_in_8bit): the frozen weights in half a byte or one byte (embeddings and the
+    # LM head, left in bf16 by bitsandbytes, are not told apart here)
+    stored = 0.5 if training.knob("load_in_4bit", bool) else 1 if training.knob("load_in_8bit", bool) else width
+    weights = int(shape.parameters * stored) // shards
     optimizer = trainable * (width + 8) // shards  # the gradient, and Adam's two float32 moments
     reference = shape.parameters * width // shards if stage == "dpo" and not lora else 0
     precomputed = training.knob("precompute_ref_log_probs", bool)

@@ -83,5 +83,6 @@ def test_fsdp_combinations_that_cannot_run_are_refused_before_compute(overrides,
 
 
 def test_the_lora_variant_of_the_8b_profile_loads():
-    training = load_config(GPU_8B, ["training.fsdp=false", "training.use_peft=true"]).training
+    lora = ["training.fsdp=false", "training.use_peft=true", "training.activation_checkpointing=true"]
+    training = load_config(GPU_8B, lora).training
     assert training.knob("use_peft", bool) and not training.trl_kwargs()["fsdp"]
