@@ -14,6 +14,7 @@ one KNOBS leaves out takes TRL's default (`TrainingConfig.knob`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from typing import Any, Literal, TypeVar
@@ -38,6 +39,9 @@ DPO_LOSSES = (
     *("apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
 )
 CPO_LOSSES = ("sigmoid", "hinge", "ipo")
+# Fields whose declared annotation is narrower than what transformers documents and takes: TrainingArguments.fsdp is
+# `str | None`, but its help says "fsdp=True" (a string of options is its deprecated form).
+ALSO_TAKES: dict[str, type] = {"fsdp": bool}
 
 
 def run_defaults(use_gpu: bool) -> dict[str, Any]:
@@ -111,6 +115,8 @@ def _error(key: tuple[str, ...], value: Any, message: str, kind: str = "trl_valu
 def _typed(field: trl_fields.TrlField, owner: str, value: Any) -> Any:
     """`value` as the field's type; a single value where TRL takes a list is a one-item list (TRL's CLI and
     __post_init__ read `loss_type: ipo` and `lora_target_modules: all-linear` that way too)."""
+    if field.name in ALSO_TAKES and isinstance(value, ALSO_TAKES[field.name]):
+        return value
     adapter = _adapter(field.annotation)
     try:
         return adapter.validate_python(value)
@@ -292,10 +298,43 @@ class TrainingConfig(Section):
             raise ValueError("load_in_4bit/load_in_8bit (QLoRA) need scaling.use_gpu=true")
         if quantized and not self.knob("use_peft", bool):
             raise ValueError("load_in_4bit/load_in_8bit train adapters only: set use_peft=true")
+        self._fsdp_fits()
         if self.chat_template is not None and self.sft.knobs.get("chat_template_path") is not None:
             # TRL's would replace the template in the SFT stage only, and validation would count another's tokens.
             raise ValueError("sft.chat_template_path: set training.chat_template alone (every stage applies it)")
         return self
+
+    def _fsdp_fits(self) -> None:
+        """FSDP (`fsdp`, `fsdp_config`: TrainingArguments' own fields) with what alignflow can run, refused here rather
+        than after generation: accelerate shards only on GPUs (on CPU it drops the plugin and trains plain DDP, every
+        worker holding the whole model); alignflow merges LoRA adapters on rank 0, which a sharded model cannot; and
+        transformers refuses both activation checkpointings at once when it builds the trainer."""
+        fsdp = self.knobs.get("fsdp")
+        if not fsdp:
+            return
+        if not self.scaling.use_gpu:
+            raise ValueError(
+                "fsdp needs training.scaling.use_gpu=true: accelerate shards only on GPUs (on CPU it would train "
+                "unsharded DDP)"
+            )
+        if self.knob("use_peft", bool):
+            raise ValueError(
+                "fsdp with use_peft=true: alignflow merges LoRA adapters on one worker, which a sharded model cannot; "
+                "LoRA leaves the weights frozen (an 8B model's bf16 copy fits one 80 GB GPU): set fsdp=false, or "
+                "use_peft=false for a sharded full fine-tune (docs/training.md#what-fits)"
+            )
+        own = (self.knobs.get("fsdp_config") or {}) if isinstance(self.knobs.get("fsdp_config"), dict) else {}
+        own = {k.removeprefix("fsdp_"): v for k, v in own.items()}
+        if str(own.get("activation_checkpointing", "false")).lower() == "true" and activation_checkpointing(self):
+            raise ValueError(
+                "fsdp_config.activation_checkpointing and activation_checkpointing are both on: transformers "
+                "refuses the pair; set activation_checkpointing=false to keep FSDP's own"
+            )
+        if str(own.get("state_dict_type", "FULL_STATE_DICT")) != "FULL_STATE_DICT":
+            raise ValueError(
+                "fsdp_config.state_dict_type: alignflow registers a plain model folder, saved from a full state dict "
+                "(FULL_STATE_DICT, transformers' default)"
+            )
 
     @property
     def chat_template_text(self) -> str | None:
@@ -340,7 +379,8 @@ class TrainingConfig(Section):
         elif self.method == "simpo":
             knobs["loss_type"] = "simpo"
         gpu = self.scaling.use_gpu
-        return {**run_defaults(gpu), **knobs, **owned_settings(gpu)}
+        # A copy: transformers' __post_init__ edits the dicts it is given (fsdp_config gains its defaults).
+        return copy.deepcopy({**run_defaults(gpu), **knobs, **owned_settings(gpu)})
 
     def sft_kwargs(self) -> dict[str, Any]:
         """SFTConfig's keyword arguments (but output_dir): this section's knobs that SFTConfig declares with
@@ -348,7 +388,7 @@ class TrainingConfig(Section):
         sft = trl_fields.fields("sft")
         shared = {k: v for k, v in self.knobs.items() if k in sft and sft[k].annotation == _declaration(k).annotation}
         gpu = self.scaling.use_gpu
-        return {**run_defaults(gpu), **shared, **self.sft.knobs, **owned_settings(gpu)}
+        return copy.deepcopy({**run_defaults(gpu), **shared, **self.sft.knobs, **owned_settings(gpu)})
 
     def model_kwargs(self, model_path: str) -> dict[str, Any]:
         """trl.ModelConfig's keyword arguments: its knobs, the base model's path, dtype by device unless set."""
@@ -358,6 +398,13 @@ class TrainingConfig(Section):
             **{k: v for k, v in self.knobs.items() if k in declared},
             "model_name_or_path": model_path,
         }
+
+
+def activation_checkpointing(training: TrainingConfig) -> bool:
+    """activation_checkpointing, else its deprecated alias gradient_checkpointing (TRL's default: on); the TRL
+    configs resolve one from the other in __post_init__, so the first field's declared default is None."""
+    value = training.knob("activation_checkpointing", object)
+    return bool(training.knob("gradient_checkpointing", object) if value is None else value)
 
 
 def _rejected(config_class: type, kwargs: dict[str, Any], knobs: list[str]) -> tuple[str | None, str] | None:

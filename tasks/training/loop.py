@@ -66,9 +66,12 @@ def train_loop(config: dict) -> None:
         # Elastic training (scaling.min_workers) may finish on fewer workers than it started with.
         "world_size": ray.train.get_context().get_world_size(),
     }
-    if rank == 0:
+    sharded = getattr(trainer, "is_fsdp_enabled", False)
+    if rank == 0 or sharded:
+        # Under FSDP saving gathers the full state dict, a collective: every rank saves, rank 0 alone writes.
         final_root = Path(tempfile.mkdtemp(dir=scratch))
         recipe.save_final(trainer, tokenizer, final_root / FINAL_MODEL_DIR)
+    if rank == 0:
         steps_run = trainer.state.global_step - metrics["resumed_from_step"]
         (final_root / RESULT_FILE).write_text(json.dumps({**metrics, "cost": cost.stage_cost(usage, steps_run)}))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(final_root))

@@ -9,7 +9,7 @@ holding ~6 float32 copies of a 4,096-token x 32,768-entry tile on CPU. The estim
 
 from __future__ import annotations
 
-from alignflow.conf.training import TrainingConfig
+from alignflow.conf.training import TrainingConfig, activation_checkpointing
 from alignflow.tasks.runtime.memory import GIB, RUNTIME_BYTES, ModelShape, node_memory
 
 __all__ = [
@@ -44,7 +44,8 @@ def bound_logprob_tiles(use_gpu: bool) -> None:
 
 def worker_bytes(training: TrainingConfig, shape: ModelShape, stage: str) -> int:
     """A training worker's peak memory, estimated: runtime + weights (+ DPO's reference copy) + gradients and
-    Adam's moments of the trainable parameters + one step's activations and log-prob buffers.
+    Adam's moments of the trainable parameters + one step's activations and log-prob buffers. Under FSDP (`fsdp`)
+    each worker holds 1/num_workers of the weights, gradients and moments (full shard) between layers.
 
     `stage` is "sft", the preference method or "reward" (no reference model, a one-output score head). Tokens per
     step are the worst case: every sequence at max_length (a preference or reward batch holds chosen and rejected,
@@ -54,14 +55,18 @@ def worker_bytes(training: TrainingConfig, shape: ModelShape, stage: str) -> int
     trainable = (
         _lora_parameters(shape, training.knob("lora_r", int)) if lora else shape.parameters
     )  # frozen weights have no gradients and no optimizer state
-    weights = shape.parameters * width
-    optimizer = trainable * (width + 8)  # the gradient, and Adam's two float32 moments
-    reference = shape.parameters * width if stage == "dpo" and not lora else 0
+    shards = training.scaling.num_workers if training.knobs.get("fsdp") else 1  # FSDP full shard: 1/N of each
+    # QLoRA (load_in_4bit / load_in_8bit): the frozen weights in half a byte or one byte (embeddings and the
+    # LM head, left in bf16 by bitsandbytes, are not told apart here)
+    stored = 0.5 if training.knob("load_in_4bit", bool) else 1 if training.knob("load_in_8bit", bool) else width
+    weights = int(shape.parameters * stored) // shards
+    optimizer = trainable * (width + 8) // shards  # the gradient, and Adam's two float32 moments
+    reference = shape.parameters * width // shards if stage == "dpo" and not lora else 0
     precomputed = training.knob("precompute_ref_log_probs", bool)
     rows = training.knob("per_device_train_batch_size", int) * (1 if stage == "sft" else 2)
     tokens = rows * int(training.knob("max_length", object) or 2048)  # None: no truncation
     layer = tokens * (20 * shape.hidden + 6 * shape.intermediate) * width * (1.5 if lora else 1.0)
-    if _checkpointing(training):
+    if activation_checkpointing(training) or _fsdp_checkpointing(training):
         activations = shape.layers * tokens * shape.hidden * width + layer  # layer inputs kept; one layer recomputed
     else:
         activations = shape.layers * layer
@@ -82,11 +87,11 @@ def _lora_parameters(shape: ModelShape, rank: int) -> int:
     return shape.layers * rank * (8 * shape.hidden + 3 * (shape.hidden + shape.intermediate))
 
 
-def _checkpointing(training: TrainingConfig) -> bool:
-    """activation_checkpointing, else its deprecated alias gradient_checkpointing (TRL's default: on); the TRL
-    configs resolve one from the other in __post_init__, so the first field's declared default is None."""
-    value = training.knob("activation_checkpointing", object)
-    return bool(training.knob("gradient_checkpointing", object) if value is None else value)
+def _fsdp_checkpointing(training: TrainingConfig) -> bool:
+    """FSDP's own activation checkpointing (fsdp_config.activation_checkpointing), which replaces the argument's."""
+    own = training.knobs.get("fsdp_config")
+    own = {k.removeprefix("fsdp_"): v for k, v in own.items()} if isinstance(own, dict) else {}
+    return bool(training.knobs.get("fsdp")) and str(own.get("activation_checkpointing", "false")).lower() == "true"
 
 
 def oom_line(stage: str, needed: int | None, available: int | None, workers: int = 1, refused: bool = False) -> str:

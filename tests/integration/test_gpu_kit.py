@@ -106,10 +106,28 @@ def check_smoke_result(result: dict) -> None:
     assert rows["DPO, alignflow + precomputed reference log-probs"]["precompute_s"] > 0
     assert rows["DPO, alignflow + LoRA r16 (conf/cluster.yaml as shipped)"]["lora"] is True
     assert result["skipped"]["ORPO, alignflow GPU defaults"].startswith("--smoke: config built")  # every row's config
-    generation = next(v for k, v in rows.items() if k.startswith("Generation"))
+    generation = next(v for k, v in rows.items() if k.startswith("Generation: distilabel"))
     for side in ("direct transformers generate", "distilabel pipeline"):
         assert generation[side]["responses"] > 0 and generation[side]["tokens"] > 0
     assert "MFU" in result["mfu_formula"] and "no GPU" in result["machine"]
+    # issue 27's rows: on CPU the FSDP settings reach TrainingArguments' plugin, generation and evaluation run
+    # their CPU side, and the real SmolLM2 row says why it does not train here
+    fsdp = next(k for k in rows if "FSDP" in k)
+    assert rows[fsdp]["plugin"]["transformer_cls_names_to_wrap"] == "Qwen2DecoderLayer"
+    assert result["skipped"][fsdp].startswith("--smoke: FSDP settings reached")
+    devices = next(v for k, v in rows.items() if k.startswith("Generation: a GPU process"))
+    assert devices["sides"]["cpu float32"]["tokens"] > 0
+    evaluation = next(v for k, v in rows.items() if k.startswith("Evaluation on the GPU"))
+    assert evaluation["pairs"] == 4 and evaluation["cpu_s"] > 0
+    assert any("SmolLM2" in k for k in result["skipped"])
+
+
+def test_kit_commands_name_every_row_of_the_matrix():
+    kit = load_kit()
+    printed = kit.describe(kit.plan([(w["file"], w["size"]) for w in kit.read_lock()], kit.tree_bytes()))
+    for row in ("FSDP full shard", "real SmolLM2", "a GPU process against a CPU process", "Evaluation on the GPU"):
+        assert row in printed
+    assert kit.RUN_TIMEOUT_S <= 480 and kit.BUDGET_S < kit.RUN_TIMEOUT_S  # one device call of at most 8 minutes
 
 
 def _ignored(path: str) -> bool:

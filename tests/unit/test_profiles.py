@@ -10,7 +10,9 @@ from alignflow.conf.loader import flatten, load_config
 from alignflow.conf.schema import PipelineConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-PROFILES = sorted([CONF / "pipeline.yaml", CONF / "endpoints.yaml", *(CONF / "recipes").glob("*.yaml")])
+PROFILES = sorted(
+    [CONF / "pipeline.yaml", CONF / "endpoints.yaml", CONF / "gpu-8b.yaml", *(CONF / "recipes").glob("*.yaml")]
+)
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
