@@ -1,6 +1,10 @@
 """The comparison flow end to end on the small config: SFT -> DPO and ORPO side by side on Ray,
 one table with every column filled, nested MLflow runs, the best through the gate, a failing recipe
-that does not sink the others."""
+that does not sink the others.
+
+It is also the suite's test of the train stage itself (a Ray Train fit costs ~15 s of start-up here, so each case
+trains once): metrics at every logged step, the optional SFT stage before DPO (DPO's policy and reference are the
+SFT model), and the finished SFT stage found again for a re-run."""
 
 from __future__ import annotations
 
@@ -57,6 +61,16 @@ def test_recipes_fill_every_column(compared):
     assert compared.curves and compared.best in ("sft-dpo", "orpo")
 
 
+def test_a_finished_sft_stage_is_found_again_for_a_rerun(compared, state_dir):
+    from alignflow.tasks.training.driver import finished_stage
+
+    # A re-run whose preference stage had not finished reuses the finished SFT stage's model (train_stages).
+    markers = sorted((state_dir / "ray").glob("*-sft/alignflow_done.json"))
+    assert markers
+    reused = finished_stage(str(state_dir / "ray"), markers[0].parent.name)
+    assert reused and reused.stage == "sft" and reused.steps == 2 and reused.model.path.is_dir()
+
+
 def test_failing_recipe_is_marked_failed_with_its_reason(compared):
     broken = next(r for r in compared.recipes if r["recipe"] == "broken")
     assert broken["status"] == "failed"
@@ -82,6 +96,11 @@ def test_nested_runs_and_only_the_best_is_registered(compared):
     assert (
         "sft/loss" in children["sft-dpo"].data.metrics and "eval/preference_accuracy" in children["orpo"].data.metrics
     )
+    # Every logged step reaches the recipe's run (logging_steps=1, two steps). After SFT, DPO's policy and its
+    # reference are the SFT model: before the first update they are equal, so the rewards are 0.
+    orpo, sft_dpo = children["orpo"].info.run_id, children["sft-dpo"].info.run_id
+    assert [m.step for m in client.get_metric_history(orpo, "train/loss")] == [1, 2]
+    assert [m.value for m in client.get_metric_history(sft_dpo, "train/rewards/chosen") if m.step == 1] == [0.0]
     versions = client.search_model_versions(f"name = '{NAME}'")
     assert [v.run_id for v in versions] == [compared.children[compared.best]]
     # The first model of its name is judged against the base model like any other: a decision, not a free pass.

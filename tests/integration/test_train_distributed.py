@@ -56,7 +56,7 @@ def test_one_and_two_workers_agree_at_the_same_global_batch(ray_session, tiny_mo
                 cfg.training, str(tiny_model_path), eight_pairs, str(state_dir / "ray"), f"equiv-{workers}", uri, run_id
             )
         )
-        # What tests/integration/test_train_stage.py checks of ORPO on one worker, here for DPO on one and two.
+        # What tests/integration/test_compare_flow.py checks of ORPO's fit on one worker, here for DPO on one and two.
         assert trained.steps == 2 and trained.stage == "dpo" and trained.num_workers == workers
         assert trained.model.path.is_dir() and len(trained.model.sha256) == 64
         AutoModelForCausalLM.from_pretrained(trained.model.path)  # the final model loads

@@ -32,7 +32,9 @@ def train_ref(pairs_frame, tmp_path_factory) -> Ref:
     return Ref(uri=path.as_uri(), sha256=sha256_file(path))
 
 
-ON_RAY = "dpo-lora"  # one objective through the Ray worker (LoRA merged there); test_train_stage runs dpo and orpo
+ON_RAY = (
+    "dpo-lora"  # one objective through the Ray worker (LoRA merged there); the comparison test runs sft -> dpo and orpo
+)
 
 
 @pytest.mark.parametrize("name", [n for n in OBJECTIVES if n != ON_RAY])
