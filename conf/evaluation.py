@@ -36,6 +36,18 @@ class EvaluationConfig(Section):
         "with its interval, and every two of them their agreement (share of pairs with the same verdict, Cohen's "
         "kappa, n). The first decides the gate, or all of them (registry.gate.judges). Empty: `judge` alone.",
     )
+    workers: int = Field(
+        2,
+        ge=0,
+        le=256,
+        description="Ray workers the models run on (held-out log-probs, the head-to-head's answers), data-parallel "
+        "by batch with the same seeds as in-process; the flow's process loads no model. 0: in the flow's process.",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1},
+        description="Ray resources of each evaluation worker (e.g. {GPU: 1}: the models in bf16 on a GPU; memory "
+        "in bytes).",
+    )
     bootstrap_resamples: int = Field(2000, ge=100, le=100_000, description="Paired-bootstrap resamples over prompts.")
     max_pairs: int | None = Field(None, ge=1, description="Score at most this many held-out pairs (None: all).")
     batch_size: int = Field(16, ge=1)
@@ -53,6 +65,13 @@ class EvaluationConfig(Section):
     @classmethod
     def _judges_shorthand(cls, value: object) -> object:
         return [judge_shorthand(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        if unknown := sorted(set(value) - {"CPU", "GPU", "memory"}):
+            raise ValueError(f"{unknown} not among CPU, GPU, memory")
+        return value
 
     @model_validator(mode="after")
     def _judge_or_judges(self) -> EvaluationConfig:

@@ -233,7 +233,12 @@ def evaluate(
         chat_template,
         [m.path if m else None for m in judge_models or []],
     )
-    get_run_logger().info(evaluation.head_to_head.summary())
+    logger = get_run_logger()
+    if evaluation.placements:
+        pids = sorted({p["pid"] for p in evaluation.placements})
+        devices = sorted({p["device"] for p in evaluation.placements})
+        logger.info("evaluation: %s Ray tasks in processes %s on %s", len(evaluation.placements), pids, devices)
+    logger.info(evaluation.head_to_head.summary())
     if evaluation.versus_base is not None:
         get_run_logger().info(evaluation.versus_base.summary())
     return evaluation

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from alignflow.tasks.runtime.chat_template import key_parts
 from alignflow.tasks.runtime.overlap import normalise, prompt_set
 from alignflow.tasks.runtime.state import sha256_text
 
+SAMPLE_BATCH = 32  # prompts per generate() call: its batch number seeds its draws, wherever it runs
 ANSWERS_VERSION = 1  # bump when sample_answers changes what it draws: cached answers are then sampled again
 
 
@@ -125,15 +127,18 @@ def sample_answers(
     max_new_tokens: int,
     temperature: float,
     seed: int,
-    batch_size: int = 32,
+    batch_size: int = SAMPLE_BATCH,
     chat_template: str | None = None,
+    batches: Collection[int] | None = None,
+    use_gpu: bool = False,
 ) -> list[list[str]]:
     """answers[i][j]: answer j to prompt i. Batch b of sample j is drawn with seed (seed, j, b), so two
     models given the same prompts and settings draw from the same random numbers, answer by answer.
-    `chat_template` replaces the model's own (None: its own)."""
+    `chat_template` replaces the model's own (None: its own). `batches`: only these batches of prompts (the
+    others' answers stay empty): a worker's share, drawn as the whole run would draw it."""
     import torch
 
-    model, tokenizer = load_causal_lm(model_dir, chat_template)
+    model, tokenizer = load_causal_lm(model_dir, chat_template, use_gpu)
     tokenizer.padding_side = "left"
     heads = [
         tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
@@ -145,9 +150,11 @@ def sample_answers(
     answers: list[list[str]] = [[] for _ in prompts]
     for j in range(samples):
         for b, start in enumerate(range(0, len(heads), batch_size)):
+            if batches is not None and b not in batches:
+                continue
             batch = tokenizer(
                 heads[start : start + batch_size], add_special_tokens=False, padding=True, return_tensors="pt"
-            )
+            ).to(model.device)
             torch.manual_seed(seed * 1_000_003 + j * 10_007 + b)
             with torch.no_grad():
                 out = model.generate(
@@ -159,6 +166,16 @@ def sample_answers(
     return answers
 
 
+# Draws the answers of a model (path, prompts, chat template or None): in this process, or on Ray workers.
+Sampler = Callable[[str | Path, list[str], str | None], list[list[str]]]
+
+
+def sample_here(config: EvaluationConfig) -> Sampler:
+    """`sample_answers` in this process, with the evaluation's sampling settings."""
+    settings = (config.samples_per_prompt, config.max_new_tokens, config.temperature, config.seed)
+    return lambda model, prompts, template: sample_answers(model, prompts, *settings, chat_template=template)
+
+
 def cached_answers(
     model_dir: str | Path,
     model_sha256: str | None,
@@ -166,14 +183,16 @@ def cached_answers(
     config: EvaluationConfig,
     cache: Path | None,
     chat_template: str | None = None,
+    sampler: Sampler | None = None,
 ) -> list[list[str]]:
     """`sample_answers` for the evaluation set, kept under `cache` by the model's content hash, the prompt set and
     the sampling settings (and the chat template that replaces the model's own): the base model's answers are
     sampled once per state directory, and a champion's were sampled when it was the candidate. The answers are
-    deterministic in all of them, so a hit is the same answers."""
+    deterministic in all of them, so a hit is the same answers. `sampler` draws them (default: `sample_here`)."""
     settings = (config.samples_per_prompt, config.max_new_tokens, config.temperature, config.seed)
+    draw = sampler or sample_here(config)
     if cache is None or not model_sha256:
-        return sample_answers(model_dir, eval_set.prompts, *settings, chat_template=chat_template)
+        return draw(model_dir, eval_set.prompts, chat_template)
     key = sha256_text(
         model_sha256,
         eval_set.sha256,
@@ -183,7 +202,7 @@ def cached_answers(
     path = Path(cache) / f"{key[:24]}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    answers = sample_answers(model_dir, eval_set.prompts, *settings, chat_template=chat_template)
+    answers = draw(model_dir, eval_set.prompts, chat_template)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A comparison evaluates recipes in threads: each writer has its own scratch file, and the rename is atomic.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".partial", delete=False) as scratch:

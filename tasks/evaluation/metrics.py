@@ -16,6 +16,7 @@ that is the bar a trained model must clear.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +30,21 @@ from alignflow.tasks.runtime.turns import row_turns
 _LOAD_LOCK = threading.Lock()
 
 
-def load_causal_lm(path: str | Path, chat_template: str | None = None):
-    """The model and its tokenizer, `chat_template` (training.chat_template's text) in place of its own."""
+def load_causal_lm(path: str | Path, chat_template: str | None = None, use_gpu: bool = False):
+    """The model and its tokenizer, `chat_template` (training.chat_template's text) in place of its own: float32 on
+    CPU, bf16 on the GPU when `use_gpu` and there is one."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from alignflow.tasks.runtime.chat_template import load_tokenizer
 
+    gpu = use_gpu and torch.cuda.is_available()
     with _LOAD_LOCK:
         tokenizer = load_tokenizer(path, chat_template)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    model.eval()
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16 if gpu else torch.float32)
+    model.to("cuda" if gpu else "cpu").eval()
     return model, tokenizer
 
 
@@ -116,6 +119,15 @@ class HeldOutMetrics:
         return [(who, m) for who in ("candidate", "champion", "base") if (m := self.of(who)) is not None]
 
 
+# Scores a model (path, chat template or None) on pairs: in this process (`score_here`), or on Ray workers.
+Scorer = Callable[[str | Path, str | None, pd.DataFrame], pd.DataFrame]
+
+
+def score_here(batch_size: int) -> Scorer:
+    """Score in this process: the model is loaded here."""
+    return lambda model, template, pairs: score_model(*load_causal_lm(model, template), pairs, batch_size)
+
+
 def evaluate_models(
     candidate: str | Path,
     base: str | Path,
@@ -125,18 +137,21 @@ def evaluate_models(
     max_pairs: int | None = None,
     champion: str | Path | None = None,
     chat_template: str | None = None,
+    scorer: Scorer | None = None,
 ) -> HeldOutMetrics:
     """The candidate's, the base model's and the champion's metrics on the same held-out pairs. `chat_template`
-    replaces the base model's own (the trained models' folders hold the template they were trained with)."""
+    replaces the base model's own (the trained models' folders hold the template they were trained with).
+    `scorer` computes each model's log-probs (default: in this process, `batch_size` pairs at a time)."""
     pairs = pd.read_parquet(test_path)
     if max_pairs:
         pairs = pairs.head(max_pairs)
     if pairs.empty:
         raise ValueError(f"{test_path}: no held-out pairs to evaluate (raise validation.test_size)")
-    base_scores = score_model(*load_causal_lm(base, chat_template), pairs, batch_size)
+    score = scorer or score_here(batch_size)
+    base_scores = score(base, chat_template, pairs)
 
     def metrics_of(model: str | Path) -> dict[str, float]:
-        return preference_metrics(score_model(*load_causal_lm(model), pairs, batch_size), base_scores, beta)
+        return preference_metrics(score(model, None, pairs), base_scores, beta)
 
     return HeldOutMetrics(
         pairs=len(pairs),

@@ -22,6 +22,7 @@ from alignflow.tasks.evaluation.head_to_head import (
 )
 from alignflow.tasks.evaluation.judges import judge_labels, pair_judge
 from alignflow.tasks.evaluation.metrics import HeldOutMetrics, evaluate_models
+from alignflow.tasks.evaluation.workers import RayEvaluation
 from alignflow.tasks.runtime.state import Ref
 from alignflow.tasks.runtime.turns import split_prompts
 
@@ -38,6 +39,9 @@ class Evaluation:
     # With several evaluation.judges: the other judges' records of the same pairs, and every two judges' agreement.
     other_judges: tuple[HeadToHead, ...] = ()
     agreements: tuple[JudgeAgreement, ...] = ()
+    # Where each Ray task of the evaluation's model work ran (node, pid, device); empty when it ran in the flow's
+    # process (evaluation.workers: 0).
+    placements: tuple[dict[str, str], ...] = ()
 
     @property
     def judges(self) -> tuple[HeadToHead, ...]:
@@ -100,6 +104,7 @@ def evaluate(
     eval_set = load_eval_set(config)
     # a conversation's last user turn is what it asks (tasks/runtime/overlap.py), not its flattened text
     check_disjoint(eval_set, split_prompts(train_path), "the train split")
+    ray = RayEvaluation(config) if config.workers else None  # else in this process (the models load here)
     held_out = evaluate_models(
         candidate.loadable,
         base.loadable,
@@ -109,18 +114,21 @@ def evaluate(
         config.max_pairs,
         champion.loadable if champion else None,
         chat_template,
+        ray.scorer() if ray else None,
     )
-    panel = config.panel()
-    labels = judge_labels(panel)
-    folders = [*judge_models, *[None] * len(panel)]
-    judges = [pair_judge(j, folder) for j, folder in zip(panel, folders)]
 
     def answers(model: Ref, template: str | None = None) -> list[list[str]]:
-        return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache, template)
+        sampler = ray.sampler() if ray else None
+        return cached_answers(model.loadable, model.sha256, eval_set, config, answers_cache, template, sampler)
 
     mine = answers(candidate)
     opponent, against, template = (base, "base", chat_template) if champion is None else (champion, "champion", None)
     theirs = answers(opponent, template)
+    # The judges start once the answers are drawn: a reward model's actor holds its Ray resources while it lives.
+    panel = config.panel()
+    labels = judge_labels(panel)
+    folders = [*judge_models, *[None] * len(panel)]
+    judges = [pair_judge(j, folder) for j, folder in zip(panel, folders)]
     # every judge judges the same answers: their records differ only by the judge, so they can be compared
     records = [
         judge_match(mine, theirs, against, eval_set, config, j, label) for j, label in zip(judges, labels, strict=True)
@@ -131,4 +139,5 @@ def evaluate(
     versus_base = None
     if champion is not None:  # the rounds' trajectory, by the first judge
         versus_base = judge_match(mine, answers(base, chat_template), "base", eval_set, config, judges[0], labels[0])
-    return Evaluation(held_out, records[0], versus_base, tuple(records[1:]), agreements)
+    placements = tuple(ray.placements) if ray else ()
+    return Evaluation(held_out, records[0], versus_base, tuple(records[1:]), agreements, placements)
