@@ -20,6 +20,7 @@ import pandas as pd
 from alignflow.conf.evaluation import EvaluationConfig
 from alignflow.tasks.evaluation.head_to_head import SAMPLE_BATCH, Sampler, sample_answers
 from alignflow.tasks.evaluation.metrics import Scorer, load_causal_lm, score_model
+from alignflow.tasks.runtime.ray import inference_runtime_env
 
 
 def _where(device: str) -> dict[str, str]:
@@ -59,10 +60,10 @@ class RayEvaluation:
 
     def _options(self) -> dict:
         resources = self.config.resources
-        options = {"num_cpus": resources.get("CPU", 1), "num_gpus": resources.get("GPU", 0)}
+        options: dict = {"num_cpus": resources.get("CPU", 1), "num_gpus": resources.get("GPU", 0)}
         if resources.get("memory"):
             options["memory"] = int(resources["memory"])
-        return options
+        return {**options, "runtime_env": inference_runtime_env()}
 
     def _run(self, fn: Callable, calls: list[tuple]) -> list:
         import ray

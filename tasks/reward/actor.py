@@ -53,12 +53,13 @@ def remote_reward_model(
     """A scoring function backed by one Ray actor (joining or starting Ray here), and where the actor runs."""
     import ray
 
-    from alignflow.tasks.runtime.ray import start_ray
+    from alignflow.tasks.runtime.ray import inference_runtime_env, start_ray
 
     if not ray.is_initialized():
         start_ray(None)
     options = actor_options(judge, model_dir)
-    actor = ray.remote(**options)(_RewardActor).remote(str(model_dir), options["num_gpus"] > 0, judge.batch_size)
+    actor_class = ray.remote(**options, runtime_env=inference_runtime_env())(_RewardActor)
+    actor = actor_class.remote(str(model_dir), options["num_gpus"] > 0, judge.batch_size)
     where = ray.get(actor.where.remote())
 
     def scores(items: list[tuple[Prompt, str]]) -> list[float]:

@@ -37,6 +37,16 @@ FORWARDED_ENV = (
 # hugetlb=1 backs those blocks with transparent huge pages, which keeps the page faults to ~20% of a step's time
 # (4 KiB pages: +55%). Every Ray worker alignflow starts gets it; a GLIBC_TUNABLES set by the user wins.
 HEAP_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576"
+# Inference (the evaluation's workers, a reward model's actor) frees no activations to speak of, and the fixed
+# threshold's page faults cost it: the evaluate stage on SmolLM2 took 117 s on two workers with HEAP_TUNABLES,
+# 96 s with glibc's own threshold (95 s in one process; bench/eval_driver.py).
+INFERENCE_TUNABLES = "glibc.malloc.hugetlb=1"
+
+
+def inference_runtime_env() -> dict[str, dict[str, str]]:
+    """The runtime_env of a Ray task or actor that only runs models forward: glibc's own heap threshold, unless the
+    user set GLIBC_TUNABLES."""
+    return {"env_vars": {"GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", INFERENCE_TUNABLES)}}
 
 
 def quiet_ray_logs() -> None:
