@@ -9,7 +9,7 @@ RewardConfig's and trl.ModelConfig's fields (the table conf/trl_fields.json). It
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
@@ -65,13 +65,7 @@ class RewardModelConfig(TrainingConfig):
         "exceeds this (0.5: better than chance).",
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _embedded_knobs_first(cls, data: Any) -> Any:
-        """The reward model's own knob values (REWARD_KNOBS) under this section's, not the preference recipe's."""
-        if not isinstance(data, dict):
-            return data
-        return {**REWARD_KNOBS, **data}
+    EMBEDDED_KNOBS: ClassVar[dict[str, Any]] = REWARD_KNOBS  # the reward model's own, not the preference recipe's
 
     @model_validator(mode="after")
     def _knobs_fit_trl_and_the_method(self) -> RewardModelConfig:

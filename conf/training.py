@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -269,13 +269,15 @@ class TrainingConfig(Section):
         "wherever that is (generation, validation, training, evaluation, the registered model); None: the model's.",
     )
 
+    EMBEDDED_KNOBS: ClassVar[dict[str, Any]] = KNOBS  # a section of another trainer (conf/reward_model.py) has its own
+
     @model_validator(mode="before")
     @classmethod
     def _embedded_knobs_first(cls, data: Any) -> Any:
-        """alignflow's knob values (KNOBS) under this section's: a profile lists only what differs."""
+        """alignflow's knob values (EMBEDDED_KNOBS) under this section's: a profile lists only what differs."""
         if not isinstance(data, dict):
             return data
-        return {**KNOBS, **data}
+        return {**cls.EMBEDDED_KNOBS, **data}
 
     @model_validator(mode="after")
     def _knobs_fit_trl_and_the_method(self) -> TrainingConfig:

@@ -69,6 +69,20 @@ def _preflight(cfg: PipelineConfig) -> None:
         raise typer.Exit(2)
 
 
+def load_run_config(config: Path | None, overrides: list[str] | None, home: Path | None) -> PipelineConfig:
+    """The profile with its overrides and --home, checked but for TRL's own checks (seconds of imports, run after
+    the cheap ones); exit 2 naming the key. load_config here, not common.load: a knob goes from this file to the
+    loader, conf/training.py and the recipe."""
+    try:
+        return load_config(
+            config,
+            [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])],
+            trl_checks=False,
+        )
+    except ConfigError as exc:
+        raise config_error(exc) from None
+
+
 def _check_champion_base(cfg: PipelineConfig) -> None:
     """A champion trained from another base model: exit 2 naming both bases, before any compute
     (tasks/registry/base_guard.py; how long it takes: bench/champion_guard.py)."""
@@ -88,15 +102,7 @@ def run(
     home: HomeOption = None,
 ) -> None:
     """Run the whole pipeline as one Prefect flow."""
-    # load_config here, not common.load: a knob goes from this file to the loader, conf/training.py and the recipe
-    try:
-        cfg = load_config(
-            config,
-            [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])],
-            trl_checks=False,
-        )
-    except ConfigError as exc:
-        raise config_error(exc) from None
+    cfg = load_run_config(config, overrides, home)
     _check_api_keys(cfg)
     _preflight(cfg)
     _check_champion_base(cfg)  # the tracking server answered (preflight); before TRL's checks, seconds of imports

@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from alignflow.conf.loader import ConfigError, load_config
+from alignflow.conf.loader import ConfigError
 from alignflow.flows.cli.common import ConfigOption, config_error, console
-from alignflow.flows.cli.pipeline import HomeOption, _check_api_keys, _preflight
+from alignflow.flows.cli.pipeline import HomeOption, _check_api_keys, _preflight, load_run_config
 
 
 def _check_trl(cfg) -> None:
@@ -38,14 +38,7 @@ def reward_model(
     home: HomeOption = None,
 ) -> None:
     """Train a reward model (TRL RewardTrainer on Ray) from the validated preference data and register it."""
-    try:
-        cfg = load_config(
-            config,
-            [*(overrides or []), *([f"runtime.home={home.expanduser().resolve()}"] if home else [])],
-            trl_checks=False,
-        )
-    except ConfigError as exc:
-        raise config_error(exc) from None
+    cfg = load_run_config(config, overrides, home)
     _check_api_keys(cfg)
     _preflight(cfg)
     _check_trl(cfg)

@@ -7,6 +7,7 @@ history). Not being promoted is an outcome, recorded on the version, not an erro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,9 +73,29 @@ def find_version(tracking_uri: str, name: str, run_id: str) -> ModelVersion | No
 def log_model_version(tracking_uri: str, run_id: str, name: str, model_dir: Path) -> str:
     """Log the model as the serving pyfunc (alignflow.tasks.registry.serving) and register it; the version.
 
-    Idempotent per training run: when a version of `name` was already registered from
-    `run_id` (a retried flow, a re-run register stage), that version is returned and
-    nothing new is logged.
+    Idempotent per training run (`register_logged`). The generation defaults fixed into the model are logged on the
+    run too, as MLflow logs a model's config there."""
+    from mlflow.entities import Param
+
+    from alignflow.tasks.registry.serving import log_serving_model, model_defaults
+
+    def log(model_id: str) -> None:
+        client = mlflow_client(tracking_uri)
+        run = client.get_run(run_id)
+        log_serving_model(model_dir, model_id=model_id)
+        defaults = [Param(f"defaults/{k}", str(v)) for k, v in model_defaults(model_dir).items()]
+        if new := [p for p in defaults if p.key not in run.data.params]:
+            client.log_batch(run_id, params=new)
+
+    return register_logged(tracking_uri, run_id, name, log)
+
+
+def register_logged(tracking_uri: str, run_id: str, name: str, log: Callable[[str], None]) -> str:
+    """A new logged model of the run, filled by `log(model_id)` (a pyfunc's log_model), registered under `name`;
+    the version.
+
+    Idempotent per training run: when a version of `name` was already registered from `run_id` (a retried flow, a
+    re-run register stage), that version is returned and nothing new is logged.
 
     The steps are MLflow's `log_model(registered_model_name=...)` inside the run, taken one by one
     so that nothing writes a row twice: inside a run, MLflow copies every step-0 metric of the run
@@ -87,9 +108,7 @@ def log_model_version(tracking_uri: str, run_id: str, name: str, model_dir: Path
         return str(existing.version)
 
     import mlflow
-    from mlflow.entities import LoggedModelOutput, Param
-
-    from alignflow.tasks.registry.serving import log_serving_model, model_defaults
+    from mlflow.entities import LoggedModelOutput
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow_client(tracking_uri)
@@ -97,12 +116,8 @@ def log_model_version(tracking_uri: str, run_id: str, name: str, model_dir: Path
     model = client.create_logged_model(
         run.info.experiment_id, name="model", source_run_id=run_id, params=run.data.params
     )
-    log_serving_model(model_dir, model_id=model.model_id)
+    log(model.model_id)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-    # The generation defaults fixed into the model, on the run, as MLflow logs a model's config there.
-    defaults = [Param(f"defaults/{k}", str(v)) for k, v in model_defaults(model_dir).items()]
-    if new := [p for p in defaults if p.key not in run.data.params]:
-        client.log_batch(run_id, params=new)
     ensure_registered_model(tracking_uri, name)
     version = client.create_model_version(name, f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id)
     client.set_model_version_tag(name, version.version, "training_run_id", run_id)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.tasks.registry import versions
-from alignflow.tasks.registry.tracking import mlflow_client
 from alignflow.tasks.reward.accuracy import RewardAccuracy
 
 
@@ -57,29 +56,13 @@ def evidence_tags(accuracy: RewardAccuracy, gate: RewardGate) -> dict[str, str]:
 
 
 def log_reward_version(tracking_uri: str, run_id: str, name: str, model_dir: Path) -> str:
-    """Log the reward pyfunc into the run and register it under `name`; the version. Idempotent per run: a
-    version already registered from `run_id` is returned (a retried flow logs nothing twice). The steps are
-    versions.log_model_version's, with the reward pyfunc in place of the text-generation one."""
-    existing = versions.find_version(tracking_uri, name, run_id)
-    if existing is not None:
-        return str(existing.version)
-    import mlflow
-    from mlflow.entities import LoggedModelOutput
-
+    """Log the reward pyfunc into the run and register it under `name`; the version (versions.register_logged:
+    idempotent per run, a retried flow logs nothing twice)."""
     from alignflow.tasks.reward.serving import log_reward_model
 
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow_client(tracking_uri)
-    run = client.get_run(run_id)
-    model = client.create_logged_model(
-        run.info.experiment_id, name="model", source_run_id=run_id, params=run.data.params
+    return versions.register_logged(
+        tracking_uri, run_id, name, lambda model_id: log_reward_model(model_dir, model_id=model_id)
     )
-    log_reward_model(model_dir, model_id=model.model_id)
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-    versions.ensure_registered_model(tracking_uri, name)
-    version = client.create_model_version(name, f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id)
-    client.set_model_version_tag(name, version.version, "training_run_id", run_id)
-    return str(version.version)
 
 
 def register_reward_model(
