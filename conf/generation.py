@@ -20,8 +20,11 @@ class LLMConfig(Section):
     config: `api_key_env` names the environment variable that holds it.
     """
 
-    provider: Literal["transformers", "openai"] = Field(
-        "transformers", description="transformers: a local model in-process; openai: an OpenAI-compatible endpoint."
+    provider: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers",
+        description="transformers: a local model (on Ray actors with generation.resources); vllm: a local model "
+        "served by vLLM inside those actors (GPU; `pip install 'alignflow[vllm]'` on the nodes); openai: an "
+        "OpenAI-compatible endpoint.",
     )
     model: str = Field(
         CHAMPION_MODEL,
@@ -82,7 +85,7 @@ class LLMConfig(Section):
             raise ValueError(
                 "api_key_env must be the NAME of an environment variable (letters, digits, _), never the key itself"
             )
-        if self.provider == "transformers":
+        if self.is_local:
             given = [k for k in ("base_url", "api_key_env", "max_concurrency") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)}: only for provider: openai")
@@ -95,11 +98,24 @@ class LLMConfig(Section):
                 )
         return self
 
+    @property
+    def is_local(self) -> bool:
+        """A model this pipeline loads itself (transformers, vLLM), rather than an endpoint's."""
+        return self.provider != "openai"
+
 
 class GeneratorConfig(LLMConfig):
     """One model that writes candidate responses (a distilabel TextGeneration step)."""
 
     num_generations: int = Field(1, ge=1, le=16, description="Responses per prompt from this generator.")
+
+
+def check_resources(resources: dict[str, float], key: str) -> None:
+    """An actor's Ray resources: CPU, GPU and memory (bytes) only, none negative."""
+    if unknown := sorted(set(resources) - {"CPU", "GPU", "memory"}):
+        raise ValueError(f"{key}: {unknown} not among CPU, GPU, memory")
+    if negative := sorted(k for k, v in resources.items() if v < 0):
+        raise ValueError(f"{key}: {negative} below 0")
 
 
 class JudgeConfig(Section):
@@ -151,8 +167,7 @@ class JudgeConfig(Section):
                 )
         elif self.model is not None:
             raise ValueError(f"judge.model: only for kind reward_model (kind is {self.kind})")
-        if unknown := sorted(set(self.resources) - {"CPU", "GPU", "memory"}):
-            raise ValueError(f"judge.resources: {unknown} not among CPU, GPU, memory")
+        check_resources(self.resources, "judge.resources")
         return self
 
     @property
@@ -245,12 +260,38 @@ class GenerationConfig(Section):
         description="Endpoint requests in flight at once, all openai LLMs of the stage together: each gets an "
         "equal share, at most its own max_concurrency (what one LLM leaves goes to the others).",
     )
-    ray: bool = Field(False, description="Run the distilabel pipeline on the Ray cluster (runtime.ray_address).")
+    ray: bool = Field(
+        True,
+        description="Run the distilabel pipeline's steps as Ray actors (runtime.ray_address: a local Ray, or the "
+        "cluster), each local model on actors with generation.resources; false: processes on this machine.",
+    )
+    resources: dict[str, float] | None = Field(
+        None,
+        description="Ray resources of each actor of a local model (transformers, vllm: the generators and an "
+        "UltraFeedback judge's LLM): {GPU: 1} loads it on the actor's GPU in bf16; without GPU, float32 on CPU with "
+        "its CPUs as threads. memory: bytes (default: the model's estimate). null: an equal share of the largest "
+        "node's CPUs for each local model.",
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Actors per local model, the prompts' batches dealt among them (each batch's sampling is seeded "
+        "by its prompts, so which actor draws it changes nothing). null: 1 without GPU; with GPU, as many as the "
+        "Ray cluster's GPUs hold, shared among the local models.",
+    )
 
     @field_validator("judge", mode="before")
     @classmethod
     def _judge_shorthand(cls, value: object) -> object:
         return judge_shorthand(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            check_resources(value, "generation.resources")
+        return value
 
     @model_validator(mode="after")
     def _at_least_two_candidates(self) -> GenerationConfig:
@@ -259,9 +300,25 @@ class GenerationConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _vllm_on_gpus(self) -> GenerationConfig:
+        # vLLM's CPU backend is a build of its own; the wheel on PyPI serves on CUDA only.
+        vllm = [key for key, llm in self.llm_slots() if llm.provider == "vllm"]
+        if vllm and not self.on_gpu:
+            raise ValueError(
+                f"{vllm[0]}: provider vllm needs GPUs: set generation.resources={{GPU: 1}} (or provider: transformers "
+                "on CPU)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _judge_budget(self) -> GenerationConfig:
         size_judge_budget(self.judge, sum(g.num_generations for g in self.generators))
         return self
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the local models run on GPUs (bf16), by generation.resources."""
+        return (self.resources or {}).get("GPU", 0) > 0
 
     def llm_slots(self) -> list[tuple[str, LLMConfig]]:
         """Every LLM of the stage with its config key: the generators, then the judge's LLM."""

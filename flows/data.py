@@ -57,7 +57,7 @@ def _generator_models(config: PipelineConfig, root: Path, base: Ref, champion: R
     """Each generator's local model (None for an endpoint: its identity is in the settings)."""
     models: list[Ref | None] = []
     for _, llm in config.generation.llm_slots():
-        if llm.provider != "transformers":
+        if not llm.is_local:
             models.append(None)
         elif llm.model == CHAMPION_MODEL:
             models.append(champion or base)
@@ -76,7 +76,7 @@ def generator_templates(config: PipelineConfig) -> list[str | None]:
     the conversations training will see; None for other models and for endpoints (a server applies its own)."""
     family = (CHAMPION_MODEL, config.training.model_name_or_path)
     return [
-        config.training.chat_template_text if llm.provider == "transformers" and llm.model in family else None
+        config.training.chat_template_text if llm.is_local and llm.model in family else None
         for _, llm in config.generation.llm_slots()
     ]
 

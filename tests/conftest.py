@@ -47,6 +47,10 @@ SMALL = [
     # comparison test they would wait for the CPUs its recipes hold: in the flow's process. The Ray path (the default)
     # is tests/integration/test_evaluate_on_ray.py's, and the real-model flow test's.
     "evaluation.workers=0",
+    # Likewise generation: the tiny model's generation is under a second, and distilabel's RayPipeline starts an actor
+    # per step (~25 s on 2 cores). The Ray path (the default) is tests/integration/test_generate_ray.py's, and the
+    # real-model flow test's.
+    "generation.ray=false",
     "evaluation.max_prompts=12",  # a small head-to-head (default: 120 prompts x 4 samples a side)
     "evaluation.samples_per_prompt=2",
     "evaluation.max_new_tokens=12",

@@ -25,6 +25,8 @@ def candidate_settings(generation: GenerationConfig) -> str:
         include={"prompts", "prompt_column", "reference_column", "max_prompts", "generators", "judge"},
     )
     data["input_batch_size"] = generation.input_batch_size  # transformers batches shape the sampled text
+    if generation.on_gpu:  # bf16 on a GPU samples other text than float32 on CPU (replicas change nothing)
+        data["local_models_on"] = "gpu-bfloat16"
     for llm in [*data["generators"], data["judge"].get("llm") or {}]:
         for knob in _RETRY_KNOBS:
             llm.pop(knob, None)

@@ -1,9 +1,8 @@
-"""The LLMs of the generate stage: distilabel's TransformersLLM and OpenAILLM, built from LLMConfig.
+"""The LLMs of the generate stage: distilabel's TransformersLLM, vLLM and OpenAILLM, built from LLMConfig.
 
-Two small subclasses, each for one reason:
+The local ones (local_llms.py) generate in batches with each batch's sampling seeded by its prompts, on the
+device generation.resources gives them. The endpoint one:
 
-- SeededTransformersLLM generates in batches with seeded sampling (distilabel hands the
-  transformers pipeline the whole batch, which without a batch size runs one prompt at a time).
 - EndpointLLM (OpenAILLM) sends a batch's requests at once, at most `max_concurrency` in flight
   (limits.AdaptiveLimit: fewer while the server answers 429/503 or times out), retries them
   itself, and turns a request that still fails into that row's error instead of failing the
@@ -29,38 +28,18 @@ import os
 from typing import Any
 
 from distilabel.mixins.runtime_parameters import RuntimeParameter
-from distilabel.models.llms import OpenAILLM, TransformersLLM
+from distilabel.models.llms import OpenAILLM
 from distilabel.models.llms.base import AsyncLLM
 from pydantic import Field, PrivateAttr, SecretStr
 
 from alignflow.conf.generation import LLMConfig
 from alignflow.tasks.generation.endpoints import api_key
 from alignflow.tasks.generation.limits import AdaptiveLimit, is_overload, retry_delay
+from alignflow.tasks.generation.local_llms import SeededTransformersLLM, SeededVLLM, vllm_sampling
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONCURRENCY = 16  # an endpoint LLM built outside the stage (the evaluation's judge) without its own
 TRANSFORMERS_REPETITION_PENALTY = 1.1
-
-
-class SeededTransformersLLM(TransformersLLM):
-    """TransformersLLM that generates in batches, with sampling seeded when its process loads it."""
-
-    seed: int = 0
-    batch_size: int = 16
-    torch_threads: int = 0  # 0: torch's default (every core)
-
-    def load(self) -> None:
-        super().load()
-        import torch
-        from transformers import set_seed
-
-        self._pipeline._batch_size = self.batch_size
-        self._pipeline.tokenizer.padding_side = "left"  # batched decoder-only generation pads on the left
-        if self.torch_threads:
-            # Each generator is its own process and they run at the same time: with every one on
-            # every core, OpenMP threads spin against each other (measured: 10-40x slower batches).
-            torch.set_num_threads(self.torch_threads)
-        set_seed(self.seed)
 
 
 class EndpointLLM(OpenAILLM):
@@ -306,12 +285,13 @@ def build_llm(
     threads: int = 0,
     concurrency: int | None = None,
     chat_template: str | None = None,
+    use_gpu: bool = False,
 ):
-    """The distilabel LLM for one config entry; `model_path` is the loadable local model (transformers),
-    `threads` the CPU threads it may use (0: all), `concurrency` an endpoint's requests in flight
-    (None: its own max_concurrency, else DEFAULT_CONCURRENCY), `chat_template` the template that replaces the
-    local model's own (training.chat_template, for the model being trained). An endpoint applies its own template,
-    server-side: it gets none."""
+    """The distilabel LLM for one config entry; `model_path` is the loadable local model (transformers, vllm),
+    `threads` the CPU threads it may use (0: all), `concurrency` an endpoint's requests in flight (None: its own
+    max_concurrency, else DEFAULT_CONCURRENCY), `chat_template` the template that replaces the local model's own
+    (training.chat_template, for the model being trained), `use_gpu` a local model on its process's GPU in bf16
+    (else float32 on CPU). An endpoint applies its own template, server-side: it gets none."""
     if llm.provider == "openai":
         return EndpointLLM(
             model=llm.model,
@@ -324,11 +304,19 @@ def build_llm(
             generation_kwargs=generation_kwargs(llm),
         )
     if model_path is None:
-        raise ValueError(f"{where}: no local model path for provider transformers ({llm.model})")
+        raise ValueError(f"{where}: no local model path for provider {llm.provider} ({llm.model})")
+    if llm.provider == "vllm":
+        return SeededVLLM(
+            model=model_path,
+            dtype="bfloat16",
+            seed=seed,
+            chat_template=chat_template,
+            generation_kwargs=vllm_sampling(generation_kwargs(llm)),
+        )
     return SeededTransformersLLM(
         model=model_path,
-        device="cpu",
-        torch_dtype="float32",
+        device="cuda" if use_gpu else "cpu",
+        torch_dtype="bfloat16" if use_gpu else "float32",
         token=None,  # offline: never read HF_TOKEN into the step (it would be serialized with it)
         seed=seed,
         batch_size=batch_size,
@@ -340,7 +328,7 @@ def build_llm(
 
 def cpu_threads_each(llms: list[LLMConfig]) -> int:
     """CPU threads for each local (transformers) LLM when they all run at once: the cores, shared."""
-    local = sum(1 for llm in llms if llm.provider == "transformers")
+    local = sum(1 for llm in llms if llm.is_local)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(local, 1))
 

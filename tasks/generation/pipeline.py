@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
+from alignflow.tasks.generation.actors import check_vllm, join_ray, place
 from alignflow.tasks.generation.limits import concurrency_shares
 from alignflow.tasks.runtime.memory import ModelShape, inference_bytes
 from alignflow.tasks.runtime.state import sha256_text
@@ -90,6 +91,7 @@ def build_pipeline(
 ):
     """The distilabel pipeline; `model_paths[i]` is the loadable local model of llm_slots()[i], `chat_templates[i]`
     the chat template that replaces its own (None or missing: its own), `judge_model` a reward_model judge's folder.
+    On Ray, `generation` comes with its actors' resources and replicas decided (actors.place).
 
     `judge_only`: `rows` are scored rows whose candidates are kept and only the judge runs on them."""
     from distilabel.steps import LoadDataFromDicts
@@ -102,18 +104,23 @@ def build_pipeline(
     shares = concurrency_shares([llm for _, llm in slots], generation.max_concurrency)
     batches = step_batches(generation, shares)
     gen_batch = max(batches[: len(generation.generators)])  # the prompts' and candidates' batches
-    # Local models share this machine's cores; on Ray each actor gets the threads Ray gives it.
-    threads = 0 if generation.ray else cpu_threads_each([llm for _, llm in slots])
+    # Local models share this machine's cores; on Ray each actor has the CPUs generation.resources gives it.
+    threads = actor_threads(generation) if generation.ray else cpu_threads_each([llm for _, llm in slots])
 
     def llm(i: int):
         where, config = slots[i]
         template = chat_templates[i] if i < len(chat_templates) else None
-        return build_llm(config, where, model_paths[i], seed + i, batches[i], threads, shares[i], template)
+        return build_llm(
+            config, where, model_paths[i], seed + i, batches[i], threads, shares[i], template, generation.on_gpu
+        )
+
+    def resources(i: int):
+        return step_resources(generation, model_paths[i], batches[i], slots[i][1].max_new_tokens)
 
     position = len(generation.generators)
     with StagePipeline(name="alignflow-judge" if judge_only else "alignflow-generate", cache_dir=cache_dir) as pipeline:
         batch = batches[position] if batches[position:] else gen_batch
-        scorer = _scorer(generation, llm, len(rows), position, batch, judge_model)
+        scorer = _scorer(generation, llm, len(rows), position, batch, judge_model, resources)
         if judge_only:
             candidates = LoadDataFromDicts(
                 data=[{k: r.get(k) for k in JUDGE_INPUT_COLUMNS} for r in rows], batch_size=scorer.input_batch_size
@@ -137,7 +144,7 @@ def build_pipeline(
                 generator_index=i,
                 label=label,
                 progress_total=len(rows),
-                resources=step_resources(generation.ray, model_paths[i], batches[i], gen.max_new_tokens),
+                resources=resources(i),
             )
             for i, (gen, label) in enumerate(zip(generation.generators, step_labels(generation), strict=True))
         ]
@@ -149,15 +156,36 @@ def build_pipeline(
 PROMPT_TOKENS = 512  # a generation step's prompt, at most, for its memory estimate
 
 
-def step_resources(on_ray: bool, model_path: str | None, batch: int, max_new_tokens: int):
-    """A generator step's Ray resources: the memory its local model needs (tasks/runtime/memory.py), so Ray
-    places the step's actors by memory too. Nothing to reserve for an endpoint, or off Ray."""
+def actor_threads(generation: GenerationConfig) -> int:
+    """CPU threads of a local model on a Ray actor: the whole CPUs generation.resources gives it (0: torch's own)."""
+    cpus = (generation.resources or {}).get("CPU")
+    return max(1, int(cpus)) if cpus else 0
+
+
+def step_resources(generation: GenerationConfig, model_path: str | None, batch: int, new_tokens: int):
+    """A local model's step resources: generation.replicas actors (processes off Ray), each with
+    generation.resources and, on Ray, the memory its model needs unless resources sets it (tasks/runtime/memory.py),
+    so Ray places them by memory too. One replica and nothing to reserve for an endpoint."""
     from distilabel.steps import StepResources
 
-    shape = ModelShape.of_folder(model_path) if on_ray else None
-    if shape is None:
+    replicas, resources = generation.replicas or 1, generation.resources or {}
+    if model_path is None:
         return StepResources()
-    return StepResources(memory=inference_bytes(shape, batch, PROMPT_TOKENS + max_new_tokens))
+    if not generation.ray:
+        return StepResources(replicas=replicas)
+    shape = ModelShape.of_folder(model_path)
+    memory = resources.get("memory") or (inference_bytes(shape, batch, PROMPT_TOKENS + new_tokens) if shape else None)
+    return StepResources(
+        replicas=replicas,
+        cpus=_whole(resources, "CPU"),
+        gpus=_whole(resources, "GPU"),
+        memory=int(memory) if memory else None,
+    )
+
+
+def _whole(resources: dict[str, float], name: str) -> int | None:
+    """distilabel takes whole CPUs and GPUs per replica."""
+    return max(1, round(resources[name])) if resources.get(name) else None
 
 
 def judge_resources(on_ray: bool, model_path: str, resources: dict[str, float], batch: int):
@@ -169,16 +197,16 @@ def judge_resources(on_ray: bool, model_path: str, resources: dict[str, float], 
         return StepResources()
     shape = ModelShape.of_folder(model_path)
     memory = resources.get("memory") or (inference_bytes(shape, batch, PROMPT_TOKENS * 2) if shape else None)
-
-    def whole(name: str) -> int | None:  # distilabel takes whole CPUs and GPUs per replica
-        return max(1, round(resources[name])) if resources.get(name) else None
-
-    return StepResources(cpus=whole("CPU"), gpus=whole("GPU"), memory=int(memory) if memory else None)
+    return StepResources(
+        cpus=_whole(resources, "CPU"), gpus=_whole(resources, "GPU"), memory=int(memory) if memory else None
+    )
 
 
-def _scorer(generation: GenerationConfig, llm, prompts: int, position: int, batch: int, judge_model: str | None):
+def _scorer(
+    generation: GenerationConfig, llm, prompts: int, position: int, batch: int, judge_model: str | None, resources
+):
     """The judge step: the offline scorer, a reward model (at `judge_model`), or the UltraFeedback LLM judge
-    (llm(position) builds its LLM)."""
+    (llm(position) builds its LLM, resources(position) its step's resources)."""
     from alignflow.tasks.generation.steps import OfflineJudge, RewardModelJudge, UltraFeedbackJudge
 
     judge = generation.judge
@@ -206,6 +234,7 @@ def _scorer(generation: GenerationConfig, llm, prompts: int, position: int, batc
         input_batch_size=batch,
         progress_total=prompts,
         progress_position=position,
+        resources=resources(position),
     )
 
 
@@ -218,6 +247,8 @@ def preload_modules(generation: GenerationConfig) -> list[str]:
         modules.append("openai")
     if "transformers" in providers:
         modules += ["torch", "transformers.pipelines"]  # what TransformersLLM.load imports
+    if "vllm" in providers:
+        modules += ["torch"]  # not vllm itself: its engine starts CUDA, which a forked process cannot use
     return modules
 
 
@@ -255,6 +286,7 @@ class PipelineJob:
     judge_only: bool = False  # the judge alone, on rows whose candidates are kept
     chat_templates: list[str | None] = field(default_factory=list)  # each LLM's template override (None: its own)
     judge_model: str | None = None  # a reward_model judge's local folder
+    own_ray: bool = False  # the Ray at ray_address is one the stage started on this machine (no autoscaler)
 
 
 def run_pipeline(job: PipelineJob) -> None:
@@ -274,19 +306,17 @@ def run_pipeline(job: PipelineJob) -> None:
         multiprocessing.set_start_method("forkserver", force=True)
         multiprocessing.set_forkserver_preload(preload_modules(generation))
         forkserver.ensure_running()
+    ray_kwargs = join_ray(job.ray_address) if generation.ray else None
+    if ray_kwargs is not None:
+        generation = place(generation, job.own_ray)
+    check_vllm(generation)
     # distilabel keys its cache on the steps, not on the data: one cache folder per set of rows.
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True, default=str))[:16]
     pipeline = build_pipeline(
         rows, generation, job.model_paths, cache, job.seed, job.judge_only, job.chat_templates, job.judge_model
     )
-    if generation.ray:
-        from alignflow.tasks.runtime.ray import FORWARDED_ENV, HEAP_TUNABLES
-
-        env = {k: os.environ[k] for k in (*FORWARDED_ENV, "DISTILABEL_LOG_LEVEL") if k in os.environ}
-        env.setdefault("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES", HEAP_TUNABLES))
-        pipeline = pipeline.ray(
-            ray_init_kwargs={"address": job.ray_address, "logging_level": "WARNING", "runtime_env": {"env_vars": env}}
-        )
+    if ray_kwargs is not None:
+        pipeline = pipeline.ray(ray_init_kwargs=ray_kwargs)  # joined above: distilabel keeps the connection
     distiset = pipeline.run(use_cache=True)  # resumes from distilabel's cache after a crash mid-run
     suffix = "-judge" if job.judge_only else ""
     distiset["default"]["train"].to_parquet(str(out_dir / f"attempt{suffix}.parquet"))
@@ -343,15 +373,3 @@ def _worker_main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1 if failure is not None else 0)
-
-
-def ray_gcs_address(address: str | None) -> str:
-    """Join (or start) the Ray cluster here; the spawned pipeline process connects to the same one."""
-    import ray
-
-    from alignflow.tasks.runtime.ray import start_ray
-
-    if address and address.startswith("ray://"):
-        return address  # Ray Client: the pipeline process connects itself
-    start_ray(address)
-    return ray.get_runtime_context().gcs_address

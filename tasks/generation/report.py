@@ -58,6 +58,8 @@ class GenerationReport(BaseModel):
     generated_rows: int | None = None
     rejudged_rows: int = 0  # only the judge ran again: their candidates were kept from an earlier attempt
     executor: str | None = None  # local, ray, or reused (nothing left to generate)
+    # Where the local models of this attempt ran: one entry per process or Ray actor (step, node, pid, device, dtype)
+    placements: list[dict[str, str]] | None = None
     seconds: float
     responses_per_s: float | None = None
     output_tokens: int | None = None

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
+from alignflow.tasks.generation.actors import own_ray, ray_gcs_address
 from alignflow.tasks.generation.binarize import binarize_rows
 from alignflow.tasks.generation.endpoints import check_api_keys
 from alignflow.tasks.generation.fingerprint import candidate_settings, code_version
-from alignflow.tasks.generation.pipeline import PipelineJob, ray_gcs_address, run_in_worker
+from alignflow.tasks.generation.pipeline import PipelineJob, run_in_worker
 from alignflow.tasks.generation.report import GenerationReport
 from alignflow.tasks.generation.rows import PAIR_COLUMNS, failures, pair_schema, previous_rows, read_rows, write_rows
 from alignflow.tasks.runtime.chat_template import key_parts
@@ -122,11 +123,12 @@ def generate_preferences(
     rejudged: list[dict] = []
     if plan.todo or plan.to_rejudge:
         address = ray_gcs_address(ray_address) if generation.ray else None
+        where = (address, own_ray(ray_address))
         if plan.to_rejudge:
-            rejudged = _run(plan.to_rejudge, generation, plan, out_dir, seed, address, judge_only=True)
+            rejudged = _run(plan.to_rejudge, generation, plan, out_dir, seed, where, judge_only=True)
             rejudged = [{**plan.earlier[r["row"]], **r} for r in rejudged]  # the earlier row's columns, judged anew
         if plan.todo:
-            new = _run(plan.todo, generation, plan, out_dir, seed, address)
+            new = _run(plan.todo, generation, plan, out_dir, seed, where)
         # The attempt finished and its rows are in scored.parquet: distilabel's cache would only
         # replay the same failures on a re-run (its key is the same), so it goes.
         shutil.rmtree(out_dir / "distilabel-cache", ignore_errors=True)
@@ -211,6 +213,7 @@ def _report(
         generated_rows=len(plan.todo),
         rejudged_rows=len(plan.to_rejudge),
         executor=("ray" if generation.ray else "local") if ran else "reused",
+        **({"placements": placements(new)} if plan.todo else {}),
         seconds=round(generated_s, 1),
         responses_per_s=round(new_candidates / generated_s, 2) if plan.todo and generated_s else None,
         output_tokens=tokens,
@@ -218,6 +221,12 @@ def _report(
         generation_phase_s=round(phase, 2) if phase else None,
         status="ok" if success_rate >= generation.min_success_rate else "failed",
     )
+
+
+def placements(rows: list[dict]) -> list[dict[str, str]]:
+    """Each process or Ray actor that generated `rows` with a local model, once, in step order."""
+    seen = {json.dumps(p, sort_keys=True): p for r in rows for p in r.get("generated_on") or []}
+    return sorted(seen.values(), key=lambda p: (p["step"], p["node"], p["pid"]))
 
 
 def only_the_judge_failed(row: dict) -> bool:
@@ -232,13 +241,15 @@ def only_the_judge_failed(row: dict) -> bool:
 
 
 def _run(
-    rows: list[dict], generation: GenerationConfig, plan: _Plan, out_dir: Path, seed: int, address, judge_only=False
+    rows: list[dict], generation: GenerationConfig, plan: _Plan, out_dir: Path, seed: int, where, judge_only=False
 ):
-    """One pipeline run in a fresh process (run_in_worker's doc says why); its rows."""
+    """One pipeline run in a fresh process (run_in_worker's doc says why); its rows. `where`: the Ray cluster's
+    address (None off Ray), and whether this process started that Ray."""
     attempt = out_dir / ("attempt-judge.parquet" if judge_only else "attempt.parquet")
     attempt.unlink(missing_ok=True)
+    address, started_here = where
     job = PipelineJob(
-        rows, generation, plan.paths, out_dir, seed, address, judge_only, plan.templates, plan.judge_model
+        rows, generation, plan.paths, out_dir, seed, address, judge_only, plan.templates, plan.judge_model, started_here
     )
     run_in_worker(job)
     done = read_rows(attempt)

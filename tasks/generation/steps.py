@@ -64,16 +64,19 @@ class TrackedTextGeneration(TextGeneration):
     @property
     def outputs(self) -> list[str]:
         timing = ["generation_started", "generation_finished"]
-        return [*super().outputs, "generation_error", "generator_label", "generator_index", "output_tokens", *timing]
+        labels = ["generation_error", "generator_label", "generator_index", "generated_on"]
+        return [*super().outputs, *labels, "output_tokens", *timing]
 
     def process(self, inputs: StepInput) -> StepOutput:
         started = time.time()
+        where = getattr(self.llm, "where", None)  # a local model's node, process, device; None for an endpoint
         for rows in super().process(inputs):
             finished = time.time()  # the batch's generation time span, for the stage's throughput figures
             for row in rows:
                 row["generation_error"] = _first(row.pop(f"llm_{self.name}_error", None))
                 row["generator_label"] = self.label
                 row["generator_index"] = self.generator_index
+                row["generated_on"] = {"step": self.label, **where} if where else None
                 row["output_tokens"] = _output_tokens(row.get("distilabel_metadata"), self.name)
                 row["generation_started"], row["generation_finished"] = started, finished
             _advance(f"{self.name} {self.label}", self.progress_total, self.generator_index, len(inputs))
@@ -94,16 +97,19 @@ class CollectCandidates(Step):
     @property
     def outputs(self) -> list[str]:
         timing = ["generation_started", "generation_finished"]
-        return ["candidates", "candidate_generators", "generation_errors", "output_tokens", "row_error", *timing]
+        made = ["candidates", "candidate_generators", "generation_errors", "generated_on", "output_tokens"]
+        return [*made, "row_error", *timing]
 
     def process(self, *inputs: StepInput) -> StepOutput:
         groups = sorted((g for g in inputs if g), key=lambda g: g[0]["generator_index"])
         by_row = [{r["row"]: r for r in group} for group in groups]
         out = []
         for first in groups[0]:
-            candidates, labels, errors, tokens, spans = [], [], [], 0, []
+            candidates, labels, errors, tokens, spans, places = [], [], [], 0, [], []
             for rows in by_row:
                 row = rows[first["row"]]
+                if row.get("generated_on"):
+                    places.append(row["generated_on"])
                 spans.append((row.get("generation_started"), row.get("generation_finished")))
                 texts = row["generation"] if isinstance(row["generation"], list) else [row["generation"]]
                 for text in texts:
@@ -123,6 +129,7 @@ class CollectCandidates(Step):
                     "candidates": candidates,
                     "candidate_generators": labels,
                     "generation_errors": errors,
+                    "generated_on": places,
                     "output_tokens": tokens,
                     "row_error": row_error,
                     "generation_started": min((a for a, _ in spans if a), default=None),

@@ -31,7 +31,7 @@ def test_judge_shorthand_and_mapping():
         ("generation.generators=[{base_url: 'http://127.0.0.1:8000/v1'}, {}]", "base_url: only for provider: openai"),
         ("generation.generators=[{provider: openai, model: m, base_url: 'ftp://x'}, {}]", "http:// or https://"),
         ("generation.generators=[{provider: openai, model: m, base_url: 'https://u:p@h/v1'}, {}]", "credentials"),
-        ("generation.generators=[{provider: vllm}, {}]", "generation.generators.0.provider"),
+        ("generation.generators=[{provider: tgi}, {}]", "generation.generators.0.provider"),
         ("generation.binarization=random", "generation.binarization"),
         ("generation.min_success_rate=1.5", "generation.min_success_rate"),
     ],
