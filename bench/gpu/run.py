@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 # Run as a script, bench/gpu is sys.path[0]; loaded by its path (bench/gpu/kit.py, the tests) it is not: the
@@ -260,7 +261,7 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kit", type=Path, action="append", default=[], help="a folder of wheels to install first")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "bench" / "results"))
@@ -268,27 +269,12 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=400.0, help="no row starts after this many seconds")
     parser.add_argument("--site", type=Path, default=SITE, help="where the kit's wheels are installed")
     parser.add_argument("--fsdp-worker", type=Path, help=argparse.SUPPRESS)  # one rank of the FSDP row: its JSON
-    args = parser.parse_args()
-    if args.fsdp_worker:
-        os.environ[SITE_ENV] = str(args.site)
-        bootstrap_imports()
-        return fsdp_worker(args.fsdp_worker)
-    begun = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    installed = install(args.kit, args.site) if args.kit else None
-    home = Path(tempfile.mkdtemp(prefix="alignflow-gpu-bench-"))
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    from alignflow.conf.loader import load_config
-    from alignflow.tasks.runtime.state import configure_environment
+    return parser.parse_args()
 
-    configure_environment(load_config(cluster_profile(home), [f"runtime.home={home}"]))
-    import torch
 
-    if not args.smoke and not torch.cuda.is_available():
-        sys.exit("no CUDA device: run with --smoke to check the code path on CPU")
-    if args.smoke:  # one thread, as a 1-CPU Ray worker gets: OpenMP threads on a busy machine wait on each other
-        torch.set_num_threads(1)
+def machine_results(installed: dict | None) -> dict:
+    """The results' head: the environment (logged as it is read), the machine, and on a GPU its measured bf16
+    matmul ceiling; the smoke test and the rows fill in the rest."""
     env = environment()
     log(f"versions: {json.dumps(env['versions'])}")
     log(f"requirement problems: {env['requirement_problems'] or 'none'}")
@@ -301,24 +287,15 @@ def main() -> None:
         "environment": env, "install": installed, "mfu_formula": MFU_FORMULA,
         "peak_bf16_flops": peak_flops(gpu), "smoke_test": {}, "rows": {}, "skipped": {}, "errors": {},
     }  # fmt: skip
-    target = args.out / ("train_throughput_smoke.json" if args.smoke else "train_throughput_gpu.json")
-
-    def save() -> None:
-        results["elapsed_s"] = round(time.perf_counter() - begun, 1)
-        results["summary"] = summary(results)
-        target.with_suffix(".tmp").write_text(json.dumps(results, indent=2, default=str) + "\n")
-        target.with_suffix(".tmp").replace(target)
-
     if gpu:
         results["matmul_bf16_tflops_measured"] = matmul_tflops()
         log(f"bf16 matmul, 8192^3 on random data: {results['matmul_bf16_tflops_measured']} TFLOP/s")
-    from train_throughput import QWEN25_15B, SMOKE_SHAPE  # bench/train_throughput.py's shapes
+    return results
 
-    tokenizer, dtype = byte_tokenizer(), "float32" if args.smoke else "bfloat16"
-    small = Bench(home, args.smoke, SMOKE_SHAPE, seq=128, batch=2, warmup=0, timed=1, tokenizer=tokenizer,
-                  peak=results["peak_bf16_flops"])  # fmt: skip
-    small.model_path = build_model(home / "qwen2-small", SMOKE_SHAPE, tokenizer, small.device, dtype)
-    for method in ("dpo", "orpo"):  # the smoke test: one step of each on a small Qwen2 shape
+
+def smoke_test(small: Bench, results: dict) -> None:
+    """One step of DPO and one of ORPO on a small Qwen2 shape, each reported on its own."""
+    for method in ("dpo", "orpo"):
         started = time.perf_counter()
         try:
             training_row(small, Row(f"{method} smoke test", method=method), steps=1)
@@ -326,16 +303,12 @@ def main() -> None:
         except Exception as exc:  # reported; the matrix still runs, each row on its own
             results["smoke_test"][method] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:1000]}
         log(f"smoke test {method}: {results['smoke_test'][method]}")
-    save()
 
-    bench = Bench(home, args.smoke, SMOKE_SHAPE if args.smoke else QWEN25_15B, seq=128 if args.smoke else 1024,
-                  batch=2 if args.smoke else None, warmup=1 if args.smoke else 3, timed=1 if args.smoke else 10,
-                  tokenizer=tokenizer, peak=results["peak_bf16_flops"])  # fmt: skip
-    started = time.perf_counter()
-    bench.model_path = build_model(home / "qwen2.5-1.5b-shape", bench.shape, tokenizer, bench.device, dtype)
-    log(
-        f"model built and saved in {time.perf_counter() - started:.1f} s ({matmul_weights(bench.shape):,} matmul weights)"
-    )
+
+def run_matrix(bench: Bench, args: argparse.Namespace, results: dict, begun: float, save: Callable[[], None]) -> None:
+    """Each row of MATRIX in order, skipped once --budget-s is spent, the results saved after each."""
+    from train_throughput import SMOKE_SHAPE  # bench/train_throughput.py's shapes
+
     for item in MATRIX:
         label = row_label(item)
         needed = (
@@ -359,7 +332,7 @@ def main() -> None:
                 continue
         elif args.smoke and isinstance(item, Row) and not item.smoke:
             try:  # the same code path as the rows trained here: its config must still build
-                row_config(bench, item, 2, home / "checked")
+                row_config(bench, item, 2, bench.home / "checked")
                 why = "--smoke: config built, not trained"
             except Exception as exc:
                 results["errors"][label] = f"{type(exc).__name__}: {exc}"[:1000]
@@ -395,6 +368,57 @@ def main() -> None:
         save()
         log(f"{label}: {time.perf_counter() - started:.1f} s, "
             f"{results['errors'].get(label) or results['skipped'].get(label) or {k: v for k, v in results['rows'][label].items() if k in ('tokens_per_s', 'mfu', 'peak_memory_gib', 'ratio_generate', 'gpu_over_cpu_tokens_per_s', 'gpu_speedup')}}")  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    if args.fsdp_worker:
+        os.environ[SITE_ENV] = str(args.site)
+        bootstrap_imports()
+        return fsdp_worker(args.fsdp_worker)
+    begun = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    installed = install(args.kit, args.site) if args.kit else None
+    home = Path(tempfile.mkdtemp(prefix="alignflow-gpu-bench-"))
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from alignflow.conf.loader import load_config
+    from alignflow.tasks.runtime.state import configure_environment
+
+    configure_environment(load_config(cluster_profile(home), [f"runtime.home={home}"]))
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("no CUDA device: run with --smoke to check the code path on CPU")
+    if args.smoke:  # one thread, as a 1-CPU Ray worker gets: OpenMP threads on a busy machine wait on each other
+        torch.set_num_threads(1)
+    results = machine_results(installed)
+    target = args.out / ("train_throughput_smoke.json" if args.smoke else "train_throughput_gpu.json")
+
+    def save() -> None:
+        results["elapsed_s"] = round(time.perf_counter() - begun, 1)
+        results["summary"] = summary(results)
+        target.with_suffix(".tmp").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        target.with_suffix(".tmp").replace(target)
+
+    from train_throughput import QWEN25_15B, SMOKE_SHAPE  # bench/train_throughput.py's shapes
+
+    tokenizer, dtype = byte_tokenizer(), "float32" if args.smoke else "bfloat16"
+    small = Bench(home, args.smoke, SMOKE_SHAPE, seq=128, batch=2, warmup=0, timed=1, tokenizer=tokenizer,
+                  peak=results["peak_bf16_flops"])  # fmt: skip
+    small.model_path = build_model(home / "qwen2-small", SMOKE_SHAPE, tokenizer, small.device, dtype)
+    smoke_test(small, results)
+    save()
+
+    bench = Bench(home, args.smoke, SMOKE_SHAPE if args.smoke else QWEN25_15B, seq=128 if args.smoke else 1024,
+                  batch=2 if args.smoke else None, warmup=1 if args.smoke else 3, timed=1 if args.smoke else 10,
+                  tokenizer=tokenizer, peak=results["peak_bf16_flops"])  # fmt: skip
+    started = time.perf_counter()
+    bench.model_path = build_model(home / "qwen2.5-1.5b-shape", bench.shape, tokenizer, bench.device, dtype)
+    log(
+        f"model built and saved in {time.perf_counter() - started:.1f} s ({matmul_weights(bench.shape):,} matmul weights)"
+    )
+    run_matrix(bench, args, results, begun, save)
     save()
     print("\n" + table(results), flush=True)
     print(
