@@ -68,13 +68,13 @@ def test_a_kit_too_big_for_one_command_is_split_and_a_wheel_too_big_for_any_is_r
 
 def test_mfu_counts_the_lm_head():
     sys.path.insert(0, str(ROOT / "bench" / "gpu"))
-    import run
+    import models  # the runner's FLOPs arithmetic (bench/gpu/models.py)
 
     qwen15 = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                   num_attention_heads=12, num_key_value_heads=2)  # fmt: skip
-    n = run.matmul_weights(qwen15)
+    n = models.matmul_weights(qwen15)
     assert 1.54e9 < n < 1.55e9  # Qwen2.5-1.5B: 1.31B in the layers + 0.23B LM head (tied to the embedding)
-    assert run.forward_flops(qwen15, 1024) == 2 * n + 4 * 28 * 1536 * 1024
+    assert models.forward_flops(qwen15, 1024) == 2 * n + 4 * 28 * 1536 * 1024
 
 
 def test_the_kit_installs_into_a_site_packages_folder():
