@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zlib
 from typing import Any
 
@@ -31,13 +32,9 @@ def batch_seed(seed: int, inputs: list[Any]) -> int:
 def placement(device: str, dtype: str) -> dict[str, str]:
     """Where a model was loaded: the Ray node (or the host off Ray), the process, the device and dtype."""
     node = os.uname().nodename
-    try:
-        import ray
-
-        if ray.is_initialized():
-            node = ray.get_runtime_context().get_node_id()
-    except ImportError:  # a machine without Ray runs the pipeline's local processes only
-        pass
+    ray = sys.modules.get("ray")  # a Ray actor has imported it; a local step process need not pay for the import
+    if ray is not None and ray.is_initialized():
+        node = ray.get_runtime_context().get_node_id()
     return {"node": node, "pid": str(os.getpid()), "device": device, "dtype": dtype}
 
 
