@@ -23,7 +23,7 @@ class LLMConfig(Section):
     provider: Literal["transformers", "vllm", "openai"] = Field(
         "transformers",
         description="transformers: a local model (on Ray actors with generation.resources); vllm: a local model "
-        "served by vLLM inside those actors (GPU; `pip install 'alignflow[vllm]'` on the nodes); openai: an "
+        "served by vLLM inside those actors (GPU; vllm installed on the nodes: docs/generation.md#vllm); openai: an "
         "OpenAI-compatible endpoint.",
     )
     model: str = Field(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from models import Bench, build_model, cluster_profile, preference_data, release
 
-DEVICES_ROW = "Generation: a GPU process against a CPU process (the generator actor's work)"
+DEVICES_ROW = "Generation: a GPU actor's work (bf16) against a CPU actor's (float32), the stage's own LLM"
 EVALUATION_ROW = "Evaluation on the GPU: held-out log-prob scoring, GPU bf16 against CPU float32"
 
 
@@ -65,27 +65,19 @@ def direct_generate(generation, model_path: str, device: str, dtype: str, seed: 
             "generate_s": round(done - loaded, 2)}  # fmt: skip
 
 
-def distilabel_generate(generation_json: str, model_path: str, cache: str, device: str, dtype: str, seed: int) -> dict:
+def distilabel_generate(generation_json: str, model_path: str, cache: str, seed: int) -> dict:
     """The generate stage's distilabel pipeline (tasks/generation/pipeline.build_pipeline: load >> one process per
-    generator >> candidates >> judge), its local LLMs moved onto `device`: the stage itself pins them to the CPU in
-    float32. On a GPU it runs in a spawned process, as the stage does: a process that has used CUDA cannot fork
-    children that use it (and distilabel's step processes, spawned from there, each import afresh)."""
+    generator >> candidates >> judge) as configured: generation.resources {GPU: 1} loads its local models on the GPU
+    in bf16. Local processes (generation.ray false): Ray is not carried (bench/gpu/kit.py). On a GPU it runs in a
+    spawned process, as the stage does: a process that has used CUDA cannot fork children that use it."""
     import multiprocessing
 
     from alignflow.conf.generation import GenerationConfig
-    from alignflow.tasks.generation import llms, pipeline
+    from alignflow.tasks.generation import pipeline
     from alignflow.tasks.generation.prompts import load_prompts
 
     started = time.perf_counter()
     generation = GenerationConfig.model_validate_json(generation_json)
-    stage_llm = llms.build_llm
-
-    def on_device(*args, **kwargs):
-        llm = stage_llm(*args, **kwargs)
-        llm.device, llm.torch_dtype = device, dtype
-        return llm
-
-    llms.build_llm = on_device
     multiprocessing.current_process().name = "MainProcess"  # distilabel collects step logs only there
     rows = [{**r, "row": i} for i, r in enumerate(load_prompts(generation.prompts, generation.max_prompts))]
     paths = [model_path] * len(generation.generators)
@@ -96,6 +88,11 @@ def distilabel_generate(generation_json: str, model_path: str, cache: str, devic
             "wall_s": round(time.perf_counter() - started, 2), "generate_s": round(phase, 2)}  # fmt: skip
 
 
+def local_processes(generation, use_gpu: bool):
+    """`generation` on this machine's processes, its local models on the GPU (bf16) or the CPU (float32)."""
+    return generation.model_copy(update={"ray": False, "resources": {"GPU": 1} if use_gpu else None})
+
+
 def generation_row(bench: Bench, shape: dict, prompts: int, new_tokens: int | None) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -104,7 +101,8 @@ def generation_row(bench: Bench, shape: dict, prompts: int, new_tokens: int | No
     path = build_model(bench.home / "qwen2-generate", shape, bench.tokenizer, bench.device, dtype, ascii_only=True)
     generation, seed = generation_settings(bench, path, prompts, new_tokens)
     direct = direct_generate(generation, path, bench.device, dtype, seed)
-    args = (generation.model_dump_json(), path, str(bench.home / "distilabel"), bench.device, dtype, seed)
+    staged = local_processes(generation, use_gpu=not bench.smoke)
+    args = (staged.model_dump_json(), path, str(bench.home / "distilabel"), seed)
     if bench.smoke:  # CPU: distilabel may fork this process; a spawned one would re-import everything per step
         stage = distilabel_generate(*args)
     else:
@@ -128,23 +126,48 @@ def generation_row(bench: Bench, shape: dict, prompts: int, new_tokens: int | No
 # --- issue 27's rows: generation and evaluation by device ----------------------------------------------
 
 
+def actor_generate(generation, model_path: str, use_gpu: bool, seed: int) -> dict:
+    """A generator actor's work, in this process: the stage's own LLM (tasks/generation/llms.build_llm, as the actor
+    builds it from generation.resources) loaded, then every batch through distilabel's generate_outputs."""
+    from alignflow.tasks.generation.llms import build_llm
+    from alignflow.tasks.generation.prompts import load_prompts
+
+    rows = load_prompts(generation.prompts, generation.max_prompts)
+    chats = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    started = time.perf_counter()
+    batch, responses, tokens, generate_s, where = generation.input_batch_size, 0, 0, 0.0, {}
+    for i, gen in enumerate(generation.generators):
+        llm = build_llm(gen, f"generation.generators.{i}", model_path, seed + i, batch, use_gpu=use_gpu)
+        llm.load()
+        where, loaded = llm.where, time.perf_counter()
+        for start in range(0, len(chats), batch):
+            outputs = llm.generate_outputs(chats[start : start + batch], gen.num_generations, **llm.generation_kwargs)
+            responses += sum(len(o["generations"]) for o in outputs)
+            tokens += sum(sum(o["statistics"]["output_tokens"]) for o in outputs)
+        generate_s += time.perf_counter() - loaded  # the batches alone, as a loaded actor spends its time
+        llm.unload()
+    wall_s = time.perf_counter() - started
+    release()
+    return {"responses": responses, "tokens": tokens, "wall_s": round(wall_s, 2), "generate_s": round(generate_s, 2),
+            "placement": where}  # fmt: skip
+
+
 def devices_row(bench: Bench, shape: dict, prompts: int, new_tokens: int | None) -> dict:
-    """The generator's work (transformers `generate` with the stage's sampling settings) on the GPU in bf16 against
-    the CPU in float32, as a generator actor runs it; Ray is not carried (bench/gpu/kit.py), so both are this
-    process. The CPU side answers an eighth of the prompts (at least 2): tokens/s is the comparable figure."""
+    """A generator actor's work (actor_generate) with generation.resources {GPU: 1} (bf16 on the GPU) against a CPU
+    actor's (float32); Ray is not carried (bench/gpu/kit.py), so both are this process. The CPU side answers an
+    eighth of the prompts (at least 2): tokens/s is the comparable figure."""
     path = build_model(bench.home / "qwen2-devices", shape, bench.tokenizer, "cpu", "float32", ascii_only=True)
     sides = {}
-    for device, dtype, count in (("cuda", "bfloat16", prompts), ("cpu", "float32", max(2, prompts // 8))):
-        if device == "cuda" and bench.smoke:
+    for use_gpu, count in ((True, prompts), (False, max(2, prompts // 8))):
+        if use_gpu and bench.smoke:
             continue
         generation, seed = generation_settings(bench, path, count, new_tokens)
-        side = direct_generate(generation, path, device, dtype, seed)
+        side = actor_generate(generation, path, use_gpu, seed)
         side["tokens_per_s_generate"] = round(side["tokens"] / side["generate_s"], 1)
-        sides[f"{device} {dtype}"] = {**side, "prompts": count}
+        sides["gpu actor" if use_gpu else "cpu actor"] = {**side, "prompts": count}
     ratio = None
     if len(sides) == 2:
-        gpu, cpu = sides["cuda bfloat16"], sides["cpu float32"]
-        ratio = round(gpu["tokens_per_s_generate"] / cpu["tokens_per_s_generate"], 1)
+        ratio = round(sides["gpu actor"]["tokens_per_s_generate"] / sides["cpu actor"]["tokens_per_s_generate"], 1)
     return {"model": "Qwen2.5-0.5B shape, random weights" if not bench.smoke else "tiny Qwen2 shape (smoke)",
             "sides": sides, "gpu_over_cpu_tokens_per_s": ratio}  # fmt: skip
 

@@ -53,23 +53,25 @@ def join_ray(address: str | None) -> dict:
     return kwargs
 
 
-def local_models(generation: GenerationConfig) -> int:
-    """The stage's LLMs that load a model themselves (transformers, vllm)."""
-    return sum(1 for _, llm in generation.llm_slots() if llm.is_local)
+def local_models(generation: GenerationConfig, judge_only: bool = False) -> int:
+    """The stage's LLMs that load a model themselves (transformers, vllm); only the judge's when `judge_only`."""
+    slots = generation.llm_slots()[len(generation.generators) :] if judge_only else generation.llm_slots()
+    return sum(1 for _, llm in slots if llm.is_local)
 
 
-def place(generation: GenerationConfig, own: bool) -> GenerationConfig:
+def place(generation: GenerationConfig, own: bool, judge_only: bool = False) -> GenerationConfig:
     """generation with its actors' resources and replicas decided (this process connected to Ray), after checking
-    that the cluster can place them (`own`: the Ray the stage started, which no autoscaler grows)."""
+    that the cluster can place them (`own`: the Ray the stage started, which no autoscaler grows; `judge_only`: the
+    judge's step alone runs)."""
     import ray
 
-    resources = generation.resources
-    if resources is None:  # an equal share of the largest node's CPUs, as the local processes share this machine's
+    placed = generation.model_copy(update={"replicas": resolve_replicas(generation)})
+    if generation.resources is None:  # an equal share of the largest node's CPUs, as local processes share a machine's
         cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
-        resources = {"CPU": max(1, int(cpus) // max(1, local_models(generation)))}
-    placed = generation.model_copy(update={"resources": resources})
-    placed = placed.model_copy(update={"replicas": resolve_replicas(placed)})
-    check_capacity(placed, placed.replicas, own)
+        cpus -= actors_need(placed, judge_only)["CPU"]  # a reward-model judge's, the only other actor holding CPUs
+        actors = max(1, local_models(placed, judge_only) * placed.replicas)
+        placed = placed.model_copy(update={"resources": {"CPU": max(1, int(cpus) // actors)}})
+    check_capacity(placed, judge_only, own)
     return placed
 
 
@@ -93,20 +95,22 @@ def resolve_replicas(generation: GenerationConfig) -> int:
     return max(1, int(gpus // per_actor) // max(1, local_models(generation)))
 
 
-def actors_need(generation: GenerationConfig, replicas: int) -> dict[str, int]:
-    """The CPUs and GPUs the pipeline's actors hold at once: every step's actors load before the first batch (the
-    local models' replicas, a reward-model judge); distilabel's other steps ask none."""
-    need, resources = {"CPU": 0, "GPU": 0}, generation.resources or {}
-    for name in need:
-        per_actor = max(1, round(resources[name])) if resources.get(name) else 0
-        need[name] += local_models(generation) * replicas * per_actor
-        judge = generation.judge
+def actors_need(generation: GenerationConfig, judge_only: bool = False) -> dict[str, float]:
+    """The CPUs, GPUs and memory the pipeline's actors hold at once: every step's actors load before the first batch
+    (the local models' replicas with generation.resources, a reward-model judge with judge.resources); distilabel's
+    other steps hold none. Memory counts what the resources set (the estimates are added per step in pipeline.py)."""
+    actors = local_models(generation, judge_only) * (generation.replicas or 1)
+    resources, judge = generation.resources or {}, generation.judge
+    need: dict[str, float] = {}
+    for name in ("CPU", "GPU", "memory"):
+        each = resources.get(name, 0)
+        need[name] = actors * (max(1, round(each)) if each and name != "memory" else each)
         if judge.kind == "reward_model" and judge.resources.get(name):
-            need[name] += max(1, round(judge.resources[name]))
+            need[name] += judge.resources[name] if name == "memory" else max(1, round(judge.resources[name]))
     return need
 
 
-def check_capacity(generation: GenerationConfig, replicas: int, own: bool) -> None:
+def check_capacity(generation: GenerationConfig, judge_only: bool, own: bool) -> None:
     """Refuse what the Ray the stage started itself (`own`: one machine, no autoscaler) cannot place at once: the
     pipeline would wait for the missing actors forever. A cluster's shortfall is logged: its autoscaler may add
     nodes."""
@@ -115,15 +119,22 @@ def check_capacity(generation: GenerationConfig, replicas: int, own: bool) -> No
     import ray
 
     have = ray.cluster_resources()
-    short = {k: (n, have.get(k, 0.0)) for k, n in actors_need(generation, replicas).items() if n > have.get(k, 0.0)}
+    need = actors_need(generation, judge_only)
+    short = [(k, n, have.get(k, 0.0)) for k, n in need.items() if n > have.get(k, 0.0)]
     if not short:
         return
-    name, (need, got) = next(iter(short.items()))
+    name, wanted, got = short[0]
+    local, replicas = local_models(generation, judge_only), generation.replicas or 1
     message = (
-        f"the generate stage's actors need {need} {name} at once ({local_models(generation)} local models x "
-        f"{replicas} replicas x generation.resources.{name}, and a reward-model judge's) and the Ray cluster has "
-        f"{got:g}: lower generation.replicas or generation.resources"
+        f"the generate stage's actors need {wanted:g} {name} at once ({local} local models x {replicas} replicas x "
+        f"generation.resources.{name}, and a reward-model judge's judge.resources) and the Ray cluster has {got:g}: "
+        "lower generation.replicas or generation.resources"
     )
+    if name == "GPU":
+        message += (
+            " (each local model holds at least one actor: with fewer GPUs than local models, generation.ray=false "
+            "runs them as processes sharing the GPUs)"
+        )
     if own:
         raise RuntimeError(message)
     logging.getLogger(__name__).warning("%s (waiting for the cluster to add nodes)", message)
@@ -135,7 +146,7 @@ def check_vllm(generation: GenerationConfig) -> None:
     slots = [key for key, llm in generation.llm_slots() if llm.provider == "vllm"]
     if not slots:
         return
-    advice = "install it there (`pip install 'alignflow[vllm]'` in the nodes' image) or use provider: transformers"
+    advice = "install vllm in the nodes' image (docs/generation.md#vllm: its torch and transformers pins) or use provider: transformers"
     if not generation.ray:
         import importlib.util
 

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import zlib
+from collections import Counter
 from typing import Any
 
 from distilabel.models.llms import TransformersLLM, vLLM
@@ -27,6 +28,15 @@ def batch_seed(seed: int, inputs: list[Any]) -> int:
     """The sampling seed of one batch: the generator's seed and the batch's prompts (their chat messages)."""
     text = json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str)
     return (seed * 1_000_003 + zlib.crc32(text.encode())) % SEED_MODULUS
+
+
+def draw_seed(draws: Counter, seed: int, inputs: list[Any]) -> int:
+    """batch_seed for the first draw of these prompts; the k-th draw of the same prompts in this process (a judge
+    asking again after an answer that did not parse: the same process retries its own batch) gets a seed of its
+    own, so a re-ask is a new sample and still the same wherever it runs."""
+    base = batch_seed(seed, inputs)
+    draws[base] += 1
+    return (base + (draws[base] - 1) * 7_919) % SEED_MODULUS
 
 
 def placement(device: str, dtype: str) -> dict[str, str]:
@@ -45,6 +55,7 @@ class SeededTransformersLLM(TransformersLLM):
     batch_size: int = 16
     torch_threads: int = 0  # 0: torch's default (every core, or what Ray's OMP_NUM_THREADS says)
     _where: dict[str, str] = PrivateAttr(default_factory=dict)
+    _draws: Counter = PrivateAttr(default_factory=Counter)
 
     def load(self) -> None:
         super().load()
@@ -67,7 +78,7 @@ class SeededTransformersLLM(TransformersLLM):
         # Here rather than in generate(): distilabel reads generate()'s signature for its runtime parameters.
         from transformers import set_seed
 
-        set_seed(batch_seed(self.seed, inputs))
+        set_seed(draw_seed(self._draws, self.seed, inputs))
         return super().generate_outputs(inputs=inputs, num_generations=num_generations, **kwargs)
 
 
@@ -75,10 +86,11 @@ class SeededVLLM(vLLM):
     """distilabel's vLLM with the seed of each batch (batch_seed) in its sampling parameters.
 
     vLLM draws each request from a generator seeded by SamplingParams.seed, so a batch's answers do not depend on
-    which engine serves it or on what else is in flight. Loaded on the actor's GPU (Ray sets CUDA_VISIBLE_DEVICES);
-    `extra_kwargs` reach vLLM's engine (e.g. gpu_memory_utilization, max_model_len)."""
+    which engine serves it or on what else is in flight. On Ray, distilabel places a vLLM step in a placement group
+    of its own (a GPU per tensor-parallel rank) rather than by generation.resources; not yet run on a GPU here."""
 
     _where: dict[str, str] = PrivateAttr(default_factory=dict)
+    _draws: Counter = PrivateAttr(default_factory=Counter)
 
     def load(self) -> None:
         super().load()
@@ -89,7 +101,8 @@ class SeededVLLM(vLLM):
         return self._where
 
     def generate_outputs(self, inputs: list[Any], num_generations: int = 1, **kwargs: Any) -> list:
-        extra = {**(kwargs.pop("extra_sampling_params", None) or {}), "seed": batch_seed(self.seed, inputs)}
+        seed = draw_seed(self._draws, self.seed, inputs)
+        extra = {**(kwargs.pop("extra_sampling_params", None) or {}), "seed": seed}
         return super().generate_outputs(
             inputs=inputs, num_generations=num_generations, extra_sampling_params=extra, **kwargs
         )

@@ -105,7 +105,11 @@ def build_pipeline(
     batches = step_batches(generation, shares)
     gen_batch = max(batches[: len(generation.generators)])  # the prompts' and candidates' batches
     # Local models share this machine's cores; on Ray each actor has the CPUs generation.resources gives it.
-    threads = actor_threads(generation) if generation.ray else cpu_threads_each([llm for _, llm in slots])
+    threads = (
+        actor_threads(generation)
+        if generation.ray
+        else max(1, cpu_threads_each([llm for _, llm in slots]) // (generation.replicas or 1))
+    )
 
     def llm(i: int):
         where, config = slots[i]
@@ -174,7 +178,8 @@ def step_resources(generation: GenerationConfig, model_path: str | None, batch: 
     if not generation.ray:
         return StepResources(replicas=replicas)
     shape = ModelShape.of_folder(model_path)
-    memory = resources.get("memory") or (inference_bytes(shape, batch, PROMPT_TOKENS + new_tokens) if shape else None)
+    tokens, on_gpu = PROMPT_TOKENS + new_tokens, generation.on_gpu
+    memory = resources.get("memory") or (inference_bytes(shape, batch, tokens, use_gpu=on_gpu) if shape else None)
     return StepResources(
         replicas=replicas,
         cpus=_whole(resources, "CPU"),
@@ -308,7 +313,7 @@ def run_pipeline(job: PipelineJob) -> None:
         forkserver.ensure_running()
     ray_kwargs = join_ray(job.ray_address) if generation.ray else None
     if ray_kwargs is not None:
-        generation = place(generation, job.own_ray)
+        generation = place(generation, job.own_ray, job.judge_only)
     check_vllm(generation)
     # distilabel keys its cache on the steps, not on the data: one cache folder per set of rows.
     cache = out_dir / "distilabel-cache" / sha256_text(json.dumps(rows, sort_keys=True, default=str))[:16]

@@ -115,8 +115,12 @@ def check_smoke_result(result: dict) -> None:
     fsdp = next(k for k in rows if "FSDP" in k)
     assert rows[fsdp]["plugin"]["transformer_cls_names_to_wrap"] == "Qwen2DecoderLayer"
     assert result["skipped"][fsdp].startswith("--smoke: FSDP settings reached")
-    devices = next(v for k, v in rows.items() if k.startswith("Generation: a GPU process"))
-    assert devices["sides"]["cpu float32"]["tokens"] > 0
+    devices = next(v for k, v in rows.items() if k.startswith("Generation: a GPU actor"))
+    assert devices["sides"]["cpu actor"]["tokens"] > 0
+    assert (
+        devices["sides"]["cpu actor"]["placement"]["device"],
+        devices["sides"]["cpu actor"]["placement"]["dtype"],
+    ) == ("cpu", "float32")
     evaluation = next(v for k, v in rows.items() if k.startswith("Evaluation on the GPU"))
     assert evaluation["pairs"] == 4 and evaluation["cpu_s"] > 0
     assert any("SmolLM2" in k for k in result["skipped"])
@@ -125,7 +129,12 @@ def check_smoke_result(result: dict) -> None:
 def test_kit_commands_name_every_row_of_the_matrix():
     kit = load_kit()
     printed = kit.describe(kit.plan([(w["file"], w["size"]) for w in kit.read_lock()], kit.tree_bytes()))
-    for row in ("FSDP full shard", "real SmolLM2", "a GPU process against a CPU process", "Evaluation on the GPU"):
+    for row in (
+        "FSDP full shard",
+        "real SmolLM2",
+        "a GPU actor's work (bf16) against a CPU actor's",
+        "Evaluation on the GPU",
+    ):
         assert row in printed
     assert kit.RUN_TIMEOUT_S <= 480 and kit.BUDGET_S < kit.RUN_TIMEOUT_S  # one device call of at most 8 minutes
 

@@ -97,15 +97,40 @@ def test_gpu_replicas_default_to_the_clusters_gpus_shared_among_the_local_models
 def test_actors_a_local_ray_cannot_place_stop_the_run_and_a_cluster_only_warns(monkeypatch, caplog):
     import ray
 
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    config = generation(resources={"CPU": 1})
-    assert actors.actors_need(config, 2) == {"CPU": 4, "GPU": 0}
-    actors.check_capacity(config, 1, own=True)  # 2 CPUs: fits
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
+    one, two = generation(resources={"CPU": 1}), generation(resources={"CPU": 1}, replicas=2)
+    assert actors.actors_need(two) == {"CPU": 4, "GPU": 0, "memory": 0}
+    actors.check_capacity(one, judge_only=False, own=True)  # 2 CPUs: fits
     with pytest.raises(RuntimeError, match=r"need 4 CPU at once \(2 local models x 2 replicas"):
-        actors.check_capacity(config, 2, own=True)
+        actors.check_capacity(two, judge_only=False, own=True)
+    with pytest.raises(RuntimeError, match=r"need 2 GPU .* generation.ray=false runs them as processes sharing"):
+        actors.check_capacity(generation(resources={"GPU": 1}, replicas=1), judge_only=False, own=True)
+    actors.check_capacity(two, judge_only=True, own=True)  # the judge alone (offline here) holds nothing
     with caplog.at_level(logging.WARNING):
-        actors.check_capacity(config, 2, own=False)  # an autoscaler may add nodes
+        actors.check_capacity(two, judge_only=False, own=False)  # an autoscaler may add nodes
     assert "waiting for the cluster to add nodes" in caplog.text
+
+
+def test_the_default_cpu_share_leaves_a_reward_judges_cpus_and_counts_replicas(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 16.0}}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    judged = generation(judge={"kind": "reward_model", "model": "/rm", "resources": {"CPU": 2}})
+    assert actors.place(judged, own=True).resources == {"CPU": 7}  # (16 - 2) / 2 generators
+    assert actors.place(generation(replicas=4), own=True).resources == {"CPU": 2}  # 16 / (2 x 4)
+
+
+def test_a_judges_re_ask_draws_a_new_sample_the_same_wherever_it_runs():
+    from collections import Counter
+
+    from alignflow.tasks.generation.local_llms import draw_seed
+
+    batch = [[{"role": "user", "content": "Rate these."}]]
+    here, there = Counter(), Counter()
+    first, again = draw_seed(here, 0, batch), draw_seed(here, 0, batch)
+    assert first == batch_seed(0, batch) and again != first  # the retry of an unparsed answer is a new draw
+    assert [draw_seed(there, 0, batch), draw_seed(there, 0, batch)] == [first, again]  # in another process too
 
 
 def test_gpus_change_the_data_key_and_replicas_do_not():
