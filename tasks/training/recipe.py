@@ -172,6 +172,7 @@ def build_trainer(
 ):
     """The stage's TRL trainer on the train split at `train_path`: `training.method`, or SFT when `stage` is "sft"."""
     import datasets
+    from transformers import set_seed
     from trl import ModelConfig, get_peft_config
 
     stage = SFT if stage == SFT else training.method
@@ -180,6 +181,10 @@ def build_trainer(
     ###################
     model_args = ModelConfig(**training.model_kwargs(model_path))
     tokenizer = get_tokenizer(model_path, stage, training.chat_template_text)
+    args = trl_args(training, stage, output_dir)
+    # A reward model's score head is initialised as it loads, from the process's RNG: seeded here, or its draw would
+    # depend on what the Ray worker process ran before (Ray reuses worker processes); the trainer seeds the rest.
+    set_seed(args.seed)
     model = get_model(model_args, stage, tokenizer.pad_token_id)
     ######
     # Data
@@ -189,7 +194,6 @@ def build_trainer(
     #########
     # Trainer
     #########
-    args = trl_args(training, stage, output_dir)
     _, trainer_class = trl_classes(stage)
     if stage == "dpo" and args.precompute_ref_log_probs and reference_cache is not None:
         trainer_class = with_reference_cache(trainer_class, reference_cache)
