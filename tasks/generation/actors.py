@@ -36,10 +36,11 @@ def ray_init_kwargs(address: str | None) -> dict:
     """How the pipeline's process joins the cluster: the state directory's environment forwarded to every actor,
     and glibc's own heap threshold for models that only run forward (the evaluation's finding, tasks/runtime/ray.py),
     unless the user set GLIBC_TUNABLES."""
-    from alignflow.tasks.runtime.ray import FORWARDED_ENV, INFERENCE_TUNABLES
+    from alignflow.tasks.runtime.ray import forwarded_env, inference_runtime_env
 
-    env = {k: os.environ[k] for k in (*FORWARDED_ENV, "DISTILABEL_LOG_LEVEL") if k in os.environ}
-    env.setdefault("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES", INFERENCE_TUNABLES))
+    env = {**forwarded_env(), **inference_runtime_env()["env_vars"]}
+    if "DISTILABEL_LOG_LEVEL" in os.environ:
+        env["DISTILABEL_LOG_LEVEL"] = os.environ["DISTILABEL_LOG_LEVEL"]
     return {"address": address, "logging_level": "WARNING", "runtime_env": {"env_vars": env}}
 
 
@@ -51,6 +52,11 @@ def join_ray(address: str | None) -> dict:
     if not ray.is_initialized():
         ray.init(**kwargs)
     return kwargs
+
+
+def whole(resources: dict[str, float], name: str) -> int:
+    """A resource as distilabel and the checks here count it per actor: whole CPUs and GPUs (0 when not asked)."""
+    return max(1, round(resources[name])) if resources.get(name) else 0
 
 
 def local_models(generation: GenerationConfig, judge_only: bool = False) -> int:
@@ -85,7 +91,7 @@ def resolve_replicas(generation: GenerationConfig) -> int:
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0.0)
-    per_actor = max(1, round(generation.resources["GPU"]))
+    per_actor = whole(generation.resources, "GPU")
     if gpus < per_actor:
         raise RuntimeError(
             f"generation.resources asks {per_actor} GPU per actor, and the Ray cluster has {gpus:g} GPU: join a "
@@ -101,12 +107,12 @@ def actors_need(generation: GenerationConfig, judge_only: bool = False) -> dict[
     other steps hold none. Memory counts what the resources set (the estimates are added per step in pipeline.py)."""
     actors = local_models(generation, judge_only) * (generation.replicas or 1)
     resources, judge = generation.resources or {}, generation.judge
-    need: dict[str, float] = {}
-    for name in ("CPU", "GPU", "memory"):
-        each = resources.get(name, 0)
-        need[name] = actors * (max(1, round(each)) if each and name != "memory" else each)
-        if judge.kind == "reward_model" and judge.resources.get(name):
-            need[name] += judge.resources[name] if name == "memory" else max(1, round(judge.resources[name]))
+    judged = judge.kind == "reward_model"
+    need: dict[str, float] = {
+        name: actors * whole(resources, name) + (whole(judge.resources, name) if judged else 0)
+        for name in ("CPU", "GPU")
+    }
+    need["memory"] = actors * resources.get("memory", 0) + (judge.resources.get("memory", 0) if judged else 0)
     return need
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignflow.conf.generation import GenerationConfig
-from alignflow.tasks.generation.actors import check_vllm, join_ray, place
+from alignflow.tasks.generation.actors import check_vllm, join_ray, place, whole
 from alignflow.tasks.generation.limits import concurrency_shares
 from alignflow.tasks.runtime.memory import ModelShape, inference_bytes
 from alignflow.tasks.runtime.state import sha256_text
@@ -182,15 +182,10 @@ def step_resources(generation: GenerationConfig, model_path: str | None, batch: 
     memory = resources.get("memory") or (inference_bytes(shape, batch, tokens, use_gpu=on_gpu) if shape else None)
     return StepResources(
         replicas=replicas,
-        cpus=_whole(resources, "CPU"),
-        gpus=_whole(resources, "GPU"),
+        cpus=whole(resources, "CPU") or None,
+        gpus=whole(resources, "GPU") or None,
         memory=int(memory) if memory else None,
     )
-
-
-def _whole(resources: dict[str, float], name: str) -> int | None:
-    """distilabel takes whole CPUs and GPUs per replica."""
-    return max(1, round(resources[name])) if resources.get(name) else None
 
 
 def judge_resources(on_ray: bool, model_path: str, resources: dict[str, float], batch: int):
@@ -203,7 +198,9 @@ def judge_resources(on_ray: bool, model_path: str, resources: dict[str, float], 
     shape = ModelShape.of_folder(model_path)
     memory = resources.get("memory") or (inference_bytes(shape, batch, PROMPT_TOKENS * 2) if shape else None)
     return StepResources(
-        cpus=_whole(resources, "CPU"), gpus=_whole(resources, "GPU"), memory=int(memory) if memory else None
+        cpus=whole(resources, "CPU") or None,
+        gpus=whole(resources, "GPU") or None,
+        memory=int(memory) if memory else None,
     )
 
 
